@@ -1,0 +1,72 @@
+"""Convolutional patch stem used by DeepViT-S and DeepViT-L.
+
+Official code: zhoudaquan/dvit_repo, ``models/layers.py``, class ``PatchEmbed_CNN`` ("Following T2T, we use 3 layers
+of CNN"): conv 7×7 stride 2 (in_chans → 64) + BN + ReLU, conv 3×3 (64 → 64) + BN + ReLU, then a
+(patch_size/2)-sized, (patch_size/2)-strided conv projection to ``embed_dim``. The token grid is the same as a plain
+``patch_size`` patch embedding. Built from timm's ``ConvNormAct`` and ``PatchEmbed``.
+"""
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, PatchEmbed, to_2tuple
+
+STEM_WIDTH = 64
+
+
+class ConvPatchEmbed(nn.Module):
+    """Images (B, in_chans, H_img, W_img) → tokens (B, N, embed_dim), N = (H_img/patch_size)·(W_img/patch_size).
+
+    Drop-in for timm's ``PatchEmbed`` inside ``VisionTransformer(embed_layer=...)``.
+
+    Raises:
+        ValueError: ``patch_size`` odd or ``img_size`` odd (the 7×7 stride-2 conv halves the image).
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            patch_size: Union[int, Tuple[int, int]] = 16,
+            in_chans: int = 3,
+            embed_dim: int = 768,
+            bias: bool = True,
+            stem_width: int = STEM_WIDTH,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ) -> None:
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        img_size, patch_size = to_2tuple(img_size), to_2tuple(patch_size)
+        if any(p % 2 for p in patch_size):
+            raise ValueError(f"patch_size must be even for stem='conv', got {patch_size!r}")
+        if any(s % 2 for s in img_size):
+            raise ValueError(f"img_size must be even for stem='conv', got {img_size!r}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.stem = nn.Sequential(
+            ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3, **dd),
+            ConvNormAct(stem_width, stem_width, 3, stride=1, padding=1, **dd),
+        )
+        self.proj_embed = PatchEmbed(
+            img_size=tuple(s // 2 for s in img_size),
+            patch_size=tuple(p // 2 for p in patch_size),
+            in_chans=stem_width,
+            embed_dim=embed_dim,
+            bias=bias,
+            **kwargs,
+            **dd,
+        )
+        self.grid_size = self.proj_embed.grid_size
+        self.num_patches = self.proj_embed.num_patches
+        self.flatten = self.proj_embed.flatten
+        self.output_fmt = self.proj_embed.output_fmt
+
+    def feat_ratio(self, as_scalar: bool = True):
+        return max(self.patch_size) if as_scalar else self.patch_size
+
+    def dynamic_feat_size(self, img_size: Tuple[int, int]) -> Tuple[int, int]:
+        return img_size[0] // self.patch_size[0], img_size[1] // self.patch_size[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj_embed(self.stem(x))

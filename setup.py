@@ -1,0 +1,43 @@
+"""DeepViT scaling study: ViT vs DeepViT (Re-attention) across depth, trained with DeepSpeed, tracked in MLflow."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+for line in (ROOT / 'deepvit' / '__init__.py').read_text().splitlines():
+    if line.startswith('__version__'):
+        exec(line, version)
+
+setup(
+    name='deepvit-study',
+    version=version['__version__'],
+    description='ViT vs DeepViT (Re-attention) depth-scaling study: timm models, WebDataset shards, '
+                'DeepSpeed ZeRO training, MLflow tracking and analysis.',
+    long_description=(ROOT / 'README.md').read_text(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['deepvit', 'deepvit.*', 'analysis', 'analysis.*']),
+    install_requires=[
+        'torch>=2.4',
+        'torchvision>=0.19',
+        'timm>=1.0.26',          # VisionTransformer(attn_layer=...) with device/dtype-aware layers
+        'deepspeed>=0.19',
+        'webdataset>=1.0',
+        'mlflow>=3.0',
+        'numpy>=1.24',
+        'pandas>=2.0',
+        'matplotlib>=3.7',
+        'scikit-learn>=1.3',     # the built-in `digits` sample data
+        'pillow>=10.0',
+        'pyyaml>=6.0',
+        'tqdm>=4.66',
+    ],
+    extras_require={
+        'dev': [
+            'pytest>=8.0',
+            'fvcore>=0.1.5',     # independent FLOP count to check deepvit.models.complexity
+        ],
+    },
+)
