@@ -91,6 +91,12 @@ class _BlockFactory:
         return block
 
 
+def _square(size: Union[int, Tuple[int, int]]) -> Union[int, List[int]]:
+    """An int for square sizes (timm passes ``img_size`` as a tuple from ``pretrained_cfg``), else a list."""
+    h, w = to_2tuple(size)
+    return int(h) if h == w else [int(h), int(w)]
+
+
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -183,7 +189,7 @@ class DeepVisionTransformer(VisionTransformer):
         )
         self.reattn_block_indices = reattn_idx
         self.model_cfg: Dict[str, Any] = dict(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            img_size=_square(img_size), patch_size=_square(patch_size), in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate, reattn_blocks=list(reattn_idx), reattn_norm=reattn_norm,
             reattn_init=reattn_init, stem=stem,

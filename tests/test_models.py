@@ -1,0 +1,194 @@
+"""ViT / DeepViT families: registry, shapes, gradients, depth range, ViT↔DeepViT equivalence, both attention paths."""
+import pytest
+import timm
+import torch
+
+import deepvit
+from deepvit.models import DeepVisionTransformer, ReAttention, count_params, list_variants
+from deepvit.models.attention import Attention
+
+VARIANTS = list_variants()
+# Tiny overrides that keep each variant's depth, stem and Re-attention layout but make it CPU-cheap.
+SMALL = dict(img_size=32, embed_dim=24, num_heads=12, num_classes=7)
+
+
+def small_overrides(name):
+    return dict(SMALL, patch_size=4) if name.endswith('_32') else dict(SMALL, img_size=64)
+
+
+def test_all_variants_registered_in_timm():
+    registered = set(timm.list_models('*vit_*b_patch16_224') + timm.list_models('deepvit_*') +
+                     timm.list_models('vit_tiny_patch4_32'))
+    assert set(VARIANTS) <= registered
+    assert len(VARIANTS) == 10
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_forward_backward_every_param_gets_grad(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **small_overrides(name))
+    assert isinstance(model, DeepVisionTransformer)
+    img = model.model_cfg['img_size']
+    x = torch.randn(3, 3, img, img)
+    out = model(x)
+    assert out.shape == (3, SMALL['num_classes'])
+    assert torch.isfinite(out).all()
+    out.logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # Re-attention exactly where the variant says, and Θ is trained
+    reattn = [i for i, blk in enumerate(model.blocks) if isinstance(blk.attn, ReAttention)]
+    assert reattn == list(model.reattn_block_indices)
+    assert model.family == ('deepvit' if name.startswith('deepvit') else 'vit')
+    for i in reattn:
+        assert model.blocks[i].attn.reattn.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('family', ['vit', 'deepvit'])
+@pytest.mark.parametrize('depth', [1, 2, 12, 32, 48])
+def test_depths_build_and_run(family, depth):
+    model = timm.create_model(f'{family}_tiny_patch4_32', depth=depth, embed_dim=16, num_heads=2,
+                              img_size=16, patch_size=4)
+    assert len(model.blocks) == depth
+    assert len(model.reattn_block_indices) == (depth if family == 'deepvit' else 0)
+    out = model(torch.randn(2, 3, 16, 16))
+    out.sum().backward()
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_overrides_reach_the_architecture():
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=5, embed_dim=48, num_heads=3, img_size=24,
+                              patch_size=3, in_chans=1, num_classes=4, drop_path_rate=0.2,
+                              reattn_blocks=2, reattn_norm='ln', reattn_init='identity')
+    cfg = model.model_cfg
+    assert (cfg['depth'], cfg['embed_dim'], cfg['num_heads'], cfg['in_chans']) == (5, 48, 3, 1)
+    assert cfg['reattn_blocks'] == [3, 4] and cfg['reattn_norm'] == 'ln' and cfg['reattn_init'] == 'identity'
+    assert model.patch_embed.proj.in_channels == 1 and model.patch_embed.num_patches == 64
+    assert model.blocks[4].drop_path1.drop_prob == pytest.approx(0.2)  # top of timm's linear ramp
+    assert torch.equal(model.blocks[3].attn.reattn.weight, torch.eye(3))
+    assert model(torch.randn(2, 1, 24, 24)).shape == (2, 4)
+
+
+@pytest.mark.parametrize('name, params', [
+    ('vit_16b_patch16_224', 24_423_784),   # official 24.42M
+    ('vit_24b_patch16_224', 36_257_128),   # official 36.26M
+    ('vit_32b_patch16_224', 48_090_472),   # official 48.09M
+])
+def test_official_parameter_counts(name, params):
+    vit = timm.create_model(name)
+    assert count_params(vit) == params
+    assert round(count_params(vit) / 1e6, 2) == round(params / 1e6, 2)
+    deep = timm.create_model(name.replace('vit_', 'deepvit_'))
+    depth, heads = vit.model_cfg['depth'], vit.model_cfg['num_heads']
+    # DeepViT adds only Θ (H×H) and its BatchNorm affine (2H) per block
+    assert count_params(deep) - params == depth * (heads * heads + 2 * heads)
+
+
+def test_deepvit_s_l_sizes():
+    s = timm.create_model('deepvit_s_patch16_224')
+    l = timm.create_model('deepvit_l_patch16_224')
+    assert s.reattn_block_indices == tuple(range(11, 16))
+    assert l.reattn_block_indices == tuple(range(20, 32))
+    assert s.model_cfg['stem'] == 'conv' and s.patch_embed.num_patches == 196
+    # paper: 27M; official code counts ~58.9M for DeepViT-L (paper table says 55M)
+    assert 27.0e6 < count_params(s) < 27.5e6
+    assert 58.8e6 < count_params(l) < 59.0e6
+
+
+def test_vit_weights_in_identity_deepvit_give_vit_output():
+    torch.manual_seed(0)
+    kw = dict(depth=4, embed_dim=32, num_heads=4)
+    vit = timm.create_model('vit_tiny_patch4_32', **kw).eval()
+    deep = timm.create_model('deepvit_tiny_patch4_32', reattn_init='identity', reattn_norm='none', **kw).eval()
+    result = deep.load_state_dict(vit.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert sorted(result.missing_keys) == sorted(f'blocks.{i}.attn.reattn.weight' for i in range(4))
+    x = torch.randn(4, 3, 32, 32)
+    torch.testing.assert_close(deep(x), vit(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_checkpoint_loads_into_bn_deepvit_with_only_reattention_missing():
+    vit = timm.create_model('vit_tiny_patch4_32', depth=3)
+    deep = timm.create_model('deepvit_tiny_patch4_32', depth=3)
+    result = deep.load_state_dict(vit.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert result.missing_keys and all('.attn.reattn.' in k for k in result.missing_keys)
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_sdpa_and_explicit_paths_agree(train):
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch4_32', depth=3).train(train)
+    x = torch.randn(4, 3, 32, 32)
+    outs, grads = [], []
+    for fused in (True, False):
+        model.zero_grad()
+        model.set_fused_attn(fused)
+        out = model(x)
+        out.square().sum().backward()
+        outs.append(out)
+        grads.append(model.blocks[0].attn.qkv.weight.grad.clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_fused_path_is_sdpa_and_deepvit_never_uses_it(monkeypatch):
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
+    x = torch.randn(2, 3, 32, 32)
+    vit = timm.create_model('vit_tiny_patch4_32', depth=2)
+    vit.set_fused_attn(True)
+    vit(x)
+    assert len(calls) == 2
+    calls.clear()
+    deep = timm.create_model('deepvit_tiny_patch4_32', depth=2)
+    deep.set_fused_attn(True)
+    deep(x)
+    assert not calls
+
+
+def test_attention_layers_are_ours():
+    model = timm.create_model('deepvit_s_patch16_224', **small_overrides('deepvit_s_patch16_224'))
+    kinds = [type(a) for a in model.attention_layers()]
+    assert kinds == [Attention] * 11 + [ReAttention] * 5
+
+
+def test_plain_timm_loads_exported_weights(tmp_path):
+    torch.manual_seed(0)
+    kw = dict(depth=2, embed_dim=32, num_heads=2)
+    src = timm.create_model('deepvit_tiny_patch4_32', **kw).eval()
+    path = tmp_path / 'weights.pth'
+    torch.save(src.state_dict(), path)
+    loaded = timm.create_model('deepvit_tiny_patch4_32', pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(path)), **kw).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), src(x))
+
+
+BAD_INPUTS = [
+    (dict(embed_dim=30, num_heads=4), 'embed_dim', '30'),
+    (dict(depth=0), 'depth', '0'),
+    (dict(depth=-3), 'depth', '-3'),
+    (dict(img_size=30, patch_size=4), 'img_size', '30'),
+    (dict(reattn_norm='group'), 'reattn_norm', "'group'"),
+    (dict(reattn_init='zeros'), 'reattn_init', "'zeros'"),
+    (dict(depth=4, reattn_blocks=5), 'reattn_blocks', '5'),
+    (dict(depth=4, reattn_blocks=[1, 4]), 'reattn_blocks', '[1, 4]'),
+    (dict(stem='resnet'), 'stem', "'resnet'"),
+    (dict(stem='conv', patch_size=5, img_size=35), 'patch_size', '5'),
+]
+
+
+@pytest.mark.parametrize('overrides, field, value', BAD_INPUTS)
+def test_bad_input_raises_value_error_naming_field_and_value(overrides, field, value):
+    with pytest.raises(ValueError) as err:
+        timm.create_model('deepvit_tiny_patch4_32', **overrides)
+    message = str(err.value)
+    assert field in message and value in message, message

@@ -1,0 +1,110 @@
+"""Re-attention head mixing: the paper's equation, the folded BatchNorm fast path, and the norm options."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from deepvit.models import ReAttentionMix
+
+
+def softmax_maps(B=3, H=5, N=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, H, N, N, generator=g).mul(2).softmax(-1)
+
+
+def reference(mix: ReAttentionMix, attn: torch.Tensor) -> torch.Tensor:
+    """Norm(Θᵀ · A) written out with einsum: head h of the output is sum_g Θ[g, h] A_g."""
+    mixed = torch.einsum('gh,bgnm->bhnm', mix.weight, attn)
+    return mix.norm(mixed)
+
+
+def test_mixing_follows_theta_transpose():
+    mix = ReAttentionMix(3, norm='none')
+    with torch.no_grad():
+        mix.weight.copy_(torch.tensor([[1., 2., 0.], [0., 0., 3.], [0., 0., 0.]]))
+    a = softmax_maps(H=3)
+    out = mix(a)
+    torch.testing.assert_close(out[:, 0], a[:, 0])
+    torch.testing.assert_close(out[:, 1], 2 * a[:, 0])
+    torch.testing.assert_close(out[:, 2], 3 * a[:, 1])
+
+
+@pytest.mark.parametrize('init, expected', [('identity', 'eye'), ('random', 'uniform')])
+def test_init(init, expected):
+    torch.manual_seed(0)
+    mix = ReAttentionMix(12, init=init)
+    if expected == 'eye':
+        assert torch.equal(mix.weight, torch.eye(12))
+    else:
+        bound = 12 ** -0.5
+        assert mix.weight.abs().max() <= bound and mix.weight.std() > bound / 4
+        assert not torch.allclose(mix.weight, torch.eye(12))
+
+
+def test_folded_batchnorm_training_matches_batchnorm2d():
+    torch.manual_seed(0)
+    fast = ReAttentionMix(5, norm='bn')
+    with torch.no_grad():
+        fast.norm.weight.uniform_(0.5, 1.5)
+        fast.norm.bias.uniform_(-0.5, 0.5)
+    slow = copy.deepcopy(fast)
+    slow.fold_norm = False
+    a_fast = softmax_maps().requires_grad_()
+    a_slow = a_fast.detach().clone().requires_grad_()
+    out_fast, out_slow = fast(a_fast), slow(a_slow)
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out_slow, reference(copy.deepcopy(slow), a_slow.detach()), rtol=1e-4, atol=1e-4)
+    w = torch.randn_like(out_fast)
+    (out_fast * w).sum().backward()
+    (out_slow * w).sum().backward()
+    torch.testing.assert_close(a_fast.grad, a_slow.grad, rtol=1e-3, atol=1e-4)
+    for p_fast, p_slow in zip(fast.parameters(), slow.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_slow.grad, rtol=1e-3, atol=1e-4)
+    # running statistics updated as nn.BatchNorm2d does (unbiased variance, momentum 0.1)
+    torch.testing.assert_close(fast.norm.running_mean, slow.norm.running_mean)
+    torch.testing.assert_close(fast.norm.running_var, slow.norm.running_var, rtol=1e-4, atol=1e-6)
+    assert fast.norm.num_batches_tracked.item() == slow.norm.num_batches_tracked.item() == 1
+
+
+def test_folded_batchnorm_eval_matches_batchnorm2d():
+    torch.manual_seed(0)
+    fast = ReAttentionMix(4, norm='bn')
+    for _ in range(3):
+        fast(softmax_maps(H=4, seed=_))  # populate running stats
+    fast.eval()
+    slow = copy.deepcopy(fast)
+    slow.fold_norm = False
+    a = softmax_maps(H=4, seed=9)
+    torch.testing.assert_close(fast(a), slow(a), rtol=1e-5, atol=1e-5)
+
+
+def test_layernorm_normalises_over_heads():
+    mix = ReAttentionMix(6, norm='ln')
+    a = softmax_maps(H=6)
+    out = mix(a)
+    # at init (weight 1, bias 0): (y - mean_h y) / sqrt(var_h y + eps) at every (query, key) position
+    y = torch.einsum('gh,bgnm->bhnm', mix.weight, a)
+    expected = (y - y.mean(1, keepdim=True)) / (y.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.mean(1), torch.zeros_like(out[:, 0]), atol=1e-5, rtol=0)
+
+
+def test_batchnorm_centres_each_head():
+    mix = ReAttentionMix(4, norm='bn')
+    out = mix(softmax_maps(H=4))
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def test_bf16_training_takes_plain_batchnorm_path():
+    mix = ReAttentionMix(4, norm='bn').to(torch.bfloat16)
+    ref = copy.deepcopy(mix)
+    ref.fold_norm = False
+    a = softmax_maps(H=4).to(torch.bfloat16)
+    torch.testing.assert_close(mix(a), ref(a))
+
+
+@pytest.mark.parametrize('kwargs, field', [(dict(norm='batch'), 'reattn_norm'), (dict(init='ones'), 'reattn_init')])
+def test_bad_options(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ReAttentionMix(4, **kwargs)
