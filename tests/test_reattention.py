@@ -108,3 +108,40 @@ def test_bf16_training_takes_plain_batchnorm_path():
 def test_bad_options(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ReAttentionMix(4, **kwargs)
+
+
+def test_simplex_shortcut_keeps_every_gradient_before_the_softmax():
+    torch.manual_seed(0)
+    fast = ReAttentionMix(5, norm='bn')
+    slow = copy.deepcopy(fast)
+    slow.fold_norm = False
+    logits = torch.randn(3, 5, 7, 7) * 2
+    l_fast, l_slow = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    out_fast = fast(l_fast.softmax(-1), rows_sum_to_one=True)
+    out_slow = slow(l_slow.softmax(-1))
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-4, atol=1e-4)
+    w = torch.randn_like(out_fast)
+    (out_fast * w).sum().backward()
+    (out_slow * w).sum().backward()
+    torch.testing.assert_close(l_fast.grad, l_slow.grad, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(fast.weight.grad, slow.weight.grad, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('attn_drop_rate', [0.0, 0.3])
+def test_deepvit_gradients_equal_with_and_without_folding(attn_drop_rate):
+    import timm
+    import deepvit  # noqa: F401
+    torch.manual_seed(0)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2, attn_drop_rate=attn_drop_rate)
+    x = torch.randn(4, 3, 32, 32)
+    grads = []
+    for fold in (True, False):
+        for attn in model.attention_layers():
+            attn.reattn.fold_norm = fold
+        model.zero_grad()
+        torch.manual_seed(1)  # same dropout masks
+        model(x).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        scale = grads[1][name].abs().max().item()
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5 * max(scale, 1.0), msg=name)

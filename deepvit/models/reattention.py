@@ -9,6 +9,7 @@ lucidrains/vit-pytorch (``vit_pytorch/deepvit.py``) uses a bias-free N(0, 1) Θ 
 
 Shapes: attention maps (B, H, N, N); Θ (H, H).
 """
+import math
 from typing import Optional
 
 import torch
@@ -84,41 +85,36 @@ class ReAttentionMix(nn.Module):
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, norm={self.norm_type!r}, init={self.init_type!r}"
 
-    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+    def forward(self, attn: torch.Tensor, rows_sum_to_one: bool = False) -> torch.Tensor:
+        """Mix and normalise maps (B, H, N, N) → (B, H, N, N), same dtype.
+
+        ``rows_sum_to_one``: the caller guarantees every row of ``attn`` sums to 1 (softmax maps without dropout).
+        Then mean(a) = 1/N per head is used without a pass over the maps; the gradient returned for ``attn`` may
+        differ from the exact one by a per-head constant, which the softmax's backward removes exactly
+        (d softmax ⟂ constants), so gradients of everything before the softmax are unchanged.
+        """
         B, H, N, M = attn.shape
         a = attn.reshape(B, H, N * M)  # (B, H, N*N)
         theta_t = self.weight.t()  # Θᵀ: (H_out, H_in)
         if isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm:
-            batch_stats = self.training or not self.norm.track_running_stats
+            bn = self.norm
+            batch_stats = self.training or not bn.track_running_stats
+            weight = bn.weight if bn.affine else torch.ones(H, device=a.device, dtype=a.dtype)
+            bias = bn.bias if bn.affine else torch.zeros(H, device=a.device, dtype=a.dtype)
+            if not batch_stats:
+                scale = weight * torch.rsqrt(bn.running_var + bn.eps)
+                shift = bias - bn.running_mean * scale
+                mixer = (theta_t * scale[:, None]).to(a.dtype)
+                out = torch.baddbmm(shift.to(a.dtype).view(1, H, 1), mixer.expand(B, H, H), a)
+                return out.view(B, H, N, M)
             # batch statistics from second moments lose precision in bf16/fp16: those take the plain path
-            if not batch_stats or a.dtype == torch.float32:
-                scale, shift = self._folded_bn(a, theta_t, batch_stats)
-                weight = (theta_t * scale[:, None]).to(a.dtype)
-                out = torch.baddbmm(shift.to(a.dtype).view(1, H, 1), weight.expand(B, H, H), a)
+            if a.dtype == torch.float32:
+                out, mean, var = _FoldedBatchNormMix.apply(a, self.weight, weight, bias, bn.eps, rows_sum_to_one)
+                if self.training and bn.track_running_stats:
+                    self._update_running_stats(mean, var, B * N * M)
                 return out.view(B, H, N, M)
         out = torch.matmul(theta_t, a).view(B, H, N, M)
         return self.norm(out)
-
-    def _folded_bn(self, a: torch.Tensor, theta_t: torch.Tensor, batch_stats: bool):
-        """Per-head (scale, shift) such that ``scale * (Θᵀ a) + shift == BatchNorm2d(Θᵀ a)``; both (H,)."""
-        bn = self.norm
-        if batch_stats:
-            B, H, M = a.shape
-            count = B * M
-            mean_a = a.mean(dim=(0, 2))  # (H,)
-            second = torch.bmm(a, a.transpose(1, 2)).sum(0) / count  # E[a aᵀ]: (H, H)
-            mean = theta_t @ mean_a  # (H,) mean of the mixed maps
-            var = ((theta_t @ second) * theta_t).sum(1) - mean * mean  # biased variance, (H,)
-            var = var.clamp_min(0.)
-            if self.training and bn.track_running_stats:
-                self._update_running_stats(mean, var, count)
-        else:
-            mean, var = bn.running_mean, bn.running_var
-        inv_std = torch.rsqrt(var + bn.eps)
-        weight = bn.weight if bn.affine else torch.ones_like(inv_std)
-        bias = bn.bias if bn.affine else torch.zeros_like(inv_std)
-        scale = weight * inv_std
-        return scale, bias - mean * scale
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
@@ -126,8 +122,64 @@ class ReAttentionMix(nn.Module):
         bn.num_batches_tracked.add_(1)
         momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
         unbiased = var * (count / max(count - 1, 1))
-        bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_(unbiased.detach().to(bn.running_var.dtype), momentum)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+
+
+def _fold(theta, weight, bias, mean_a, second, eps):
+    """BatchNorm of Θᵀa folded into (mixer (H, H), shift (H,)), from mean(a) (H,) and E[a aᵀ] (H, H)."""
+    theta_t = theta.t()
+    mean = theta_t @ mean_a  # mean of the mixed maps, per head
+    var = (((theta_t @ second) * theta_t).sum(1) - mean * mean).clamp_min(0.)  # biased variance
+    scale = weight * torch.rsqrt(var + eps)
+    return theta_t * scale[:, None], bias - mean * scale, mean, var
+
+
+class _FoldedBatchNormMix(torch.autograd.Function):
+    """BatchNorm2d(Θᵀ a) in training mode, as one ``baddbmm``; a (B, H, M) float32 → (B, H, M).
+
+    Forward: mean(a) and E[a aᵀ] (one ``bmm``) give the mixed maps' batch statistics; the normalisation is folded
+    into the mixer and a shift. Backward: the (H, H)-sized part is differentiated by autograd; the map-sized gradient
+    da = mixerᵀ g + (dS + dSᵀ)/n · a + dm/n is formed in two fused ``baddbmm`` passes. Nothing map-sized is saved
+    beyond ``a`` itself (already kept by the softmax).
+    """
+
+    @staticmethod
+    def forward(ctx, a, theta, weight, bias, eps, rows_sum_to_one):
+        B, H, M = a.shape
+        count = B * M
+        if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
+            mean_a = a.new_full((H,), 1.0 / math.isqrt(M))
+        else:
+            mean_a = a.mean(dim=(0, 2))
+        second = torch.bmm(a, a.transpose(1, 2)).sum(0) / count
+        mixer, shift, mean, var = _fold(theta, weight, bias, mean_a, second, eps)
+        out = torch.baddbmm(shift.view(1, H, 1), mixer.expand(B, H, H), a)
+        ctx.save_for_backward(a, theta, weight, bias, mean_a, second)
+        ctx.eps = eps
+        ctx.rows_sum_to_one = rows_sum_to_one
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        a, theta, weight, bias, mean_a, second = ctx.saved_tensors
+        B, H, M = a.shape
+        count = B * M
+        with torch.enable_grad():
+            small = [t.detach().requires_grad_() for t in (theta, weight, bias, mean_a, second)]
+            mixer, shift, _, _ = _fold(*small, ctx.eps)
+        grad_mixer = torch.bmm(grad_out, a.transpose(1, 2)).sum(0)
+        grad_shift = grad_out.sum(dim=(0, 2))
+        d_theta, d_weight, d_bias, d_mean, d_second = torch.autograd.grad(
+            (mixer, shift), small, (grad_mixer, grad_shift))
+        mixer = mixer.detach()
+        if ctx.rows_sum_to_one:  # mean(a) is fixed by the simplex: its gradient is a constant softmax removes
+            grad_a = torch.bmm(mixer.t().expand(B, H, H), grad_out)
+        else:
+            grad_a = torch.baddbmm((d_mean / count).view(1, H, 1), mixer.t().expand(B, H, H), grad_out)
+        grad_a.baddbmm_(((d_second + d_second.t()) / count).expand(B, H, H), a)
+        return grad_a, d_theta, d_weight, d_bias, None, None
 
 
 class ReAttention(Attention):
@@ -159,4 +211,6 @@ class ReAttention(Attention):
         self.reattn = ReAttentionMix(num_heads, norm=reattn_norm, init=reattn_init, device=device, dtype=dtype)
 
     def mix_maps(self, attn: torch.Tensor) -> torch.Tensor:
-        return self.reattn(attn)
+        # rows still sum to 1 unless attention dropout just zeroed some entries
+        rows_sum_to_one = not (self.training and self.attn_drop.p > 0)
+        return self.reattn(attn, rows_sum_to_one=rows_sum_to_one)
