@@ -144,4 +144,4 @@ def test_deepvit_gradients_equal_with_and_without_folding(attn_drop_rate):
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
     for name in grads[0]:
         scale = grads[1][name].abs().max().item()
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-5 * max(scale, 1.0), msg=name)
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-3, atol=1e-4 * max(scale, 1.0), msg=name)
