@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import tarfile
+from pathlib import Path
 from typing import BinaryIO, Iterator
 
 BLOCK = 512
@@ -137,24 +139,31 @@ def iter_members(fileobj: BinaryIO, want=None) -> Iterator[tuple[str, bytes | No
             yield name, None
 
 
-def open_tar_stream(fileobj: BinaryIO) -> BinaryIO:
-    """Wrap ``fileobj`` in a gzip reader when it starts with the gzip magic (``.tar.gz`` shards)."""
-    buffered = fileobj if hasattr(fileobj, 'peek') else io.BufferedReader(fileobj)
-    if buffered.peek(2)[:2] == b'\x1f\x8b':
-        return gzip.GzipFile(fileobj=buffered)
-    return buffered
+def open_tar_stream(fileobj: BinaryIO, name: str = '') -> BinaryIO:
+    """Wrap ``fileobj`` in a gzip reader when ``name`` ends in ``.gz`` or ``.tgz`` (compressed shards)."""
+    return gzip.GzipFile(fileobj=fileobj) if name.endswith(('.gz', '.tgz')) else fileobj
 
 
-def iter_samples(fileobj: BinaryIO, want_ext=None) -> Iterator[tuple[str, dict[str, bytes]]]:
+def iter_samples(fileobj: BinaryIO, want=None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Group a tar stream's members into samples: yield ``(key, {extension: payload})`` in stored order.
 
-    ``want_ext(ext) -> bool`` selects the extensions whose payload is read (others are skipped unread and absent from
-    the dict). Members whose name has no extension are ignored, like webdataset does. The last complete sample is
-    yielded before a :class:`CorruptShardError` propagates; the partial sample being read at the damage is dropped.
+    ``want(index, ext) -> bool`` selects by sample index (0-based, in the shard) and extension the payloads that are
+    read; the others are skipped unread and absent from the dict (a sample with none read is still yielded, with an
+    empty dict). Extensions are lower-cased. Members without an extension are ignored, as webdataset does.
+    When the tar is damaged, the samples before the damaged one are yielded, then :class:`CorruptShardError` raises.
     """
-    want = None if want_ext is None else (lambda name: want_ext(split_key(name)[1]))
+    state = {'key': None, 'index': -1}
+
+    def want_member(name):
+        key, ext = split_key(name)
+        if not ext:
+            return False
+        if key != state['key']:
+            state['key'], state['index'] = key, state['index'] + 1
+        return want is None or want(state['index'], ext.lower())
+
     key, members = None, {}
-    for name, payload in iter_members(fileobj, want):
+    for name, payload in iter_members(fileobj, want_member):
         k, ext = split_key(name)
         if not ext:
             continue
@@ -163,7 +172,7 @@ def iter_samples(fileobj: BinaryIO, want_ext=None) -> Iterator[tuple[str, dict[s
                 yield key, members
             key, members = k, {}
         if payload is not None:
-            members[ext] = payload
+            members[ext.lower()] = payload
     if key is not None:
         yield key, members
 
@@ -175,7 +184,7 @@ class TarWriter:
     Raises ``ValueError`` for a key with a dot (webdataset would split the sample there).
     """
 
-    def __init__(self, fileobj: BinaryIO, mtime: float = 0.0):
+    def __init__(self, fileobj: BinaryIO, mtime: int = 0):
         self.tar = tarfile.open(fileobj=fileobj, mode='w', format=tarfile.PAX_FORMAT)
         self.mtime = mtime
 
@@ -197,6 +206,22 @@ class TarWriter:
         self.close()
 
 
+def write_shard(path: str | os.PathLike, samples) -> None:
+    """Write ``samples`` (iterable of (key, {ext: bytes})) to ``path`` atomically: temporary file, fsync, rename.
+
+    A crash leaves at most a hidden ``.NAME.PID.tmp`` file, never a truncated shard under the final name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as f:
+        with TarWriter(f) as writer:
+            for key, members in samples:
+                writer.write(key, members)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def count_samples(path: str) -> tuple[int, str | None]:
     """Count the complete samples of a local tar shard, reading headers only.
 
@@ -206,7 +231,7 @@ def count_samples(path: str) -> tuple[int, str | None]:
     count = 0
     with open(path, 'rb') as f:
         try:
-            for _ in iter_samples(open_tar_stream(f), want_ext=lambda ext: False):
+            for _ in iter_samples(open_tar_stream(f, path), want=lambda index, ext: False):
                 count += 1
         except CorruptShardError as e:
             return count, str(e)

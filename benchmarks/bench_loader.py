@@ -1,0 +1,113 @@
+"""Loader throughput: decoded, transformed, normalised training images per second (and per worker).
+
+    python benchmarks/bench_loader.py [--img-size 32 224] [--workers 0 2] [--images 2000] [--batch-size 64]
+
+Pipelines, all with the same timm training transform (RandomResizedCrop, flip, colour jitter, normalise):
+  * ``torchvision``: ``torchvision.datasets.ImageFolder`` + ``DataLoader(shuffle=True)``, ``timm.data.create_transform``;
+  * ``wds-plain``: webdataset ``WebDataset(urls).shuffle(1000).decode('pil').to_tuple('jpg', 'cls')
+    .map_tuple(transform).batched(B)`` in a ``WebLoader``;
+  * ``deepvit``: :func:`deepvit.data.create_loader` on the same shards.
+Datasets: the CIFAR-10 subset (32×32 JPEGs, ``../shared/data/cifar10_subset/train``) and large photographs
+(scikit-learn's sample JPEGs, ``china.jpg`` and ``flower.jpg``, 640×427, resized to 3000×2000 and cropped/flipped into
+``--photos`` distinct images). Everything is written under a temporary directory. A benchmark, not a test.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get('DEEPVIT_SHARED_DATA') or ROOT.parent / 'shared' / 'data')
+
+
+def make_photos(root: Path, count: int) -> None:
+    """``root/train/{china,flower}/NNN.jpg``: 3000×2000 JPEGs (quality 90) made from scikit-learn's sample images."""
+    from PIL import Image, ImageOps
+    from sklearn.datasets import load_sample_image
+    for name in ('china.jpg', 'flower.jpg'):
+        base = Image.fromarray(load_sample_image(name)).resize((3200, 2134), Image.BICUBIC)
+        folder = root / 'train' / name.split('.')[0]
+        folder.mkdir(parents=True)
+        for i in range(count // 2):
+            img = base.crop((i * 7 % 200, i * 3 % 134, i * 7 % 200 + 3000, i * 3 % 134 + 2000))
+            (ImageOps.mirror(img) if i % 2 else img).save(folder / f'{i:03d}.jpg', quality=90)
+
+
+def measure(batches, images: int) -> float:
+    n, start = 0, None
+    for x, _ in batches:
+        if start is None:                       # the first batch pays worker start-up: not counted
+            start = time.perf_counter()
+            continue
+        n += len(x)
+        if n >= images:
+            break
+    return n / (time.perf_counter() - start)
+
+
+def torchvision_loader(folder, transform, batch_size, workers):
+    import torchvision
+    ds = torchvision.datasets.ImageFolder(str(folder), transform=transform)
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+
+
+def wds_loader(urls, transform, batch_size, workers):
+    import webdataset as wds
+    ds = (wds.WebDataset(urls, shardshuffle=False, empty_check=False).shuffle(1000).decode('pil')
+          .to_tuple('jpg', 'cls').map_tuple(transform, lambda y: y).batched(batch_size, partial=False))
+    return wds.WebLoader(ds, batch_size=None, num_workers=workers)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--img-size', type=int, nargs='+', default=[32, 224])
+    p.add_argument('--workers', type=int, nargs='+', default=[0, 2])
+    p.add_argument('--images', type=int, default=2000, help='images timed per CIFAR run')
+    p.add_argument('--photos', type=int, default=96, help='large photographs made (and timed per run)')
+    p.add_argument('--batch-size', type=int, default=32)
+    args = p.parse_args(argv)
+    from timm.data import create_transform
+
+    from deepvit.data import convert_image_folder, create_loader
+    torch.set_num_threads(1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_photos(tmp / 'photos', args.photos)
+        datasets = {
+            'cifar10 (32 px JPEG)': (SHARED / 'cifar10_subset', args.images, (32, 224)),
+            'photos (3000×2000 JPEG)': (tmp / 'photos', args.photos - args.batch_size, (224,)),
+        }
+        for label, (src, images, sizes) in datasets.items():
+            out = tmp / f'shards-{len(rows)}'
+            info = convert_image_folder(src, out, 'bench', shard_size=250, splits=['train'], progress=False).info
+            urls = [str(out / f) for f in info.splits['train'].filenames]
+            for size in [s for s in args.img_size if s in sizes]:
+                tf = create_transform(size, is_training=True)
+                for workers in args.workers:
+                    per = max(1, workers)
+                    results = {
+                        'torchvision': measure(torchvision_loader(src / 'train', tf, args.batch_size, workers), images),
+                        'wds-plain': measure(wds_loader(urls, tf, args.batch_size, workers), images),
+                        'deepvit': measure(create_loader(out, 'train', batch_size=args.batch_size, train=True,
+                                                         img_size=size, num_workers=workers), images),
+                    }
+                    for name, ips in results.items():
+                        rows.append((label, size, name, workers, ips, ips / per, ips / results['torchvision']))
+                        print(f'{label:24} {size:4d} {name:12} {workers:2d} {ips:8.0f} {ips / per:8.0f} '
+                              f'{ips / results["torchvision"]:5.2f}x', flush=True)
+    print('\n| data | img_size | pipeline | workers | img/s | img/s per worker | vs torchvision |')
+    print('|---|---|---|---|---|---|---|')
+    for label, size, name, workers, ips, per, rel in rows:
+        print(f'| {label} | {size} | {name} | {workers} | {ips:.0f} | {per:.0f} | {rel:.2f}× |')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,239 @@
+"""Convert an ImageFolder / ImageNet-style tree into WebDataset shards in the public ImageNet shard layout.
+
+    python -m deepvit.data.convert --src ROOT --out DIR --name NAME [--shard-size N] [--workers K] [--seed S]
+
+``ROOT/SPLIT/CLASS/**/IMAGE`` (jpg, jpeg, png, webp, bmp, any case) becomes ``DIR/NAME-SPLIT-NNNN.tar``; one sample is
+``KEY.jpg`` (or ``.png``, ``.webp``, ``.bmp``, after the format PIL detects: the original bytes, never re-encoded),
+``KEY.cls`` (class index, classes in sorted folder-name order, the union over splits) and ``KEY.json``
+(``label``, ``class_name``, ``path`` relative to ROOT, ``width``, ``height`` as stored, before EXIF orientation).
+``KEY`` is ``SPLIT_NNNNNNNN``, the file's index in the sorted listing. ``DIR/_info.json`` follows the schema of timm's
+``timm/data/readers/reader_wds.py`` (splits → name, num_samples, filenames, shard_lengths) plus ``classes``.
+
+Samples are shuffled across shards with ``seed``. Every shard is written to a temporary file and renamed into place,
+and a record of what it holds is kept in ``DIR/.convert/``: a crash never leaves a truncated shard under its final
+name, and rerunning the same command skips the finished shards and writes the rest. Files PIL cannot decode are
+skipped and listed in ``DIR/_skipped.tsv`` (path, reason); their count is printed at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .info import DatasetInfo, SplitInfo, write_info
+from .tario import write_shard
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
+_EXT_BY_FORMAT = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp', 'BMP': 'bmp'}
+STATE_DIR = '.convert'
+SKIPPED_REPORT = '_skipped.tsv'
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert_image_folder` wrote: the dataset info, and the skipped files as (path, reason)."""
+    info: DatasetInfo
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    out: Path = Path('.')
+
+
+def scan_image_folder(src: str | os.PathLike, splits=None) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+    """List ``ROOT/SPLIT/CLASS/**/image`` files: ({split: sorted [(path relative to ROOT, class name)]}, classes).
+
+    Raises ``FileNotFoundError`` when ROOT does not exist and ``ValueError`` when a requested split is missing or
+    no split holds a class folder with images.
+    """
+    root = Path(src)
+    if not root.is_dir():
+        raise FileNotFoundError(f'src={str(src)!r} is not a directory')
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    if splits is not None:
+        missing = [s for s in splits if s not in names]
+        if missing:
+            raise ValueError(f'splits={list(splits)}: {missing} not found in {str(src)!r} (folders: {names})')
+        names = list(splits)
+    files = {}
+    for split in names:
+        items = []
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            items += [(f.relative_to(root).as_posix(), class_dir.name) for f in class_dir.rglob('*')
+                      if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+        if items:
+            files[split] = sorted(items)
+    if not files:
+        raise ValueError(f'src={str(src)!r} holds no SPLIT/CLASS/image files (extensions {IMAGE_SUFFIXES})')
+    classes = sorted({c for items in files.values() for _, c in items})
+    return files, classes
+
+
+def inspect_image(data: bytes) -> tuple[str, int, int]:
+    """(member extension, width, height) of encoded image bytes, after decoding them fully (JPEGs at 1/8 scale,
+    which still reads every byte of the entropy-coded data). Raises an exception when PIL cannot decode them."""
+    with Image.open(io.BytesIO(data)) as img:
+        width, height = img.size
+        fmt = img.format
+        if fmt == 'JPEG':
+            img.draft(None, (max(1, width // 8), max(1, height // 8)))
+        img.load()
+    return _EXT_BY_FORMAT.get(fmt, fmt.lower()), width, height
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    root: str
+    out: str
+    filename: str
+    items: tuple[tuple[int, str, str, int], ...]   # (index in the sorted listing, relative path, class, label)
+    split: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha1(json.dumps(self.items).encode()).hexdigest()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.out) / STATE_DIR / f'{self.filename}.json'
+
+    def done(self) -> dict | None:
+        """The record of a finished shard with this exact content plan, else None."""
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        ok = state.get('digest') == self.digest and (Path(self.out) / self.filename).is_file()
+        return state if ok else None
+
+
+def _run_task(task: _ShardTask) -> dict:
+    state = task.done()
+    if state is not None:
+        return state
+    skipped, count = [], 0
+
+    def samples():
+        nonlocal count
+        for index, rel, class_name, label in task.items:
+            try:
+                data = (Path(task.root) / rel).read_bytes()
+                ext, width, height = inspect_image(data)
+            except Exception as e:  # noqa: BLE001 - any failure to read or decode skips this file, named in the report
+                skipped.append((rel, f'{type(e).__name__}: {e}'.replace('\t', ' ').replace('\n', ' ')))
+                continue
+            meta = {'label': label, 'class_name': class_name, 'path': rel, 'width': width, 'height': height}
+            count += 1
+            yield f'{task.split}_{index:08d}', {ext: data, 'cls': str(label).encode(),
+                                                'json': json.dumps(meta).encode()}
+
+    write_shard(Path(task.out) / task.filename, samples())
+    state = {'digest': task.digest, 'count': count, 'skipped': skipped}
+    state_tmp = task.state_path.with_suffix(f'.{os.getpid()}.tmp')
+    state_tmp.write_text(json.dumps(state))
+    os.replace(state_tmp, task.state_path)
+    return state
+
+
+def plan_shards(files: dict[str, list[tuple[str, str]]], classes: list[str], src, out, name: str,
+                shard_size: int, seed: int) -> list[_ShardTask]:
+    """Shuffle each split with (seed, split) and cut it into shards of ``shard_size`` files."""
+    label = {c: i for i, c in enumerate(classes)}
+    tasks = []
+    for split, items in files.items():
+        indexed = [(i, rel, c, label[c]) for i, (rel, c) in enumerate(items)]
+        random.Random(f'{seed}-{split}').shuffle(indexed)
+        chunks = [indexed[i:i + shard_size] for i in range(0, len(indexed), shard_size)]
+        width = max(4, len(str(len(chunks) - 1)))
+        safe_split = split.replace('.', '_')
+        for k, chunk in enumerate(chunks):
+            tasks.append(_ShardTask(str(src), str(out), f'{name}-{safe_split}-{k:0{width}d}.tar', tuple(chunk),
+                                    safe_split))
+    return tasks
+
+
+def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers: int | None = None,
+                         seed: int = 0, splits=None, progress: bool = True) -> ConvertResult:
+    """Convert ``src`` (ROOT/SPLIT/CLASS/images) into shards in ``out``; see the module docstring for the layout.
+
+    Args: shard_size: files per shard (before skipped ones are removed); workers: processes (default: every core;
+    1 runs in this process); seed: shuffle seed; splits: split folder names (default: all); progress: tqdm bar.
+    Returns a :class:`ConvertResult`. Raises ``ValueError`` for a bad name / shard_size / empty source and
+    ``FileNotFoundError`` for a missing ``src``, before writing anything.
+    """
+    if not name or any(c in name for c in '/.{}'):
+        raise ValueError(f'name={name!r} must be non-empty, without "/", "." or braces')
+    if shard_size < 1:
+        raise ValueError(f'shard_size={shard_size} must be >= 1')
+    files, classes = scan_image_folder(src, splits)
+    out = Path(out)
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f'.{name}-*.tmp'):
+        stale.unlink()
+    tasks = plan_shards(files, classes, Path(src).resolve(), out, name, shard_size, seed)
+    workers = workers or os.cpu_count() or 1
+    from tqdm import tqdm
+    bar = tqdm(total=sum(len(t.items) for t in tasks), unit='img', disable=not progress, desc=f'convert {name}')
+    states = {}
+    if workers == 1:
+        results = ((t, _run_task(t)) for t in tasks)
+    else:
+        pool = ProcessPoolExecutor(workers)
+        futures = {pool.submit(_run_task, t): t for t in tasks}
+        results = ((futures[f], f.result()) for f in as_completed(futures))
+    try:
+        for task, state in results:
+            states[task.filename] = state
+            bar.update(len(task.items))
+    finally:
+        bar.close()
+        if workers != 1:
+            pool.shutdown(cancel_futures=True)
+    split_infos, skipped = {}, []
+    for split in dict.fromkeys(t.split for t in tasks):
+        mine = [t for t in tasks if t.split == split]
+        split_infos[split] = SplitInfo(split, tuple(t.filename for t in mine),
+                                       tuple(states[t.filename]['count'] for t in mine))
+        skipped += [tuple(s) for t in mine for s in states[t.filename]['skipped']]
+    info = DatasetInfo(name, split_infos, tuple(classes))
+    report = out / SKIPPED_REPORT
+    report.write_text(''.join(f'{path}\t{reason}\n' for path, reason in sorted(skipped)))
+    write_info(out, info)
+    return ConvertResult(info, sorted(skipped), out)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog='python -m deepvit.data.convert', description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--src', required=True, help='ROOT holding split folders (train/, val/, …) of class folders')
+    p.add_argument('--out', required=True, help='output directory for NAME-SPLIT-NNNN.tar and _info.json')
+    p.add_argument('--name', required=True, help='dataset name, the shard file prefix (e.g. imagenet1k)')
+    p.add_argument('--shard-size', type=int, default=1000, help='images per shard (default 1000)')
+    p.add_argument('--workers', type=int, default=None, help='processes (default: every core)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the cross-shard shuffle (default 0)')
+    p.add_argument('--splits', nargs='+', default=None, help='split folders to convert (default: all)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    args = p.parse_args(argv)
+    try:
+        result = convert_image_folder(args.src, args.out, args.name, shard_size=args.shard_size,
+                                      workers=args.workers, seed=args.seed, splits=args.splits,
+                                      progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    for split, s in result.info.splits.items():
+        print(f'{split}: {s.num_samples} samples in {len(s.filenames)} shards')
+    print(f'{len(result.info.classes)} classes; {len(result.skipped)} files skipped (not decodable)'
+          + (f', listed in {result.out / SKIPPED_REPORT}' if result.skipped else ''))
+    print(f'wrote {result.out / "_info.json"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

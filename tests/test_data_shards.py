@@ -1,0 +1,327 @@
+"""Shards end to end on real CIFAR-10 images: converter, timm's reader, ShardWriter input, multi-rank plans,
+exact resume, bad input, the built-in digits, errors. The CIFAR subset is converted once per session."""
+import collections
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from deepvit.data import convert_image_folder, create_loader, create_mixup, digits_dir, read_info, resolve_shards
+from deepvit.data import plan
+from deepvit.data.tario import write_shard
+
+SHARED = Path(os.environ.get('DEEPVIT_SHARED_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
+CIFAR = SHARED / 'cifar10_subset'
+CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+pytestmark = pytest.mark.skipif(not CIFAR.is_dir(), reason=f'CIFAR-10 subset not found at {CIFAR}')
+
+
+@pytest.fixture(scope='session')
+def cifar_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp('cifar_wds')
+    result = convert_image_folder(CIFAR, out, 'cifar10', shard_size=700, workers=2, seed=0, progress=False)
+    return out, result
+
+
+def read_tar(path):
+    """Samples of a tar with Python's own tarfile (independent of our reader): {key: {ext: bytes}}."""
+    samples = collections.OrderedDict()
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.split('.', 1)
+            samples.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return samples
+
+
+def digest(x):
+    return hashlib.sha1(x.contiguous().numpy().tobytes()).hexdigest()
+
+
+def eval_digests(loader):
+    """Digests of the real (label >= 0) images a loader yields, and its batch count."""
+    out, batches = [], 0
+    for images, labels in loader:
+        batches += 1
+        out += [digest(img) for img, y in zip(images, labels) if y >= 0]
+    return out, batches
+
+
+# --- converter ---------------------------------------------------------------------------------------------------
+def test_conversion_keeps_bytes_labels_and_counts(cifar_shards):
+    out, result = cifar_shards
+    info = read_info(out)
+    assert info.splits['train'].num_samples == 5000 and info.splits['val'].num_samples == 1000
+    assert list(info.classes) == CLASSES and result.skipped == []
+    assert info.splits['train'].shard_lengths == (700,) * 7 + (100,)
+    seen = set()
+    for split in ('train', 'val'):
+        for name, length in zip(info.splits[split].filenames, info.splits[split].shard_lengths):
+            samples = read_tar(out / name)
+            assert len(samples) == length
+            for key, members in samples.items():
+                assert '.' not in key and set(members) == {'jpg', 'cls', 'json'}
+                meta = json.loads(members['json'])
+                assert members['jpg'] == (CIFAR / meta['path']).read_bytes()       # original bytes
+                assert int(members['cls']) == CLASSES.index(Path(meta['path']).parent.name) == meta['label']
+                assert meta['class_name'] == CLASSES[meta['label']] and (meta['width'], meta['height']) == (32, 32)
+                seen.add(meta['path'])
+    assert len(seen) == 6000
+
+
+def test_conversion_shuffles_across_shards(cifar_shards):
+    out, _ = cifar_shards
+    labels = [int(m['cls']) for m in read_tar(out / 'cifar10-train-0000.tar').values()]
+    assert len(set(labels)) == 10 and max(collections.Counter(labels).values()) < 110   # not class-sorted
+
+
+def small_tree(root, per_class=6):
+    for split in ('train', 'val'):
+        for c in CLASSES[:3]:
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((CIFAR / split / c).iterdir())[:per_class]:
+                shutil.copy(f, root / split / c / f.name.replace('.jpg', '.JPG'))
+    (root / 'train' / 'bird' / 'broken.jpg').write_bytes(b'garbage, not a jpeg')
+    Image.new('P', (20, 10), 3).save(root / 'train' / 'automobile' / 'palette.png')
+
+
+def test_conversion_skips_garbage_reports_it_and_resumes(tmp_path, capsys):
+    src, out = tmp_path / 'src', tmp_path / 'out'
+    small_tree(src)
+    from deepvit.data.convert import main
+    assert main(['--src', str(src), '--out', str(out), '--name', 'tiny', '--shard-size', '5', '--workers', '1',
+                 '--no-progress']) == 0
+    printed = capsys.readouterr().out
+    assert '1 files skipped' in printed
+    report = (out / '_skipped.tsv').read_text().splitlines()
+    assert len(report) == 1 and report[0].startswith('train/bird/broken.jpg\t')
+    info = read_info(out)
+    assert info.splits['train'].num_samples == 19 and info.splits['val'].num_samples == 18   # 20 files - 1 bad
+    pngs = [m for f in info.splits['train'].filenames for m in read_tar(out / f).values() if 'png' in m]
+    assert len(pngs) == 1                         # the PNG keeps its own format, not re-encoded
+    before = {f.name: f.read_bytes() for f in out.glob('*.tar')}
+    # a crash mid-run: one shard missing, a stale temporary file left behind; rerunning finishes the job
+    (out / info.splits['train'].filenames[1]).unlink()
+    (out / '.tiny-train-0001.tar.999.tmp').write_bytes(b'partial')
+    result = convert_image_folder(src, out, 'tiny', shard_size=5, workers=2, progress=False)
+    assert {f.name: f.read_bytes() for f in out.glob('*.tar')} == before      # identical, reproducible shards
+    assert not list(out.glob('.*.tmp')) and len(result.skipped) == 1
+
+
+def test_converter_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match='src='):
+        convert_image_folder(tmp_path / 'nope', tmp_path / 'o', 'x')
+    (tmp_path / 'empty' / 'train').mkdir(parents=True)
+    with pytest.raises(ValueError, match='holds no SPLIT/CLASS/image'):
+        convert_image_folder(tmp_path / 'empty', tmp_path / 'o', 'x')
+    with pytest.raises(ValueError, match='name='):
+        convert_image_folder(CIFAR, tmp_path / 'o', 'a.b')
+
+
+# --- interoperability ---------------------------------------------------------------------------------------------
+def test_timm_reader_reads_our_shards(cifar_shards):
+    import timm.data
+    out, _ = cifar_shards
+    ds = timm.data.create_dataset('wds/cifar10', root=str(out), split='val', is_training=False)
+    counts = collections.Counter(int(y) for _, y in ds)
+    assert sum(counts.values()) == 1000 and set(counts.values()) == {100}
+
+
+def test_loader_reads_webdataset_shardwriter_output(tmp_path):
+    import webdataset as wds
+    files = sorted((CIFAR / 'val').glob('*/*.jpg'))[::25]      # 40 images, 10 classes
+    with wds.ShardWriter(str(tmp_path / 'pub-val-%04d.tar'), maxcount=16, verbose=0) as sink:
+        for i, f in enumerate(files):
+            sink.write({'__key__': f'n{i:06d}', 'jpg': f.read_bytes(), 'cls': CLASSES.index(f.parent.name),
+                        'json': {'filename': f.name}})
+    loader = create_loader(str(tmp_path / 'pub-val-{0000..0002}.tar'), batch_size=8, train=False, img_size=32,
+                           num_classes=10)
+    assert loader.num_samples == 40
+    labels = torch.cat([y for _, y in loader]).tolist()
+    assert labels == [CLASSES.index(f.parent.name) for f in files]     # every sample, stored order, right label
+
+
+# --- multi-rank semantics -----------------------------------------------------------------------------------------
+def test_training_ranks_get_equal_full_batches(cifar_shards):
+    out, _ = cifar_shards
+    counts = []
+    for rank in (0, 1):
+        loader = create_loader(out, 'train', batch_size=64, train=True, img_size=16, rank=rank, world_size=2)
+        shapes = [tuple(x.shape) for x, y in loader]
+        assert len(shapes) == len(loader) == 5000 // (2 * 64)
+        assert set(shapes) == {(64, 3, 16, 16)}
+        counts.append(len(shapes))
+    assert counts[0] == counts[1]
+
+
+def test_training_plan_reads_each_sample_at_most_once_per_epoch():
+    lengths = [700] * 7 + [100]
+    per_rank, wb = plan.train_batches(5000, 64, 2, 3)
+    seen = []
+    for rank in (0, 1):
+        for w in range(3):
+            own, _ = plan.train_segments(lengths, 0, 4, rank, w, wb, 64)
+            assert sum(s.count for s in own) == wb[w] * 64
+            seen += [(s.shard, s.start + i) for s in own for i in range(s.count)]
+    assert len(seen) == len(set(seen)) == per_rank * 2 * 64
+
+
+def test_rank_and_world_size_from_environment(cifar_shards, monkeypatch):
+    out, _ = cifar_shards
+    monkeypatch.setenv('RANK', '1')
+    monkeypatch.setenv('WORLD_SIZE', '3')
+    loader = create_loader(out, 'val', batch_size=50, train=False, img_size=16)
+    assert (loader.dataset.rank, loader.dataset.world_size) == (1, 3) and loader.rank_num_samples == 333
+    assert sum(len(y) for _, y in loader) == 333
+
+
+@pytest.mark.parametrize('world_size, num_workers', [(2, 0), (2, 2), (3, 0)])
+def test_evaluation_covers_every_sample_exactly_once(cifar_shards, world_size, num_workers):
+    out, _ = cifar_shards
+    reference, _ = eval_digests(create_loader(out, 'val', batch_size=64, train=False, img_size=16))
+    assert len(reference) == 1000
+    combined, per_rank = [], []
+    for rank in range(world_size):
+        loader = create_loader(out, 'val', batch_size=64, train=False, img_size=16, rank=rank,
+                               world_size=world_size, num_workers=num_workers)
+        digests, batches = eval_digests(loader)
+        assert len(digests) == loader.rank_num_samples and batches == len(loader)
+        combined += digests
+        per_rank.append(len(digests))
+    assert sorted(combined) == sorted(reference) and sum(per_rank) == 1000
+
+
+def test_padded_evaluation_has_equal_batches_and_exact_count(cifar_shards):
+    out, _ = cifar_shards
+    combined, batch_counts = [], set()
+    for rank in range(3):        # 1000 = 334 + 333 + 333: ranks would otherwise differ
+        loader = create_loader(out, 'val', batch_size=64, train=False, img_size=16, rank=rank, world_size=3,
+                               num_workers=0, pad=True)
+        shapes = []
+        for x, y in loader:
+            shapes.append(tuple(x.shape))
+            combined += [digest(img) for img, label in zip(x, y) if label >= 0]
+        batch_counts.add(len(shapes))
+        assert set(shapes) == {(64, 3, 16, 16)} and len(shapes) == len(loader)
+    assert len(batch_counts) == 1 and len(combined) == len(set(combined)) == 1000
+
+
+def test_resume_mid_epoch_sees_the_same_stream(cifar_shards):
+    out, _ = cifar_shards
+    kw = dict(batch_size=32, train=True, img_size=16, rank=1, world_size=2, seed=3, num_workers=2,
+              auto_augment='rand-m9-mstd0.5-inc1', re_prob=0.25, mixup=create_mixup(10))
+    loader = create_loader(out, 'train', epoch=2, **kw)
+    full = list(loader)
+    resumed = create_loader(out, 'train', epoch=0, **kw)
+    resumed.set_epoch(2, start_batch=5)
+    tail = list(resumed)
+    assert len(tail) == len(full) - 5
+    for (xa, ya), (xb, yb) in zip(full[5:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert ya.shape == (32, 10) and torch.allclose(ya.sum(1), torch.ones(32))     # mixup soft targets
+    resumed.set_epoch(3)
+    assert not torch.equal(next(iter(resumed))[0], full[0][0])                      # a new epoch, a new order
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+def corrupt_copy(src, dst):
+    """Copy the val shards; shard 0: truncated mid-way; shard 1: a garbage image, a sample without label,
+    a label out of range. Returns the number of samples lost to the truncation."""
+    dst.mkdir()
+    info = read_info(src)
+    for f in info.splits['val'].filenames:
+        shutil.copy(src / f, dst / f)
+    shutil.copy(src / '_info.json', dst / '_info.json')
+    first, second = (dst / f for f in info.splits['val'].filenames)
+    samples = list(read_tar(second).items())
+    samples[3][1]['jpg'] = b'\xff\xd8 garbage that is no JPEG'
+    del samples[10][1]['cls']
+    samples[20][1]['cls'] = b'42'
+    write_shard(second, samples)
+    data = first.read_bytes()
+    first.write_bytes(data[: len(data) // 2 + 100])
+    kept = sum(1 for _ in read_tar_prefix(first))
+    return info.splits['val'].shard_lengths[0] - kept
+
+
+def read_tar_prefix(path):
+    keys = []
+    with open(path, 'rb') as f, tarfile.open(fileobj=f, mode='r|') as tf:
+        try:
+            for m in tf:
+                keys.append(m.name.split('.')[0])
+        except tarfile.ReadError:
+            pass
+    return sorted(set(keys))[:-1]      # the last key may be partial
+
+
+@pytest.mark.parametrize('num_workers', [0, 2])
+def test_damaged_shards_are_read_to_the_end_and_counted(cifar_shards, tmp_path, num_workers):
+    out, _ = cifar_shards
+    lost = corrupt_copy(out, tmp_path / 'bad')
+    assert lost > 0
+    loader = create_loader(tmp_path / 'bad', 'val', batch_size=64, train=False, img_size=16,
+                           num_workers=num_workers)
+    n = sum(len(y) for _, y in loader)
+    s = loader.skipped
+    assert (s['bad_image'], s['missing_label'], s['bad_label']) == (1, 1, 1)
+    assert s['corrupt_shard'] == 1 + num_workers // 2     # the damaged shard spans both workers' ranges
+    assert s['lost_samples'] == lost and n + loader.skipped_samples == 1000
+    padded = create_loader(tmp_path / 'bad', 'val', batch_size=64, train=False, img_size=16, rank=1,
+                           world_size=2, pad=True, num_workers=num_workers)
+    assert sum(1 for _ in padded) == len(padded)
+    train = create_loader(tmp_path / 'bad', 'val', batch_size=64, train=True, img_size=16, rank=0, world_size=2)
+    assert sum(1 for _ in train) == len(train) == 1000 // 128
+
+
+# --- built-in data, errors ----------------------------------------------------------------------------------------
+def test_digits_materialise_once_and_load_one_channel(tmp_path, monkeypatch):
+    monkeypatch.setenv('DEEPVIT_DATA_CACHE', str(tmp_path))
+    threads = [threading.Thread(target=digits_dir) for _ in range(2)]   # two ranks starting at once
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.name for p in tmp_path.iterdir()] == ['digits-v1']
+    info = read_info(tmp_path / 'digits-v1')
+    assert (info.splits['train'].num_samples, info.splits['val'].num_samples) == (1437, 360)
+    loader = create_loader('digits', 'val', batch_size=90, train=False, img_size=16, in_chans=1)
+    batches = list(loader)
+    labels = torch.cat([y for _, y in batches])
+    assert batches[0][0].shape == (90, 1, 16, 16) and loader.classes == tuple('0123456789')
+    assert torch.bincount(labels).tolist() == [36, 36, 35, 37, 36, 37, 36, 36, 35, 36]  # stratified 20 %
+    from sklearn.datasets import load_digits
+    first = next(iter(create_loader('digits', 'train', batch_size=8, train=True, img_size=16, in_chans=3)))[0]
+    assert first.shape == (8, 3, 16, 16) and load_digits().images.shape == (1797, 8, 8)
+
+
+def test_clear_errors_before_training(cifar_shards, tmp_path):
+    out, _ = cifar_shards
+    with pytest.raises(FileNotFoundError, match='source='):
+        create_loader(tmp_path / 'missing.tar', batch_size=4, train=True)
+    with pytest.raises(FileNotFoundError, match='matches no shard'):
+        create_loader(str(tmp_path / '*.tar'), batch_size=4, train=True)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        create_loader(str(out / 'cifar10-val-{0000..0005}.tar'), batch_size=4, train=False)
+    with pytest.raises(ValueError, match="split='test'"):
+        create_loader(out, 'test', batch_size=4, train=True)
+    with pytest.raises(ValueError, match='no full batch per rank'):
+        create_loader(out, 'val', batch_size=600, train=True, world_size=2, rank=0)
+    with pytest.raises(FileNotFoundError, match='without _info.json'):
+        create_loader(tmp_path, batch_size=4, train=True)
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    (empty / '_info.json').write_text(json.dumps(
+        {'name': 'e', 'splits': {'train': {'name': 'train', 'num_samples': 0, 'filenames': [], 'shard_lengths': []}}}))
+    with pytest.raises(ValueError, match='is empty'):
+        create_loader(empty, 'train', batch_size=4, train=True)
+    with pytest.raises(ValueError, match='fewer than ranks \\* workers'):
+        plan.check_enough_shards(2, 4)
+    shards = resolve_shards([str(out / 'cifar10-val-0000.tar')])
+    assert shards.lengths == (700,)    # lengths found in the _info.json next to the shard
