@@ -1,0 +1,116 @@
+"""Checkpoints that never lose a run: DeepSpeed checkpoints on every rank, per-rank RNG states, fp32 export.
+
+Layout of ``<output_dir>/checkpoints/``: one folder per tag written by ``engine.save_checkpoint`` (``epoch0003`` at the
+end of each epoch, ``step00001234`` on preemption), DeepSpeed's ``latest`` file naming the newest complete one, and in
+each tag folder ``rank<R>.pt`` with that rank's RNG states and module buffers (DeepSpeed's ``client_state`` and
+module state are written by rank 0 only, but each rank's BatchNorm running statistics differ inside an epoch). A tag becomes ``latest`` only after every rank has written its files, so a crash mid-save leaves the previous
+checkpoint as the latest.
+"""
+import os
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+LATEST = 'latest'
+
+
+def rng_state() -> Dict[str, Any]:
+    """This process's RNG states: Python, NumPy, torch CPU and (when present) CUDA."""
+    state = {'python': random.getstate(), 'numpy': np.random.get_state(), 'torch': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state['python'])
+    np.random.set_state(state['numpy'])
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state['cuda'])
+
+
+def seed_everything(*parts: int) -> None:
+    """Seed Python, NumPy and torch from a tuple of ints (e.g. (seed, epoch, rank)): reproducible per epoch."""
+    seed = int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def latest_tag(ckpt_dir: Path) -> Optional[str]:
+    """The newest complete checkpoint tag under ``ckpt_dir``, or ``None``."""
+    path = Path(ckpt_dir) / LATEST
+    if not path.is_file():
+        return None
+    tag = path.read_text().strip()
+    return tag if (Path(ckpt_dir) / tag).is_dir() else None
+
+
+def _rank_file(ckpt_dir: Path, tag: str, rank: int) -> Path:
+    return Path(ckpt_dir) / tag / f'rank{rank}.pt'
+
+
+def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: int) -> None:
+    """Collective: every rank must call it. Writes the DeepSpeed checkpoint, this rank's RNG state and buffers, then
+    ``latest``."""
+    ckpt_dir = Path(ckpt_dir)
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    buffers = {name: buf.detach().cpu().clone() for name, buf in engine.module.named_buffers()}
+    torch.save({'rng': rng_state(), 'buffers': buffers}, _rank_file(ckpt_dir, tag, rank))
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        tmp = ckpt_dir / f'.{LATEST}.tmp'
+        tmp.write_text(tag)
+        os.replace(tmp, ckpt_dir / LATEST)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load(engine, ckpt_dir: Path, rank: int) -> Optional[Dict[str, Any]]:
+    """Collective: load the latest checkpoint into ``engine`` (weights, optimizer, …), this rank's RNG and buffers.
+
+    Returns:
+        The client state saved with it (plus ``'tag'``), or ``None`` when there is no checkpoint.
+    """
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    rank_file = _rank_file(ckpt_dir, tag, rank)
+    if rank_file.is_file():  # absent when resuming with another world size: rank 0's buffers, fresh RNG
+        own = torch.load(rank_file, weights_only=False)
+        set_rng_state(own['rng'])
+        with torch.no_grad():
+            for name, buf in engine.module.named_buffers():
+                if name in own['buffers']:
+                    buf.copy_(own['buffers'][name].to(buf.device, buf.dtype))
+    client_state = dict(client_state or {})
+    client_state['tag'] = tag
+    return client_state
+
+
+def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:
+    """Write the fp32 weights of checkpoint ``tag`` as a safetensors file that plain timm loads.
+
+    Uses DeepSpeed's ``zero_to_fp32`` consolidation, so it works for every ZeRO stage and for bf16 runs (whose fp32
+    master weights live in the optimizer partitions). Call on one rank, after :func:`save` returned.
+
+    Load with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out_file)), **fields)``.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import save_file
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+    state = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
+             for k, v in state.items()}
+    out_file = Path(out_file)
+    tmp = out_file.with_suffix('.tmp')
+    save_file(state, str(tmp))
+    os.replace(tmp, out_file)
+    return out_file

@@ -1,0 +1,47 @@
+"""Rank/world-size helpers and the few collectives the loop needs (work with or without a process group)."""
+import os
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def env_rank() -> int:
+    return int(os.environ.get('RANK', 0))
+
+
+def env_world_size() -> int:
+    return int(os.environ.get('WORLD_SIZE', 1))
+
+
+def env_local_rank() -> int:
+    return int(os.environ.get('LOCAL_RANK', 0))
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    """Sum a short vector of floats over all ranks (float64, so sample counts stay exact)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    if is_dist():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def average_buffers(module: torch.nn.Module, device: torch.device) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, in place.
+
+    Each rank's BatchNorm sees only its own micro-batches, so running statistics drift apart between ranks.
+    Averaging at every epoch end makes evaluation and checkpoints rank-independent, and a run resumed from a
+    checkpoint continues exactly as the uninterrupted run would.
+    """
+    if not is_dist():
+        return
+    world = dist.get_world_size()
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            t = buf.data.to(device=device, dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            buf.data.copy_((t / world).to(buf.dtype))

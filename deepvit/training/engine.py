@@ -1,0 +1,151 @@
+"""One training epoch and one evaluation pass over a DeepSpeed engine (DeiT's ``engine.py`` shape).
+
+Both take any iterable of ``(images (B, C, H, W) float, labels (B,) int64)`` batches and any classifier; they know
+nothing of MLflow, checkpoints or the data format. Progress bar and logging callbacks are passed in.
+"""
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .distributed import all_reduce_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
+
+
+@dataclass
+class StepControl:
+    """What the loop checks after every optimizer step (all ranks agree through one all-reduce)."""
+    stop_requested: Callable[[], bool] = lambda: False   # e.g. SIGTERM received on this rank
+    max_steps: Optional[int] = None                      # global optimizer-step budget
+
+
+@dataclass
+class EpochResult:
+    steps: int            # optimizer steps done in this call
+    batches: int          # micro-batches consumed (the position in the epoch's stream)
+    stopped: bool         # True when preempted or max_steps reached before the epoch's end
+    loss: float           # mean training loss over the micro-batches of this call (all ranks)
+
+
+def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device, dtype: torch.dtype,
+                    scheduler, mixup_fn=None, start_batch: int = 0, control: StepControl = StepControl(),
+                    log_every: int = 10, on_log: Callable[[Dict[str, float], int], None] = lambda m, s: None,
+                    progress=None) -> EpochResult:
+    """Train over ``loader`` from micro-batch ``start_batch`` until it ends, a stop is requested or the budget is spent.
+
+    Per micro-batch: optional Mixup/CutMix, forward in ``dtype``, loss in fp32, ``engine.backward``/``engine.step``
+    (DeepSpeed handles accumulation, clipping and ZeRO). After each optimizer step the per-step schedule is applied
+    (``scheduler.step_update(global_step)``) and the mean loss over ranks and a stop flag are all-reduced, so every
+    rank sees the same NaN and the same stop decision at the same step.
+
+    Raises:
+        NonFiniteLossError: the all-rank mean loss is NaN or infinite.
+    """
+    engine.train()
+    world = engine.world_size if hasattr(engine, 'world_size') else 1
+    micro = engine.train_micro_batch_size_per_gpu()
+    steps = batches = 0
+    loss_sum = loss_count = 0.0
+    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    stopped = False
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            images, targets = mixup_fn(images, labels)
+        else:
+            targets = labels
+        logits = engine(images.to(dtype))
+        loss = criterion(logits.float(), targets)
+        engine.backward(loss)
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.step()
+        batches += 1
+        loss_value = float(loss.detach())
+        if not boundary:
+            loss_sum += loss_value
+            loss_count += 1
+            continue
+        steps += 1
+        global_step = engine.global_steps
+        scheduler.step_update(num_updates=global_step)
+        budget_spent = control.max_steps is not None and global_step >= control.max_steps
+        summed = all_reduce_sum([loss_value, float(control.stop_requested()), float(budget_spent)], device)
+        mean_loss = float(summed[0]) / world
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) at step {global_step}; "
+                                     f"stopping with the last good checkpoint kept")
+        loss_sum += mean_loss
+        loss_count += 1
+        window_loss += mean_loss
+        window_n += 1
+        if progress is not None:
+            progress.update(1)
+        if global_step % log_every == 0 or summed[1] > 0 or summed[2] > 0:
+            _log_window(engine, window_loss, window_n, time.perf_counter() - window_t0, micro * world, global_step,
+                        on_log, progress)
+            window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+        if summed[1] > 0 or summed[2] > 0:
+            stopped = True
+            break
+    if window_n:  # the epoch's last steps
+        _log_window(engine, window_loss, window_n, time.perf_counter() - window_t0, micro * world,
+                    engine.global_steps, on_log, progress)
+    return EpochResult(steps=steps, batches=batches, stopped=stopped,
+                       loss=loss_sum / loss_count if loss_count else float('nan'))
+
+
+def _log_window(engine, loss_total: float, steps: int, seconds: float, samples_per_micro_step: int, step: int,
+                on_log, progress) -> None:
+    metrics = {
+        'train/loss': loss_total / steps,
+        'train/lr': engine.optimizer.param_groups[0]['lr'],
+        'train/samples_per_sec': steps * engine.gradient_accumulation_steps() * samples_per_micro_step / seconds,
+    }
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        metrics['train/grad_norm'] = float(grad_norm)
+    on_log(metrics, step)
+    if progress is not None:
+        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
+                             img_s=f"{metrics['train/samples_per_sec']:.0f}", refresh=False)
+
+
+@torch.no_grad()
+def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtype) -> Dict[str, float]:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy over every sample of a rank-sharded split.
+
+    Labels < 0 mark padding samples (added so that every rank runs the same number of forward passes, which
+    ZeRO-3 needs); they are excluded. Sums are all-reduced, so the result is over exactly the split's samples
+    whatever the world size; ``val/num_samples`` reports how many were counted.
+    """
+    model.eval()
+    loss_sum = top1 = top5 = count = 0.0
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True).to(dtype)
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images).float()
+        keep = labels >= 0
+        if not bool(keep.any()):
+            continue
+        logits, labels = logits[keep], labels[keep]
+        loss_sum += float(F.cross_entropy(logits, labels, reduction='sum'))
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices
+        hit = topk.eq(labels[:, None])
+        top1 += float(hit[:, 0].sum())
+        top5 += float(hit.any(dim=1).sum())
+        count += labels.numel()
+    total = all_reduce_sum([loss_sum, top1, top5, count], device)
+    n = float(total[3])
+    model.train()
+    if n == 0:
+        return {'val/loss': float('nan'), 'val/top1': float('nan'), 'val/top5': float('nan'), 'val/num_samples': 0.0}
+    return {'val/loss': float(total[0]) / n, 'val/top1': 100.0 * float(total[1]) / n,
+            'val/top5': 100.0 * float(total[2]) / n, 'val/num_samples': n}

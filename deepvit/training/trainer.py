@@ -1,0 +1,342 @@
+"""Wire a resolved config into a DeepSpeed training run: validate → data → model → engine → loop → record.
+
+Everything that can be wrong with the user's input is checked in :func:`preflight` before the process group is
+created or a model is built. :func:`run` is called on every rank by ``launch/train.py``.
+"""
+import json
+import logging
+import os
+import signal
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .checkpoint import export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
+from .config import Config, ConfigError, flatten, model_overrides, to_yaml
+from .distributed import average_buffers, env_local_rank, env_rank, env_world_size, is_dist
+from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
+from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
+
+RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
+EXPORT_FILE = 'model.safetensors'
+MODEL_FILE = 'model.json'    # {"name": ..., "kwargs": {...}}: the create_model call that rebuilds the model
+
+
+@dataclass
+class Plan:
+    """What preflight resolved: everything needed to build the run, nothing built yet."""
+    cfg: Config
+    ds: ResolvedDeepSpeedConfig
+    rank: int
+    local_rank: int
+    world_size: int
+    model_kwargs: Dict[str, Any]
+    num_classes: int
+
+
+def _is_gray_source(source: str) -> bool:
+    return source == 'digits'
+
+
+def preflight(cfg: Config, ds_path: str) -> Plan:
+    """Check the DeepSpeed config, the model name and fields, and the data source. Raises ConfigError & co.
+
+    Cheap: the model is built on the ``meta`` device (no memory, no init) only to run its own field checks; the
+    data source is resolved to shard lists (``_info.json``), nothing is decoded.
+    """
+    import timm
+    from .. import models as deepvit_models
+    from ..data import resolve_shards
+
+    rank, world = env_rank(), env_world_size()
+    ds = resolve_ds_config(ds_path, world)
+    variants = deepvit_models.list_variants()
+    if cfg.model.name not in variants:
+        raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of: {', '.join(variants)}")
+    train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
+    val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
+    for what, shards in (('train', train_shards), ('val', val_shards)):
+        if shards.num_samples == 0:
+            raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
+    kwargs = model_overrides(cfg.model)
+    classes = train_shards.classes
+    if cfg.model.num_classes is None:
+        if not classes:
+            raise ConfigError(f"model.num_classes: the data {cfg.data.source!r} lists no classes; set it")
+        kwargs['num_classes'] = len(classes)
+    elif classes and cfg.model.num_classes < len(classes):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than the {len(classes)} classes "
+                          f"of {cfg.data.source!r}")
+    if cfg.model.in_chans is None:
+        kwargs['in_chans'] = 1 if _is_gray_source(cfg.data.source) else 3
+    try:
+        meta = timm.create_model(cfg.model.name, device='meta', **kwargs)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"model: {cfg.model.name}: {err}") from None
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
+        if ds.micro_batch_size % 2:
+            raise ConfigError(f"train.mixup/cutmix need an even train_micro_batch_size_per_gpu, got "
+                              f"{ds.micro_batch_size} in {ds_path}")
+    kwargs.setdefault('img_size', meta.model_cfg['img_size'])
+    return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
+                num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes)
+
+
+class _Preemption:
+    """Sets a flag on SIGTERM (cluster preemption); the loop checkpoints at the next optimizer step and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _quiet_other_ranks(rank: int) -> None:
+    from deepspeed.utils import logger as ds_logger
+    ds_logger.setLevel(logging.WARNING if rank == 0 else logging.ERROR)
+    if rank != 0:
+        warnings.filterwarnings('ignore')
+        logging.getLogger().setLevel(logging.ERROR)
+
+
+def _device(local_rank: int) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device('cuda', local_rank)
+    return torch.device('cpu')
+
+
+def _build_loaders(plan: Plan, device: torch.device, mixup_fn):
+    from ..data import create_loader
+    cfg, kwargs = plan.cfg, plan.model_kwargs
+    img_size = int(kwargs['img_size'] if isinstance(kwargs['img_size'], int) else kwargs['img_size'][0])
+    common = dict(img_size=img_size, in_chans=kwargs['in_chans'], num_classes=plan.num_classes,
+                  seed=cfg.train.seed, rank=plan.rank, world_size=plan.world_size, num_workers=cfg.data.num_workers,
+                  interpolation=cfg.data.interpolation)
+    if cfg.data.crop_pct is not None:
+        common['crop_pct'] = cfg.data.crop_pct
+    train = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=True,
+                          scale=cfg.data.scale, ratio=cfg.data.ratio, hflip=cfg.data.hflip,
+                          auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn, **common)
+    val = create_loader(cfg.data.source, cfg.data.val_split, batch_size=plan.ds.micro_batch_size, train=False,
+                        pad=True, **common)
+    probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=cfg.train.collapse_images, train=False,
+                          **dict(common, rank=0, world_size=1, num_workers=0))
+    return train, val, probe
+
+
+def _run_name(cfg: Config, kwargs: Dict[str, Any], model) -> str:
+    if cfg.log.run_name:
+        return cfg.log.run_name
+    mc = model.model_cfg
+    return f"{cfg.model.name}-d{mc['depth']}-w{mc['embed_dim']}-s{cfg.train.seed}"
+
+
+def run(plan: Plan) -> int:
+    """Train on this rank. Returns the process exit code (0 done, 143 preempted after checkpointing)."""
+    import deepspeed
+    import timm
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from tqdm import tqdm
+
+    from ..data import create_mixup
+    from ..models import count_params, gmacs_per_image
+    from .collapse_report import collapse_report, similarity_figure
+    from .tracking import create_tracker, default_tracking_uri
+
+    cfg, ds, rank, world = plan.cfg, plan.ds, plan.rank, plan.world_size
+    _quiet_other_ranks(rank)
+    preempt = _Preemption()
+    out_dir = Path(cfg.output_dir).resolve()
+    ckpt_dir = out_dir / 'checkpoints'
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(plan.local_rank)
+    deepspeed.init_distributed(verbose=False)
+
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ds.precision, torch.float32)
+    seed_everything(cfg.train.seed)  # identical initial weights on every rank
+    model = timm.create_model(cfg.model.name, **plan.model_kwargs)
+    n_params, gmacs = count_params(model), gmacs_per_image(model)
+    lr = cfg.train.lr * ds.global_batch_size / 512  # DeiT's linear scaling rule
+    optimizer = create_optimizer_v2(model, opt=cfg.train.opt, lr=lr, weight_decay=cfg.train.weight_decay,
+                                    eps=cfg.train.opt_eps)
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds.config)
+
+    mixup_fn = create_mixup(plan.num_classes, mixup_alpha=cfg.train.mixup, cutmix_alpha=cfg.train.cutmix,
+                            prob=cfg.train.mixup_prob, switch_prob=cfg.train.mixup_switch_prob,
+                            label_smoothing=cfg.train.label_smoothing) \
+        if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) else None
+    train_loader, val_loader, probe_loader = _build_loaders(plan, device, mixup_fn)
+    if mixup_fn is not None:
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.train.label_smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=cfg.train.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    steps_per_epoch = train_loader.num_batches // ds.grad_accum_steps
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.sched, num_epochs=cfg.train.epochs,
+                                       warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
+                                       min_lr=cfg.train.min_lr, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+
+    # ---- resume
+    state: Optional[Dict[str, Any]] = None
+    if cfg.resume and latest_tag(ckpt_dir) is not None:
+        state = load_checkpoint(engine, ckpt_dir, rank)
+        scheduler.load_state_dict(state['scheduler'])
+    run_id = (state or {}).get('mlflow_run_id')
+    run_file = out_dir / RUN_FILE
+    if run_id is None and cfg.resume and run_file.is_file():
+        run_id = json.loads(run_file.read_text()).get('run_id')
+    start_epoch = int((state or {}).get('epoch', 0))
+    start_batch = int((state or {}).get('batch_in_epoch', 0))
+    scheduler.step_update(num_updates=engine.global_steps)
+
+    # ---- tracking (rank 0)
+    family = model.family
+    tags = {'family': family, 'deepvit.kind': 'train'}
+    if cfg.log.sweep_id:
+        tags['sweep_id'] = cfg.log.sweep_id
+    if cfg.log.sweep_point:
+        tags['sweep_point'] = cfg.log.sweep_point
+    if cfg.log.parent_run_id:
+        tags['mlflow.parentRunId'] = cfg.log.parent_run_id
+    tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, plan.model_kwargs, model),
+                             tracking_uri=cfg.log.tracking_uri or default_tracking_uri(), run_id=run_id, tags=tags)
+    if rank == 0:
+        run_file.write_text(json.dumps({'run_id': tracker.run_id}))
+        (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
+        params = flatten(cfg)
+        params.update({f'ds.{k}': v for k, v in flatten(ds.config).items()})
+        params.update({'ds.zero_stage': ds.zero_stage, 'ds.global_batch_size': ds.global_batch_size,
+                       'world_size': world, 'precision': ds.precision, 'model.params': n_params,
+                       'model.gmacs': round(gmacs, 6), 'model.family': family, 'train.scaled_lr': lr})
+        params.update({f'model.resolved.{k}': v for k, v in model.model_cfg.items()})
+        tracker.log_params(params)
+        tracker.log_text(to_yaml(cfg), 'config.yaml')
+        tracker.log_dict(ds.config, 'ds_config.json')
+        print(f"[deepvit] {cfg.model.name} ({family}, {n_params / 1e6:.2f}M params, {gmacs:.3f} GMACs/img) | "
+              f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
+              f"lr {lr:.2e} | {steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
+              f"({tracker.uri if hasattr(tracker, 'uri') else ''})", flush=True)
+        if state is not None:
+            print(f"[deepvit] resumed from {ckpt_dir / state['tag']} (epoch {start_epoch}, batch {start_batch}, "
+                  f"step {engine.global_steps})", flush=True)
+
+    control = StepControl(stop_requested=preempt, max_steps=cfg.train.max_steps)
+    status, exit_code = 'FINISHED', 0
+    last_val: Dict[str, float] = {}
+    try:
+        epoch = start_epoch
+        while epoch < cfg.train.epochs:
+            if start_batch == 0:
+                seed_everything(cfg.train.seed, epoch, rank)  # mid-epoch resume keeps the restored RNG state
+            train_loader.set_epoch(epoch, start_batch)
+            bar = tqdm(total=steps_per_epoch, initial=start_batch // ds.grad_accum_steps, disable=rank != 0,
+                       desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True, leave=False)
+            t0 = time.perf_counter()
+            result = train_one_epoch(engine, train_loader, criterion, device=device, dtype=dtype,
+                                     scheduler=scheduler, start_batch=start_batch, control=control,
+                                     log_every=cfg.train.log_every,
+                                     on_log=lambda m, s: tracker.log_metrics(m, s), progress=bar)
+            bar.close()
+            position = start_batch + result.batches  # micro-batches of this epoch consumed so far
+            start_batch = 0
+            complete = position >= train_loader.num_batches
+            if preempt() and not complete:  # each rank keeps its own BatchNorm statistics in its rank file
+                tag = f'step{engine.global_steps:08d}'
+                save_checkpoint(engine, ckpt_dir, tag, _client_state(epoch, position, engine, scheduler,
+                                                                     tracker.run_id, cfg), rank)
+                status, exit_code = 'KILLED', 143
+                if rank == 0:
+                    print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written; resume with --resume", flush=True)
+                break
+            average_buffers(engine.module, device)
+            metrics = evaluate(engine, val_loader, device=device, dtype=dtype)
+            skipped = _all_skipped(train_loader, val_loader, device)
+            metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
+            tracker.log_metrics(metrics, engine.global_steps)
+            last_val = metrics
+            if complete:
+                tag, state_at = f'epoch{epoch + 1:04d}', (epoch + 1, 0)
+            else:  # step budget spent inside the epoch
+                tag, state_at = f'step{engine.global_steps:08d}', (epoch, position)
+            save_checkpoint(engine, ckpt_dir, tag, _client_state(*state_at, engine, scheduler, tracker.run_id, cfg),
+                            rank)
+            if rank == 0:
+                print(f"[deepvit] epoch {epoch + 1}/{cfg.train.epochs} step {engine.global_steps} | "
+                      f"train loss {result.loss:.4f} | val loss {metrics['val/loss']:.4f} "
+                      f"top1 {metrics['val/top1']:.2f} top5 {metrics['val/top5']:.2f} "
+                      f"({int(metrics['val/num_samples'])} images) | skipped {int(skipped)} | "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)
+            if preempt():
+                status, exit_code = 'KILLED', 143
+                break
+            if result.stopped:  # step budget spent
+                break
+            epoch += 1
+
+        if status == 'FINISHED':
+            images, _ = next(iter(probe_loader))
+            report = collapse_report(engine.module, images.to(device).to(dtype))
+            if rank == 0:
+                _log_collapse(tracker, report, engine.global_steps, similarity_figure)
+                tag = latest_tag(ckpt_dir)
+                export = export_fp32(ckpt_dir, tag, out_dir / EXPORT_FILE)
+                tracker.log_params({'export.path': str(export)})
+                print(f"[deepvit] done: val top1 {last_val.get('val/top1', float('nan')):.2f} | similar blocks "
+                      f"softmax {report['similar_blocks_softmax']} mixed {report['similar_blocks_mixed']} | "
+                      f"weights {export}", flush=True)
+            if is_dist():
+                torch.distributed.barrier()
+    except NonFiniteLossError as err:
+        status, exit_code = 'FAILED', 1
+        if rank == 0:
+            print(f"[deepvit] error: {err} ({latest_tag(ckpt_dir) or 'no checkpoint yet'})", flush=True)
+    except BaseException:
+        tracker.end('FAILED')
+        raise
+    tracker.end(status)
+    return exit_code
+
+
+def _budget_spent(control: StepControl, engine) -> bool:
+    return control.max_steps is not None and engine.global_steps >= control.max_steps
+
+
+def _client_state(epoch: int, batch_in_epoch: int, engine, scheduler, run_id, cfg: Config) -> Dict[str, Any]:
+    return {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'global_step': engine.global_steps,
+            'scheduler': scheduler.state_dict(), 'mlflow_run_id': run_id, 'config': flatten(cfg)}
+
+
+def _all_skipped(train_loader, val_loader, device) -> float:
+    from .distributed import all_reduce_sum
+    return float(all_reduce_sum([train_loader.skipped_samples + val_loader.skipped_samples], device)[0])
+
+
+def _log_collapse(tracker, report: Dict[str, Any], step: int, figure_fn) -> None:
+    import matplotlib.pyplot as plt
+    metrics = {}
+    for stage in ('softmax', 'mixed'):
+        metrics[f'collapse/similar_blocks_{stage}'] = report[f'similar_blocks_{stage}']
+        metrics[f'collapse/mean_adjacent_similarity_{stage}'] = report[f'mean_adjacent_similarity_{stage}']
+        sim = report[f'similarity_{stage}']
+        tracker.log_numpy(sim, f'collapse/similarity_{stage}.npy')
+        fig = figure_fn(sim, f'cross-layer similarity ({stage} maps)')
+        tracker.log_figure(fig, f'collapse/similarity_{stage}.png')
+        plt.close(fig)
+    tracker.log_metrics(metrics, step)

@@ -1,0 +1,28 @@
+"""Train a ViT / DeepViT with DeepSpeed ZeRO; every run is recorded in MLflow.
+
+    deepspeed launch/train.py --deepspeed ds_configs/zero2.json                       # built-in digits, tiny DeepViT
+    deepspeed --num_gpus 8 launch/train.py --deepspeed ds_configs/zero2.json \\
+        --config launch/configs/imagenet.yaml --model deepvit_32b_patch16_224 --data /data/imagenet1k-wds
+    deepspeed launch/train.py --deepspeed ds_configs/zero2.json --output-dir runs/a --resume   # continue a run
+
+``--help`` lists every config field with its default. User errors (a bad config, an unknown field, missing data)
+print one paragraph and exit with status 2 before any model is built or any process group waits.
+"""
+import sys
+
+
+def main(argv=None) -> int:
+    from deepvit.training import build_parser, resolve
+    from deepvit.training.trainer import preflight, run
+
+    args = build_parser().parse_args(argv)
+    try:
+        plan = preflight(resolve(args), args.deepspeed)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # ConfigError & DeepSpeedConfigError too
+        print(f"launch/train.py: error: {err}", file=sys.stderr)
+        return 2
+    return run(plan)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Training configuration and DeepSpeed-config checks: precedence, spellings, and clear errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deepvit.training.config import Config, ConfigError, build_parser, field_types, flatten, model_overrides, resolve
+from deepvit.training.ds_config import DeepSpeedConfigError, resolve_ds_config
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO2 = str(ROOT / 'ds_configs' / 'zero2.json')
+
+
+def parse(*argv):
+    return resolve(build_parser().parse_args(['--deepspeed', ZERO2, *argv]))
+
+
+def test_defaults_are_the_builtin_digits_job():
+    cfg = parse()
+    assert cfg.model.name == 'deepvit_tiny_patch4_32' and cfg.data.source == 'digits'
+    assert cfg.resume is False and cfg.output_dir == 'outputs/run'
+
+
+def test_user_spellings_and_dotted_flags():
+    cfg = parse('--model', 'vit_tiny_patch4_32', '--data', '/shards', '--epochs', '3', '--seed', '7',
+                '--output-dir', 'o', '--experiment', 'e', '--resume', '--depth', '12', '--embed-dim', '96',
+                '--num-heads', '6', '--reattn-norm', 'ln', '--train.lr', '1e-3', '--data.scale', '0.2,1')
+    assert (cfg.model.name, cfg.data.source, cfg.train.epochs, cfg.train.seed) == ('vit_tiny_patch4_32', '/shards', 3, 7)
+    assert (cfg.output_dir, cfg.log.experiment, cfg.resume) == ('o', 'e', True)
+    assert (cfg.model.depth, cfg.model.embed_dim, cfg.model.num_heads) == (12, 96, 6)
+    assert cfg.train.lr == 1e-3 and cfg.data.scale == (0.2, 1.0)
+    assert model_overrides(cfg.model) == dict(depth=12, embed_dim=96, num_heads=6, drop_path_rate=0.0,
+                                              reattn_norm='ln')
+
+
+def test_yaml_then_command_line_precedence(tmp_path):
+    cfg_file = tmp_path / 'c.yaml'
+    cfg_file.write_text('model:\n  depth: 4\n  reattn_blocks: 2\ntrain:\n  epochs: 9\n  lr: 0.01\n')
+    cfg = parse('--config', str(cfg_file), '--epochs', '5')
+    assert cfg.model.depth == 4 and cfg.train.lr == 0.01 and cfg.train.epochs == 5
+    assert model_overrides(cfg.model)['reattn_blocks'] == 2
+
+
+@pytest.mark.parametrize('text, needle', [
+    ('model:\n  depht: 4\n', "'model.depht'"),
+    ('optim:\n  lr: 1\n', "'optim'"),
+    ('train:\n  epochs: many\n', "train.epochs must be an integer, got 'many'"),
+    ('train: [1, 2]\n', "section 'train' must be a mapping"),
+    ('model: {depth: 4\n', 'not valid YAML'),
+])
+def test_bad_yaml_names_the_field(tmp_path, text, needle):
+    cfg_file = tmp_path / 'bad.yaml'
+    cfg_file.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        parse('--config', str(cfg_file))
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['--epochs', '0'], 'train.epochs is out of range: 0'),
+    (['--lr', 'fast'], "train.lr must be a number, got 'fast'"),
+    (['--smoothing', '1.5'], 'train.label_smoothing is out of range: 1.5'),
+    (['--data.scale', '0.5'], 'data.scale must be 2 comma-separated numbers'),
+])
+def test_bad_values_name_the_field(argv, needle):
+    with pytest.raises(ConfigError) as err:
+        parse(*argv)
+    assert needle in str(err.value)
+
+
+def test_unknown_flag_is_an_error(capsys):
+    with pytest.raises(SystemExit) as err:
+        build_parser().parse_args(['--deepspeed', ZERO2, '--depht', '4'])
+    assert err.value.code == 2
+    assert '--depht' in capsys.readouterr().err
+
+
+def test_help_documents_every_field_with_default(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    defaults = flatten(Config())
+    for key in field_types():
+        assert f'--{key}' in text
+        assert f'(default: {defaults[key]!r})' in text
+
+
+def test_flatten_uses_dotted_keys():
+    flat = flatten(parse('--depth', '8'))
+    assert flat['model.depth'] == 8 and flat['train.seed'] == 0 and flat['log.experiment'] == 'deepvit'
+
+
+# ---------------------------------------------------------------- DeepSpeed config
+
+def write(tmp_path, obj, name='ds.json'):
+    path = tmp_path / name
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    return str(path)
+
+
+@pytest.mark.parametrize('name', ['zero1.json', 'zero2.json', 'zero3.json', 'zero3_offload.json'])
+@pytest.mark.parametrize('world', [1, 2, 8])
+def test_shipped_configs_valid_for_any_world_size(name, world):
+    ds = resolve_ds_config(str(ROOT / 'ds_configs' / name), world, bf16_native=False)
+    assert ds.global_batch_size == ds.micro_batch_size * ds.grad_accum_steps * world
+    assert ds.precision == 'fp32' and ds.config['bf16']['enabled'] is False
+    assert ds.config['gradient_clipping'] == 1.0 and 'steps_per_print' in ds.config
+    assert ds.zero_stage == int(name[4])
+    raw = json.loads((ROOT / 'ds_configs' / name).read_text())
+    assert 'auto' not in json.dumps(raw) and 'train_batch_size' not in raw
+
+
+def test_bf16_where_native():
+    ds = resolve_ds_config(ZERO2, 2, bf16_native=True)
+    assert ds.precision == 'bf16' and ds.config['bf16']['enabled'] is True
+
+
+@pytest.mark.parametrize('content, needle', [
+    ('{"train_micro_batch_size_per_gpu": 8,', 'not valid JSON at line 1'),
+    ('[1, 2]', 'expected a JSON object'),
+    ({'train_micro_batch_size_per_gpu': 'auto'}, 'train_micro_batch_size_per_gpu is "auto"'),
+    ({'train_batch_size': 32, 'zero_optimization': {'stage': 2, 'reduce_bucket_size': 'auto'}},
+     'zero_optimization.reduce_bucket_size is "auto"'),
+    ({'train_batch_size': 30, 'train_micro_batch_size_per_gpu': 4, 'gradient_accumulation_steps': 2},
+     'train_batch_size=30 != train_micro_batch_size_per_gpu=4 × gradient_accumulation_steps=2 × world_size=2'),
+    ({'train_batch_size': 10, 'train_micro_batch_size_per_gpu': 4}, 'not divisible'),
+    ({'train_micro_batch_size_per_gpu': 0}, 'train_micro_batch_size_per_gpu must be a positive integer, got 0'),
+    ({'train_micro_batch_size_per_gpu': 8, 'optimizer': {'type': 'AdamW'}}, 'remove the "optimizer" section'),
+    ({'train_micro_batch_size_per_gpu': 8, 'zero_optimization': {'stage': 4}}, 'stage must be 0, 1, 2 or 3, got 4'),
+    ({'zero_optimization': {'stage': 2}}, 'give train_micro_batch_size_per_gpu'),
+])
+def test_bad_deepspeed_configs(tmp_path, content, needle):
+    path = write(tmp_path, content)
+    with pytest.raises(DeepSpeedConfigError) as err:
+        resolve_ds_config(path, 2, bf16_native=False)
+    assert needle in str(err.value) and path in str(err.value)
+
+
+def test_missing_deepspeed_config(tmp_path):
+    with pytest.raises(DeepSpeedConfigError, match='config file not found'):
+        resolve_ds_config(str(tmp_path / 'nope.json'), 1)
+
+
+# ---------------------------------------------------------------- the launch script refuses bad input early
+
+def run_train(tmp_path, *argv, env_extra=None):
+    import os
+    env = dict(os.environ, DEEPVIT_DATA_CACHE=str(tmp_path / 'cache'), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(ROOT / 'launch' / 'train.py'), *argv], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=300)
+
+
+@pytest.mark.parametrize('argv, needle', [
+    (['--deepspeed', 'missing.json'], 'config file not found: missing.json'),
+    (['--deepspeed', ZERO2, '--model', 'resnet50'], "model.name: unknown model 'resnet50'"),
+    (['--deepspeed', ZERO2, '--embed-dim', '30'], 'embed_dim must be divisible by num_heads=4, got embed_dim=30'),
+    (['--deepspeed', ZERO2, '--reattn-norm', 'group'], "reattn_norm must be one of ('bn', 'ln', 'none'), got 'group'"),
+    (['--deepspeed', ZERO2, '--depth', '2', '--reattn-blocks', '3'], 'reattn_blocks must be between 0 and depth=2'),
+    (['--deepspeed', ZERO2, '--data', '/nonexistent/shards'], '/nonexistent/shards'),
+])
+def test_launch_script_user_errors(tmp_path, argv, needle):
+    proc = run_train(tmp_path, *argv)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'm.db').exists()  # nothing started
+
+
+def test_inconsistent_batch_for_world_size(tmp_path):
+    path = write(tmp_path, {'train_batch_size': 64, 'train_micro_batch_size_per_gpu': 64,
+                            'gradient_accumulation_steps': 1})
+    proc = run_train(tmp_path, '--deepspeed', path, env_extra={'WORLD_SIZE': '2', 'RANK': '0'})
+    assert proc.returncode == 2
+    assert 'world_size=2' in proc.stderr and 'Traceback' not in proc.stderr

@@ -1,0 +1,226 @@
+"""The main job for real: DeepSpeed's launcher, 2 CPU ranks (gloo), every ZeRO stage, kill/preempt-and-resume,
+two "nodes" on one machine, the MLflow record and the exported weights.
+
+A 2-rank launch costs ~30 s (mostly imports), so the suite shares one uninterrupted ZeRO-2 run as the reference.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
+        '--data.num_workers', '1']
+DIGITS_VAL = 360
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp('launch')
+    e = dict(os.environ)
+    e.update(DEEPVIT_DATA_CACHE=str(base / 'cache'), MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}",
+             OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    e.pop('RANK', None), e.pop('WORLD_SIZE', None)
+    return e
+
+
+def launcher_cmd(*, num_gpus=2, port=None, extra_launcher=()):
+    return ['deepspeed', *extra_launcher, *(['--num_gpus', str(num_gpus)] if num_gpus else []),
+            '--master_port', str(port or free_port()), str(ROOT / 'launch' / 'train.py')]
+
+
+def start(env, out, *args, ds='zero2.json', experiment='launch-tests', **kw):
+    cmd = launcher_cmd(**kw) + ['--deepspeed', str(ROOT / 'ds_configs' / ds), '--output-dir', str(out),
+                                '--experiment', experiment, *TINY, *args]
+    log = open(Path(str(out) + '.log'), 'w')
+    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def finish(proc, timeout=420):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def log_of(out) -> str:
+    return Path(str(out) + '.log').read_text()
+
+
+def run_ok(env, out, *args, **kw):
+    code = finish(start(env, out, *args, **kw))
+    assert code == 0, log_of(out)[-4000:]
+    return out
+
+
+def run_id(out) -> str:
+    return json.loads((Path(out) / 'run.json').read_text())['run_id']
+
+
+def weights(out):
+    return load_file(str(Path(out) / 'model.safetensors'))
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def rank_pids(launcher_pid):
+    """{local rank: pid} of the rank processes (children of deepspeed.launcher.launch, not their DataLoader workers)."""
+    import psutil
+    out = {}
+    for proc in psutil.Process(launcher_pid).children(recursive=True):
+        if 'deepspeed.launcher.launch' not in ' '.join(proc.parent().cmdline()):
+            continue
+        for arg in proc.cmdline():
+            if arg.startswith('--local_rank='):
+                out[int(arg.split('=')[1])] = proc.pid
+    assert len(out) == 2, out
+    return out
+
+
+def wait_for(path: Path, proc, timeout=300):
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f'job ended before {path} appeared'
+        assert time.time() - t0 < timeout, f'{path} did not appear'
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope='module')
+def reference(env, tmp_path_factory):
+    """Uninterrupted 2-rank ZeRO-2 run: the yardstick for resume and multi-node equivalence."""
+    return run_ok(env, tmp_path_factory.mktemp('ref') / 'zero2')
+
+
+def client(env):
+    return MlflowClient(env['MLFLOW_TRACKING_URI'])
+
+
+def final_metric(c, rid, key):
+    return c.get_metric_history(rid, key)[-1].value
+
+
+@pytest.mark.parametrize('stage', [1, 2, 3])
+def test_zero_stages_train_and_record(stage, env, reference, tmp_path):
+    out = reference if stage == 2 else run_ok(env, tmp_path / f'zero{stage}', ds=f'zero{stage}.json')
+    c = client(env)
+    run = c.get_run(run_id(out))
+    assert run.info.status == 'FINISHED'
+    p = run.data.params
+    assert (p['ds.zero_stage'], p['world_size'], p['precision'], p['model.depth']) == (str(stage), '2', 'fp32', '2')
+    assert p['model.name'] == 'deepvit_tiny_patch4_32' and run.data.tags['family'] == 'deepvit'
+    assert int(p['model.params']) > 0 and float(p['model.gmacs']) > 0
+    assert p['ds.global_batch_size'] == str(2 * 64)
+    hist = c.get_metric_history(run.info.run_id, 'val/num_samples')
+    assert [m.value for m in hist] == [DIGITS_VAL] * 3  # each val image counted once per epoch, across 2 ranks
+    assert len(c.get_metric_history(run.info.run_id, 'val/top1')) == 3
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, 'train/loss')]
+    assert steps == sorted(steps) and steps[-1] == 33  # 1437 // (2 × 64) = 11 steps/epoch × 3
+    for key in ('train/lr', 'train/grad_norm', 'train/samples_per_sec', 'val/top5', 'val/loss',
+                'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed'):
+        assert c.get_metric_history(run.info.run_id, key), key
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)} | \
+        {a.path for a in c.list_artifacts(run.info.run_id, 'collapse')}
+    for path in ('config.yaml', 'ds_config.json', 'collapse/similarity_softmax.npy', 'collapse/similarity_mixed.npy',
+                 'collapse/similarity_softmax.png', 'collapse/similarity_mixed.png'):
+        assert path in artifacts
+    sim = np.load(c.download_artifacts(run.info.run_id, 'collapse/similarity_softmax.npy', str(tmp_path)))
+    assert sim.shape == (2, 2) and np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
+    text = log_of(out)
+    assert text.count('[deepvit] epoch 1/3') == 1  # only rank 0 prints
+    assert (Path(out) / 'model.safetensors').is_file()
+
+
+def test_exported_weights_reload_in_plain_timm(env, reference):
+    import timm
+    import deepvit  # noqa: F401
+    from deepvit.data import create_loader
+    spec = json.loads((Path(reference) / 'model.json').read_text())
+    model = timm.create_model(spec['name'], pretrained=True,
+                              pretrained_cfg_overlay=dict(file=str(Path(reference) / 'model.safetensors')),
+                              **spec['kwargs']).eval()
+    os.environ['DEEPVIT_DATA_CACHE'] = env['DEEPVIT_DATA_CACHE']
+    loader = create_loader('digits', 'val', batch_size=100, train=False, img_size=32, in_chans=1, rank=0,
+                           world_size=1, interpolation='bicubic')
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    assert n == DIGITS_VAL
+    logged = final_metric(client(env), run_id(reference), 'val/top1')
+    assert abs(100 * correct / n - logged) <= 100 / DIGITS_VAL + 1e-9  # same top-1 (one borderline image at most)
+
+
+def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(env, reference, tmp_path):
+    out = tmp_path / 'killed'
+    proc = start(env, out)
+    wait_for(out / 'checkpoints' / 'epoch0001', proc)
+    wait_for(out / 'checkpoints' / 'latest', proc)
+    os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
+    assert finish(proc) != 0
+    assert not (out / 'model.safetensors').exists()
+    first_id = run_id(out)
+    assert client(env).get_run(first_id).info.status in ('RUNNING', 'FAILED')
+    run_ok(env, out, '--resume')
+    assert run_id(out) == first_id  # the same MLflow run continues
+    assert '[deepvit] resumed from' in log_of(out)
+    assert_same_weights(out, reference)
+    c = client(env)
+    assert client(env).get_run(first_id).info.status == 'FINISHED'
+    for key in ('val/top1', 'val/loss'):
+        assert final_metric(c, first_id, key) == pytest.approx(final_metric(c, run_id(reference), key), abs=1e-6)
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_path):
+    out = tmp_path / 'preempted'
+    proc = start(env, out)
+    wait_for(out / 'checkpoints' / 'epoch0001', proc)
+    time.sleep(0.5)  # inside epoch 2
+    for pid in rank_pids(proc.pid).values():  # a cluster scheduler signals every task
+        os.kill(pid, signal.SIGTERM)
+    assert finish(proc) != 0
+    text = log_of(out)
+    assert 'SIGTERM: checkpoint' in text and 'Traceback' not in text
+    tag = (out / 'checkpoints' / 'latest').read_text()
+    assert tag.startswith('step') or tag.startswith('epoch')
+    assert client(env).get_run(run_id(out)).info.status == 'KILLED'
+    run_ok(env, out, '--resume')
+    assert client(env).get_run(run_id(out)).info.status == 'FINISHED'
+    assert_same_weights(out, reference)
+
+
+def test_two_nodes_on_one_machine_equal_one_node(env, reference, tmp_path):
+    hostfile = tmp_path / 'hostfile'
+    hostfile.write_text('node0 slots=1\nnode1 slots=1\n')
+    port = free_port()
+    out = tmp_path / 'multinode'
+    procs = [start(env, out if k == 0 else Path(str(out) + f'-node{k}'), '--output-dir', str(out), num_gpus=None,
+                   port=port, extra_launcher=('--hostfile', str(hostfile), '--no_ssh', '--node_rank', str(k),
+                                              '--master_addr', '127.0.0.1'))
+             for k in (0, 1)]
+    codes = [finish(p) for p in procs]
+    assert codes == [0, 0], log_of(out)[-3000:]
+    assert client(env).get_run(run_id(out)).data.params['world_size'] == '2'
+    assert_same_weights(out, reference)
