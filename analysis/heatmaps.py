@@ -1,0 +1,87 @@
+"""Grids of cross-layer similarity heatmaps, one panel per run, one figure per map stage.
+
+The matrices are the runs' artifacts ``collapse/similarity_{softmax,mixed}.npy``: (L, L) float64, M[p, q] the
+paper's cross-layer similarity between blocks p and q (arXiv 2103.11886, Eq. 4), written at the end of training.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from .figures import save
+from .store import download_artifact
+
+__all__ = ['STAGES', 'artifact_path', 'load_similarities', 'plot_similarity_grid']
+
+STAGES = ('softmax', 'mixed')
+
+
+def artifact_path(stage: str) -> str:
+    """Artifact path of a run's (L, L) similarity matrix for map ``stage`` (``'softmax'`` or ``'mixed'``)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return f'collapse/similarity_{stage}.npy'
+
+
+def load_similarities(client, runs: pd.DataFrame,
+                      progress: bool = True) -> Dict[Tuple[str, str], Optional[np.ndarray]]:
+    """``{(run_id, stage): (L, L) array or None}`` for every run and stage; None where the run has no such
+    artifact (unfinished runs).
+
+    Raises:
+        ValueError: an artifact that is not a square 2-D array (names the run and the path).
+    """
+    out: Dict[Tuple[str, str], Optional[np.ndarray]] = {}
+    with tempfile.TemporaryDirectory(prefix='deepvit-analysis-') as tmp:
+        for run_id in tqdm(runs['run_id'], desc='similarity artifacts', unit='run', disable=not progress):
+            for stage in STAGES:
+                path = download_artifact(client, run_id, artifact_path(stage), Path(tmp) / run_id / stage)
+                m = None if path is None else np.load(path, allow_pickle=False)
+                if m is not None and (m.ndim != 2 or m.shape[0] != m.shape[1]):
+                    raise ValueError(f"run {run_id}: {artifact_path(stage)} must be (L, L), got shape {m.shape}")
+                out[(run_id, stage)] = m
+    return out
+
+
+def plot_similarity_grid(runs: pd.DataFrame, matrices: Dict[Tuple[str, str], Optional[np.ndarray]], stage: str,
+                         out_dir: Path) -> List[Path]:
+    """``similarity_<stage>.{png,svg}``: rows = family × width × seed, columns = depth, one heatmap per run.
+
+    Colour scale shared by all panels: [min(0, smallest value), 1]. A run without the artifact gets an empty panel
+    that names its status.
+    """
+    runs = runs[runs['depth'].notna()]
+    depths = sorted(runs['depth'].unique())
+    row_keys = list(dict.fromkeys(zip(runs['series'], runs['seed'])))
+    values = [m for (_, s), m in matrices.items() if s == stage and m is not None]
+    vmin = min([0.0] + [float(m.min()) for m in values])
+    ncols, nrows = len(depths), max(len(row_keys), 1)
+    fig = Figure(figsize=(1.9 * ncols + 1.2, 1.9 * nrows + 0.6), layout='constrained')
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    image = None
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for r in runs.itertuples(index=False):
+        ax = axes[row_keys.index((r.series, r.seed)), depths.index(r.depth)]
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        m = matrices.get((r.run_id, stage))
+        title = f'{r.series} s{r.seed} d{r.depth}'
+        if m is None:
+            ax.text(0.5, 0.5, f'no matrix\n({r.status})', ha='center', va='center', transform=ax.transAxes)
+        else:
+            image = ax.imshow(m, vmin=vmin, vmax=1.0, cmap='viridis', interpolation='nearest')
+            if r.status != 'FINISHED':
+                title += f' ({r.status})'
+        ax.set_title(title, fontsize='x-small')
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label='cross-layer similarity')
+    fig.suptitle(f'cross-layer similarity of attention maps ({stage} stage); axes: block p, block q')
+    return save(fig, out_dir, f'similarity_{stage}')

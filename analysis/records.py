@@ -1,0 +1,100 @@
+"""One row per training run: the MLflow record (``docs/mlflow_schema.md``) turned into a typed ``pandas.DataFrame``.
+
+Params are strings in MLflow and are cast back here; a run that died before logging them keeps its row with empty
+cells, so a partial sweep shows every run with its status.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .store import metric_history
+
+__all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER']
+
+TOP1 = 'val/top1'
+FAMILY_ORDER = ('vit', 'deepvit')
+
+# column -> (source, key, dtype); source 'param' | 'tag' | 'metric'
+_FIELDS = {
+    'depth': ('param', 'model.depth', 'Int64'),
+    'embed_dim': ('param', 'model.embed_dim', 'Int64'),
+    'num_heads': ('param', 'model.num_heads', 'Int64'),
+    'seed': ('param', 'train.seed', 'Int64'),
+    'params': ('param', 'model.params', 'Int64'),
+    'gmacs': ('param', 'model.gmacs', 'Float64'),
+    'model': ('param', 'model.name', 'string'),
+    'top1_final': ('metric', TOP1, 'Float64'),
+    'similar_blocks_softmax': ('metric', 'collapse/similar_blocks_softmax', 'Float64'),
+    'similar_blocks_mixed': ('metric', 'collapse/similar_blocks_mixed', 'Float64'),
+}
+
+COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'model', 'depth', 'embed_dim',
+           'num_heads', 'seed', 'params', 'gmacs', 'top1_best', 'top1_best_step', 'top1_final', 'last_step',
+           'similar_blocks_softmax', 'similar_blocks_mixed', 'series', 'start_time', 'end_time']
+
+
+def series_label(family: str, embed_dim, num_heads, extra: Sequence[Tuple[str, object]] = ()) -> str:
+    """Label of one curve: family and width, e.g. ``'deepvit w64/h4'``, plus ``key=value`` of any grouping params."""
+    width = 'w?' if pd.isna(embed_dim) else f'w{embed_dim}/h{num_heads}'
+    return ' '.join([str(family), width] + [f'{k}={v}' for k, v in extra])
+
+
+def _cast(value: Optional[str], dtype: str):
+    if value is None:
+        return None
+    try:
+        return float(value) if dtype != 'string' else value
+    except ValueError:
+        return None
+
+
+def _time(ms: Optional[int]) -> Optional[pd.Timestamp]:
+    return None if ms is None else pd.Timestamp(ms, unit='ms', tz='UTC')
+
+
+def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
+               progress: bool = True) -> Tuple[pd.DataFrame, Dict[str, List[Tuple[int, float]]]]:
+    """Table of ``runs`` and their ``val/top1`` curves.
+
+    Args:
+        client: the ``MlflowClient`` the runs came from (for metric histories).
+        runs: MLflow training runs (see :func:`analysis.store.sweep_runs`).
+        group_by: extra params (dotted keys, e.g. ``model.drop_path_rate``) that split series beyond family and
+            width; each becomes a column named by the key.
+    Returns:
+        ``(frame, curves)``: ``frame`` has :data:`COLUMNS` (+ ``group_by``), one row per run; ``top1_best`` is the
+        maximum of the ``val/top1`` history, ``top1_final`` its latest value, both in percent. ``curves`` maps a
+        run id to its ``[(step, val/top1), ...]``.
+    """
+    rows, curves = [], {}
+    for run in tqdm(runs, desc='runs', unit='run', disable=not progress):
+        p, t, m = run.data.params, run.data.tags, run.data.metrics
+        row = {'run_id': run.info.run_id, 'run_name': run.info.run_name, 'status': run.info.status,
+               'sweep_id': t.get('sweep_id'), 'sweep_point': t.get('sweep_point'),
+               'family': t.get('family') or p.get('model.family'),
+               'start_time': _time(run.info.start_time), 'end_time': _time(run.info.end_time)}
+        for col, (src, key, dtype) in _FIELDS.items():
+            row[col] = _cast(p.get(key), dtype) if src == 'param' else m.get(key)
+        for key in group_by:
+            row[key] = p.get(key)
+        curve = metric_history(client, run.info.run_id, TOP1) if TOP1 in m else []
+        curves[run.info.run_id] = curve
+        best = max(curve, key=lambda sv: sv[1]) if curve else (None, None)
+        row['top1_best_step'], row['top1_best'] = best
+        row['last_step'] = curve[-1][0] if curve else None
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != 'series'] + list(group_by))
+    for col, (_, _, dtype) in _FIELDS.items():
+        df[col] = df[col].astype(dtype)
+    df['top1_best'] = df['top1_best'].astype('Float64')
+    df[['top1_best_step', 'last_step']] = df[['top1_best_step', 'last_step']].astype('Int64')
+    df['family'] = df['family'].fillna('unknown')
+    df['series'] = [series_label(r['family'], r['embed_dim'], r['num_heads'], [(k, r[k]) for k in group_by])
+                    for _, r in df.iterrows()]
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    df['_rank'] = df['family'].map(lambda f: rank.get(f, len(rank)))
+    df = df.sort_values(['_rank', 'family', 'embed_dim', 'num_heads', 'depth', 'seed'], kind='stable')
+    return df[COLUMNS + list(group_by)].reset_index(drop=True), curves

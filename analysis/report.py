@@ -1,0 +1,91 @@
+"""The whole analysis of one experiment or sweep: MLflow in, ``runs.csv``, ``depth_table.md``, ``saturation.json``,
+figures and a ``report.md`` index out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .aggregate import METRICS, depth_stats
+from .figures import plot_similar_blocks, plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves
+from .heatmaps import STAGES, load_similarities, plot_similarity_grid
+from .records import runs_frame
+from .saturation import DEFAULT_THRESHOLD, saturation_report
+from .store import get_experiment, open_store, sweep_runs
+from .table import depth_table
+
+__all__ = ['analyze']
+
+
+def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path) -> str:
+    lines = [f'# Analysis: {title}', '', '## Depth table', '', table.split('\n', 2)[2].strip(), '',
+             '## Saturation', '', f'Threshold {saturation["threshold_pp"]} points of top-1; method: '
+             f'{saturation["method"]}.', '', '| series | saturation depth | best depth | note |', '|---|---:|---:|---|']
+    for s in saturation['series']:
+        lines.append(f'| {s["series"]} | {s["saturation_depth"] if s["saturation_depth"] is not None else "null"} '
+                     f'| {s["best_depth"]} | {s["note"] or ""} |')
+    lines += ['', '## Figures', '']
+    lines += [f'![{p.stem}]({p.relative_to(out).as_posix()})' for p in figures if p.suffix == '.png']
+    return '\n'.join(lines) + '\n'
+
+
+def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_uri: Optional[str] = None,
+            threshold: float = DEFAULT_THRESHOLD, metric: str = 'best', group_by: Sequence[str] = (),
+            progress: bool = True) -> Dict[str, object]:
+    """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
+
+    Args:
+        experiment: MLflow experiment name (``--experiment`` of training and of the sweep).
+        out: output folder (created).
+        sweep: a sweep id (tag ``sweep_id``); all training runs of the experiment when None.
+        tracking_uri: default :func:`analysis.store.default_tracking_uri`.
+        threshold: saturation threshold in top-1 percentage points (see :mod:`analysis.saturation`).
+        metric: ``'best'`` or ``'final'`` val/top1 of each run.
+        group_by: extra params (e.g. ``model.drop_path_rate``) that split series beyond family and width.
+    Returns:
+        ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
+        'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str}``.
+    Writes:
+        ``runs.csv``, ``depth_table.md``, ``saturation.json``, ``report.md`` and under ``figures/``:
+        ``top1_vs_depth``, ``top1_vs_gmacs``, ``similar_blocks_vs_depth``, ``similarity_{softmax,mixed}``,
+        ``curves_<family>`` (each ``.png`` and ``.svg``).
+    Raises:
+        analysis.store.AnalysisError: no store, experiment, sweep or training run to analyse.
+        ValueError: a bad ``metric`` or ``threshold``.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
+    if not threshold > 0:
+        raise ValueError(f"threshold must be > 0 percentage points, got {threshold!r}")
+    client, uri = open_store(tracking_uri)
+    exp = get_experiment(client, experiment)
+    train, parents = sweep_runs(client, exp, sweep)
+    runs, curves = runs_frame(client, train, group_by=group_by, progress=progress)
+    stats = depth_stats(runs, metric)
+    saturation = saturation_report(stats, threshold, metric)
+
+    sweeps = sorted(runs['sweep_id'].dropna().unique())
+    title = f'experiment `{experiment}`' + (f', sweep `{sweep}`' if sweep else '')
+    note = None
+    if not sweep and len(sweeps) > 1:
+        note = f'Note: this experiment mixes {len(sweeps)} sweeps ({", ".join(sweeps)}); pass --sweep to pick one.'
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / 'runs.csv', out / 'depth_table.md', out / 'saturation.json']
+    runs.to_csv(files[0], index=False)
+    table = depth_table(stats, f'ViT vs DeepViT by depth: {title}', metric, note)
+    files[1].write_text(table)
+    files[2].write_text(json.dumps({'experiment': experiment, 'sweep': sweep, **saturation}, indent=2) + '\n')
+
+    fig_dir = out / 'figures'
+    metric_col = METRICS[metric]
+    figures = plot_top1_vs_depth(stats, runs, saturation, metric_col, fig_dir)
+    figures += plot_top1_vs_gmacs(stats, fig_dir)
+    figures += plot_similar_blocks(stats, fig_dir)
+    matrices = load_similarities(client, runs, progress=progress)
+    for stage in STAGES:
+        figures += plot_similarity_grid(runs, matrices, stage, fig_dir)
+    figures += plot_training_curves(runs, curves, fig_dir)
+    (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out))
+    return {'runs': runs, 'stats': stats, 'saturation': saturation,
+            'files': files + [out / 'report.md'] + figures, 'parents': [p.info.run_id for p in parents],
+            'tracking_uri': uri}

@@ -1,0 +1,136 @@
+"""Read access to the MLflow store a training run writes (layout: ``docs/mlflow_schema.md``).
+
+The only module of :mod:`analysis` that imports mlflow. It opens the store, finds an experiment and a sweep's runs,
+and fetches metric histories and artifacts. Nothing here writes to the store.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run
+
+__all__ = ['AnalysisError', 'default_tracking_uri', 'store_exists', 'open_store', 'get_experiment', 'iter_runs', 'sweep_runs',
+           'metric_history', 'download_artifact', 'SWEEP_KIND', 'KIND_TAG']
+
+KIND_TAG = 'deepvit.kind'      # 'train' on training runs, 'sweep' on sweep parents
+SWEEP_KIND = 'sweep'
+
+
+class AnalysisError(RuntimeError):
+    """A user-facing error: the store, experiment or sweep asked for is not there. The message says what exists."""
+
+
+def default_tracking_uri() -> str:
+    """The tracking URI training uses: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute path of ./mlflow.db>``.
+
+    The path is made absolute here because a relative SQLite URI resolves against each process's working directory.
+    """
+    return os.environ.get('MLFLOW_TRACKING_URI') or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    if not uri.startswith('sqlite:///'):
+        return None
+    return Path(uri[len('sqlite:///'):].split('?', 1)[0])
+
+
+def store_exists(uri: str) -> bool:
+    """False only for a SQLite URI whose file is missing (opening it would create an empty store)."""
+    path = _sqlite_path(uri)
+    return path is None or path.exists()
+
+
+def open_store(uri: Optional[str] = None) -> Tuple[MlflowClient, str]:
+    """An ``MlflowClient`` on ``uri`` (default :func:`default_tracking_uri`) and the URI used.
+
+    Raises:
+        AnalysisError: ``uri`` is a SQLite file that does not exist (opening it would silently create an empty store).
+    """
+    uri = uri or default_tracking_uri()
+    if not store_exists(uri):
+        raise AnalysisError(f"no MLflow store at {_sqlite_path(uri)} (tracking URI {uri!r}); set "
+                            f"MLFLOW_TRACKING_URI or run from the directory holding the training runs' mlflow.db")
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def get_experiment(client: MlflowClient, name: str) -> Experiment:
+    """The experiment called ``name``.
+
+    Raises:
+        AnalysisError: no such experiment; the message lists the experiments in the store.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is None or exp.lifecycle_stage != 'active':
+        names = sorted(e.name for e in client.search_experiments())
+        raise AnalysisError(f"experiment {name!r} not found at tracking URI {client.tracking_uri!r}; "
+                            f"experiments there: {', '.join(names) or '(none)'}")
+    return exp
+
+
+def iter_runs(client: MlflowClient, experiment_ids: Sequence[str], filter_string: str = '') -> Iterator[Run]:
+    """Every active run matching ``filter_string``, following MLflow's pages (1000 runs each)."""
+    token = None
+    while True:
+        page = client.search_runs(list(experiment_ids), filter_string=filter_string, max_results=1000,
+                                  order_by=['attributes.start_time ASC'], page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _quote(value: str) -> str:
+    if "'" in value:
+        raise AnalysisError(f"sweep id {value!r} contains a quote")
+    return f"'{value}'"
+
+
+def sweep_runs(client: MlflowClient, experiment: Experiment,
+               sweep_id: Optional[str] = None) -> Tuple[List[Run], List[Run]]:
+    """Training runs and sweep parents of ``experiment``, restricted to ``sweep_id`` when given.
+
+    Returns:
+        ``(training_runs, parents)``, each oldest first. Training runs are every run not tagged
+        ``deepvit.kind=sweep``.
+    Raises:
+        AnalysisError: ``sweep_id`` given but no run carries it (the message lists the sweeps there), or the
+        experiment holds no training run.
+    """
+    flt = f'tags.sweep_id = {_quote(sweep_id)}' if sweep_id else ''
+    runs = list(iter_runs(client, [experiment.experiment_id], flt))
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == SWEEP_KIND]
+    train = [r for r in runs if r.data.tags.get(KIND_TAG) != SWEEP_KIND]
+    where = f"experiment {experiment.name!r} (tracking URI {client.tracking_uri!r})"
+    if sweep_id and not runs:
+        known = sorted({r.data.tags['sweep_id'] for r in iter_runs(client, [experiment.experiment_id])
+                        if 'sweep_id' in r.data.tags})
+        raise AnalysisError(f"sweep {sweep_id!r} not found in {where}; sweeps there: {', '.join(known) or '(none)'}")
+    if not train:
+        what = f"sweep {sweep_id!r} of {where}" if sweep_id else where
+        raise AnalysisError(f"no training runs in {what} yet")
+    return train, parents
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> List[Tuple[int, float]]:
+    """``[(step, value), ...]`` of metric ``key`` in step order (``search_runs`` gives only the latest value)."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def download_artifact(client: MlflowClient, run_id: str, path: str, dst_dir: Path) -> Optional[Path]:
+    """Download artifact ``path`` of ``run_id`` into ``dst_dir``; ``None`` when the run has no such artifact."""
+    parent = str(Path(path).parent) if Path(path).parent != Path('.') else None
+    if Path(path).name not in {Path(f.path).name for f in client.list_artifacts(run_id, parent)}:
+        return None
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    key, old = 'MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR', os.environ.get('MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR')
+    os.environ[key] = 'false'          # one bar per file otherwise; the caller shows its own
+    try:
+        return Path(client.download_artifacts(run_id, path, str(dst_dir)))
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old

@@ -1,0 +1,203 @@
+"""The sweep driver: grid parsing, sweep id, dry run, and skip/resume against a store with finished and interrupted
+runs, using a fake launcher that records its argv and logs a FINISHED run as train.py would."""
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from analysis.synthetic import log_training_run
+from test_analysis import store_template  # noqa: F401  (the session's migrated store, shared)
+
+REPO = Path(__file__).resolve().parent.parent
+SWEEP_PY = REPO / 'launch' / 'sweep.py'
+_spec = importlib.util.spec_from_file_location('sweep_driver', SWEEP_PY)
+sweep = sys.modules['sweep_driver'] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sweep)
+
+FAKE_LAUNCHER = textwrap.dedent('''
+    """Stands in for `deepspeed`: records argv, then logs a FINISHED run for the point (or fails on request)."""
+    import json, os, sys
+    from mlflow import MlflowClient
+    from analysis.synthetic import log_training_run
+    argv = sys.argv[1:]
+    with open(os.environ['FAKE_LOG'], 'a') as f:
+        f.write(json.dumps(argv) + '\\n')
+    a = {k[2:]: v for k, v in zip(argv, argv[1:]) if k.startswith('--')}
+    if a['sweep-point'] in os.environ.get('FAKE_FAIL', ''):
+        sys.exit(3)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(a['experiment'])
+    log_training_run(client, exp.experiment_id, family=a['model'].split('_')[0], depth=int(a['depth']),
+                     embed_dim=int(a['embed-dim']), num_heads=int(a['num-heads']), seed=int(a['seed']), top1=[50.0],
+                     sweep_id=a['sweep-id'], sweep_point=a['sweep-point'], parent_run_id=a['parent-run-id'])
+''')
+
+
+@pytest.fixture
+def env(tmp_path, store_template):
+    """Environment for driver subprocesses: a copied store, the fake launcher and its log, cwd = tmp_path."""
+    shutil.copy(store_template, tmp_path / 'mlflow.db')
+    (tmp_path / 'fake_launcher.py').write_text(FAKE_LAUNCHER)
+    return {**os.environ, 'MLFLOW_TRACKING_URI': f"sqlite:///{tmp_path / 'mlflow.db'}",
+            'FAKE_LOG': str(tmp_path / 'launches.jsonl'),
+            'DEEPVIT_LAUNCHER': f"{sys.executable} {tmp_path / 'fake_launcher.py'}",
+            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+
+
+def drive(args, env, cwd):
+    return subprocess.run([sys.executable, str(SWEEP_PY)] + args, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def launches(tmp_path):
+    log = tmp_path / 'launches.jsonl'
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+GRID = ['--experiment', 'study', '--families', 'vit', '--depths', '2,4,8', '--widths', '32', '--num-gpus', '1']
+
+
+def _plan(args, extra=()):
+    return sweep.make_plan(sweep.build_parser().parse_args(args), list(extra))
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+def test_widths_and_point_keys():
+    assert sweep.parse_widths('64,96:6,384') == [(64, 4), (96, 6), (384, 24)]
+    point = sweep.Point('deepvit', 8, 64, 4, 0)
+    assert point.key == 'deepvit-d8-w64-h4-s0'                 # the schema's example
+    assert sweep.Point('vit', 2, 32, 2, 1, (('--drop-path-rate', '0.1'),)).key == 'vit-d2-w32-h2-drop-path-rate0.1-s1'
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--families', 'vit,cnn'], '--families must be distinct names'),
+    (['--depths', '2,x'], "--depths must be comma-separated integers, got '2,x'"),
+    (['--depths', '0,2'], '--depths must be distinct integers >= 1'),
+    (['--widths', '60:8'], "--widths '60:8': embed_dim 60 must be a positive multiple of num_heads 8"),
+    (['--seeds', '0,0'], '--seeds must be distinct'),
+    (['--grid', 'depth=2,4'], '--depth is set by the sweep (use --depths)'),
+    (['--point-index', '9'], '--point-index 9 out of range: the grid has 6 points'),
+])
+def test_bad_requests_name_the_field(args, message):
+    base = {'--experiment': 'e', '--families': 'vit,deepvit', '--depths': '2,4,8'}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    with pytest.raises(sweep.SweepError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        _plan([x for kv in base.items() for x in kv])
+
+
+def test_extra_args_output_dir_and_forbidden_flags():
+    assert sweep.split_output_dir(['--epochs', '2', '--output-dir=/x', '--data', 'd']) == ('/x', ['--epochs', '2',
+                                                                                             '--data', 'd'])
+    with pytest.raises(sweep.SweepError, match='--depth after -- is set by the sweep'):
+        sweep.split_output_dir(['--depth', '4'])
+
+
+def test_sweep_id_is_stable_and_tracks_the_grid_not_the_launcher():
+    a = _plan(GRID, ['--epochs', '2', '--output-dir', 'x']).sweep_id
+    assert a == _plan(GRID[:5] + ['8,2,4'] + GRID[6:], ['--epochs', '2']).sweep_id   # order, root: same sweep
+    assert a == _plan(GRID + ['--hostfile', 'h', '--launcher-args', '--master_port 1'], ['--epochs', '2']).sweep_id
+    assert a != _plan(GRID, ['--epochs', '3']).sweep_id
+    assert a != _plan(GRID[:5] + ['2,4'] + GRID[6:], ['--epochs', '2']).sweep_id
+    assert _plan(GRID + ['--sweep-id', 'mine']).sweep_id == 'mine'
+
+
+# ------------------------------------------------------------------------------------------------ dry run
+def test_dry_run_prints_every_command(tmp_path, env):
+    os.remove(tmp_path / 'mlflow.db')
+    args = ['--experiment', 'study', '--families', 'vit,deepvit', '--depths', '2,4,8', '--widths', '64,96:6',
+            '--seeds', '0,1', '--num-gpus', '2', '--launcher-args', '--master_port 29612', '--dry-run',
+            '--', '--output-dir', 'out', '--epochs', '3']
+    res = drive(args, env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    cmds = [shlex.split(ln) for ln in res.stdout.splitlines() if not ln.startswith(('#', 'sweep '))]
+    assert len(cmds) == 2 * 3 * 2 * 2
+    seen = set()
+    for cmd in cmds:
+        a = dict(zip(cmd, cmd[1:]))
+        seen.add((a['--model'], a['--depth'], a['--embed-dim'], a['--num-heads'], a['--seed']))
+        point = a['--sweep-point']
+        assert cmd[:6] == shlex.split(env['DEEPVIT_LAUNCHER']) + ['--num_gpus', '2', '--master_port', '29612']
+        assert cmd[6].endswith('launch/train.py') and a['--deepspeed'].endswith('ds_configs/zero2.json')
+        assert a['--output-dir'] == f'out/{point}' and a['--run-name'] == point and a['--experiment'] == 'study'
+        assert point == f"{a['--model'].split('_')[0]}-d{a['--depth']}-w{a['--embed-dim']}-h{a['--num-heads']}-" \
+                        f"s{a['--seed']}"
+        assert a['--epochs'] == '3' and cmd.count('--resume') == 1 and a['--parent-run-id'] == '<PARENT_RUN_ID>'
+        assert len({c[c.index('--sweep-id') + 1] for c in cmds}) == 1
+    assert seen == {(f'{f}_tiny_patch4_32', str(d), str(e), str(h), str(s)) for f in ('vit', 'deepvit')
+                    for d in (2, 4, 8) for e, h in ((64, 4), (96, 6)) for s in (0, 1)}
+    assert not (tmp_path / 'mlflow.db').exists() and not (tmp_path / 'out').exists()   # a dry run writes nothing
+    assert launches(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------------ skip / resume
+def test_skips_finished_and_resumes_interrupted_points(tmp_path, env):
+    plan = _plan(GRID)
+    client = MlflowClient(tracking_uri=env['MLFLOW_TRACKING_URI'])
+    exp_id = client.create_experiment('study', artifact_location=str(tmp_path / 'artifacts'))
+    parent = client.create_run(exp_id, run_name=f'sweep-{plan.sweep_id}',
+                               tags={'sweep_id': plan.sweep_id, 'deepvit.kind': 'sweep'}).info.run_id
+    p2, p4, p8 = (p.key for p in plan.points)
+    common = dict(family='vit', embed_dim=32, num_heads=2, sweep_id=plan.sweep_id, parent_run_id=parent)
+    log_training_run(client, exp_id, depth=2, top1=[60.0], sweep_point=p2, **common)                     # done
+    log_training_run(client, exp_id, depth=4, top1=[40.0], sweep_point=p4, status='RUNNING', **common)   # SIGKILLed
+    log_training_run(client, exp_id, depth=4, top1=[40.0], sweep_id='other-sweep', family='vit', embed_dim=32,
+                     num_heads=2, sweep_point=p8)                           # another sweep's FINISHED p8: not ours
+
+    dry = drive(GRID + ['--dry-run'], env, tmp_path)
+    assert f'{p2}: skip (finished)' in dry.stdout and f'{p4}: resume (was RUNNING)' in dry.stdout
+    assert f'{p8}: start' in dry.stdout and f'--parent-run-id {parent}' in dry.stdout
+
+    res = drive(GRID, env, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    runs = launches(tmp_path)
+    assert [r[r.index('--sweep-point') + 1] for r in runs] == [p4, p8]
+    for r in runs:
+        assert '--resume' in r and r[r.index('--parent-run-id') + 1] == parent
+        assert r[r.index('--output-dir') + 1] == f'runs/sweeps/study/{plan.sweep_id}/{r[r.index("--run-name") + 1]}'
+    assert f'sweep {plan.sweep_id}: 3/3 points finished' in res.stdout
+    assert client.get_run(parent).info.status == 'FINISHED'
+    assert json.loads((tmp_path / 'runs/sweeps/study' / plan.sweep_id / 'sweep.json').read_text())['sweep_id'] \
+        == plan.sweep_id
+
+    again = drive(GRID, env, tmp_path)                 # idempotent: nothing left to launch
+    assert again.returncode == 0 and len(launches(tmp_path)) == 2 and '3 finished, 0 to run' in again.stdout
+    parents = [r for r in client.search_runs([exp_id]) if r.data.tags.get('deepvit.kind') == 'sweep']
+    assert len(parents) == 1
+
+
+def test_failed_point_is_reported_and_retried(tmp_path, env):
+    plan = _plan(GRID)
+    p2, p4, p8 = (p.key for p in plan.points)
+    res = drive(GRID, {**env, 'FAKE_FAIL': p4}, tmp_path)
+    assert res.returncode == 1
+    assert f'{p4}: FAILED (exit status 3)' in res.stderr and f'failed: {p4}' in res.stdout
+    client = MlflowClient(tracking_uri=env['MLFLOW_TRACKING_URI'])
+    exp = client.get_experiment_by_name('study')                       # created by the driver
+    parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get('deepvit.kind') == 'sweep']
+    assert len(parent) == 1 and parent[0].info.status == 'FAILED' and parent[0].info.run_name == f'sweep-{plan.sweep_id}'
+    assert parent[0].data.params['sweep.depths'] == '[2, 4, 8]'
+
+    retry = drive(GRID, env, tmp_path)                 # the rerun launches only the failed point, with --resume
+    assert retry.returncode == 0, retry.stderr
+    assert [r[r.index('--sweep-point') + 1] for r in launches(tmp_path)] == [p2, p4, p8, p4]
+    assert client.get_run(parent[0].info.run_id).info.status == 'FINISHED'
+
+
+def test_point_index_runs_one_point_and_root_is_guarded(tmp_path, env):
+    plan = _plan(GRID)
+    res = drive(GRID + ['--point-index', '1', '--', '--output-dir', 'root'], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert [r[r.index('--sweep-point') + 1] for r in launches(tmp_path)] == [plan.points[1].key]
+    assert drive(GRID + ['--count'], env, tmp_path).stdout.strip() == '3'
+    other = drive(GRID[:5] + ['2,4'] + GRID[6:] + ['--', '--output-dir', 'root'], env, tmp_path)
+    assert other.returncode == 2
+    assert f'holds sweep {plan.sweep_id!r}' in other.stderr and f'--sweep-id {plan.sweep_id}' in other.stderr
