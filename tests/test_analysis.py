@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from analysis import AnalysisError, analyze, saturation_depth
 from analysis.store import open_store
-from analysis.synthetic import create_store, log_training_run
+from mlflow_runs import create_store, log_training_run
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = 'abc12345'

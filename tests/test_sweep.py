@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from analysis.synthetic import log_training_run
+from mlflow_runs import log_training_run
 from test_analysis import store_template  # noqa: F401  (the session's migrated store, shared)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,7 +26,7 @@ FAKE_LAUNCHER = textwrap.dedent('''
     """Stands in for `deepspeed`: records argv, then logs a FINISHED run for the point (or fails on request)."""
     import json, os, sys
     from mlflow import MlflowClient
-    from analysis.synthetic import log_training_run
+    from mlflow_runs import log_training_run
     argv = sys.argv[1:]
     with open(os.environ['FAKE_LOG'], 'a') as f:
         f.write(json.dumps(argv) + '\\n')

@@ -176,3 +176,9 @@ def test_inconsistent_batch_for_world_size(tmp_path):
     proc = run_train(tmp_path, '--deepspeed', path, env_extra={'WORLD_SIZE': '2', 'RANK': '0'})
     assert proc.returncode == 2
     assert 'world_size=2' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('path', sorted((ROOT / 'launch' / 'configs').glob('*.yaml')), ids=lambda p: p.name)
+def test_shipped_yaml_configs_load(path):
+    cfg = parse('--config', str(path))
+    assert cfg.train.epochs >= 1

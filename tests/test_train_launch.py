@@ -131,12 +131,12 @@ def test_zero_stages_train_and_record(stage, env, reference, tmp_path):
     assert (p['ds.zero_stage'], p['world_size'], p['precision'], p['model.depth']) == (str(stage), '2', 'fp32', '2')
     assert p['model.name'] == 'deepvit_tiny_patch4_32' and run.data.tags['family'] == 'deepvit'
     assert int(p['model.params']) > 0 and float(p['model.gmacs']) > 0
-    assert p['ds.global_batch_size'] == str(2 * 64)
+    assert p['ds.global_batch_size'] == str(2 * 32)
     hist = c.get_metric_history(run.info.run_id, 'val/num_samples')
     assert [m.value for m in hist] == [DIGITS_VAL] * 3  # each val image counted once per epoch, across 2 ranks
     assert len(c.get_metric_history(run.info.run_id, 'val/top1')) == 3
     steps = [m.step for m in c.get_metric_history(run.info.run_id, 'train/loss')]
-    assert steps == sorted(steps) and steps[-1] == 33  # 1437 // (2 × 64) = 11 steps/epoch × 3
+    assert steps == sorted(steps) and steps[-1] == 66  # 1437 // (2 × 32) = 22 steps/epoch × 3
     for key in ('train/lr', 'train/grad_norm', 'train/samples_per_sec', 'val/top5', 'val/loss',
                 'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed'):
         assert c.get_metric_history(run.info.run_id, key), key

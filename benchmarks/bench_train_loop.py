@@ -1,0 +1,150 @@
+"""Our training loop (DeepSpeed engine + ``deepvit.training.engine.train_one_epoch``) against a bare PyTorch loop.
+
+Same model, micro-batch, precision, optimizer (timm AdamW), schedule and gradient clipping; the batches are the same
+pre-made in-memory tensors for both, so the number measures the loop and DeepSpeed's overhead, not data loading.
+World size 1 (a single process with its own gloo group). Also reports model FLOP utilisation (MFU): training FLOPs
+per image = 3 × 2 × MACs (forward + backward ≈ 3 forwards; ``deepvit.models.gmacs_per_image``) against this
+machine's measured dense-matmul peak (fp32 ``torch.mm`` of 2048² on CPU, bf16 on CUDA).
+
+    python benchmarks/bench_train_loop.py                       # tiny DeepViT on 32 px, ZeRO-2, fp32 on CPU
+    python benchmarks/bench_train_loop.py --model deepvit_16b_patch16_224 --batch 64 --steps 50   # on a GPU
+"""
+import argparse
+import os
+import socket
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def matmul_peak(device, dtype, n=2048, repeats=10) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / min(times)
+
+
+def make_model(args, device):
+    import timm
+    import deepvit  # noqa: F401
+    torch.manual_seed(0)
+    return timm.create_model(args.model, **({'depth': args.depth} if args.depth else {})).to(device)
+
+
+def batches(args, model, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    img = model.model_cfg['img_size']
+    return [(torch.randn(args.batch, 3, img, img, generator=g).to(device, dtype),
+             torch.randint(0, model.num_classes, (args.batch,), generator=g).to(device)) for _ in range(args.steps)]
+
+
+def bare_loop(args, device, dtype):
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    model = make_model(args, device).to(dtype)
+    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=0.05)
+    sched, _ = create_scheduler_v2(opt, sched='cosine', num_epochs=1, warmup_epochs=0, step_on_epochs=False,
+                                   updates_per_epoch=args.steps)
+    data = batches(args, model, device, dtype)
+    model.train()
+    times = []
+    for step, (x, y) in enumerate(data, 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step_update(step)
+        float(loss)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times, model
+
+
+def our_loop(args, device, dtype, precision):
+    import deepspeed
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from deepvit.training.engine import train_one_epoch
+    os.environ.update(RANK='0', LOCAL_RANK='0', WORLD_SIZE='1', MASTER_ADDR='127.0.0.1',
+                      MASTER_PORT=str(free_port()))
+    deepspeed.init_distributed(verbose=False)
+    model = make_model(args, device)
+    opt = create_optimizer_v2(model, opt='adamw', lr=1e-3, weight_decay=0.05)
+    config = {'train_micro_batch_size_per_gpu': args.batch, 'gradient_accumulation_steps': 1,
+              'gradient_clipping': 1.0, 'steps_per_print': 10 ** 9, 'bf16': {'enabled': precision == 'bf16'},
+              'zero_optimization': {'stage': args.zero_stage}}
+    engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
+    sched, _ = create_scheduler_v2(opt, sched='cosine', num_epochs=1, warmup_epochs=0, step_on_epochs=False,
+                                   updates_per_epoch=args.steps)
+    data = batches(args, model, device, dtype)
+    times = []
+
+    class Timed:
+        def __iter__(self):
+            for x, y in data:
+                t0 = time.perf_counter()
+                yield x, y
+                if device.type == 'cuda':
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+
+    train_one_epoch(engine, Timed(), torch.nn.CrossEntropyLoss(), device=device, dtype=dtype, scheduler=sched,
+                    log_every=10 ** 9)
+    return times, engine.module
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='deepvit_tiny_patch4_32')
+    parser.add_argument('--depth', type=int, default=None)
+    parser.add_argument('--batch', type=int, default=64)
+    parser.add_argument('--steps', type=int, default=40)
+    parser.add_argument('--warmup', type=int, default=5, help='steps excluded from the timing')
+    parser.add_argument('--zero-stage', type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
+    from deepvit.models import gmacs_per_image
+
+    results = {}
+    for name, fn in (('bare PyTorch', lambda: bare_loop(args, device, dtype)),
+                     ('deepvit (DeepSpeed ZeRO-%d)' % args.zero_stage, lambda: our_loop(args, device, dtype, precision))):
+        times, model = fn()
+        step = statistics.median(times[args.warmup:])
+        results[name] = (args.batch / step, gmacs_per_image(model))
+    peak = matmul_peak(device, dtype)
+    print(f"device={device} precision={precision} threads={torch.get_num_threads()} model={args.model} "
+          f"batch={args.batch} steps={args.steps} (median after {args.warmup} warm-up steps)")
+    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
+    print("| loop | images/s | relative | MFU |\n|---|---|---|---|")
+    base = None
+    for name, (ips, gmacs) in results.items():
+        base = base or ips
+        mfu = ips * 6 * gmacs * 1e9 / peak
+        print(f"| {name} | {ips:.1f} | {ips / base:.3f}× | {100 * mfu:.1f}% |")
+
+
+if __name__ == '__main__':
+    main()
