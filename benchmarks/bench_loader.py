@@ -1,6 +1,7 @@
 """Loader throughput: decoded, transformed, normalised training images per second (and per worker).
 
-    python benchmarks/bench_loader.py [--img-size 32 224] [--workers 0 2] [--images 2000] [--batch-size 64]
+    python benchmarks/bench_loader.py [--img-size 32 224] [--workers 0 2] [--images 2000] [--batch-size 32]
+                                      [--repeat 3]
 
 Pipelines, all with the same timm training transform (RandomResizedCrop, flip, colour jitter, normalise):
   * ``torchvision``: ``torchvision.datasets.ImageFolder`` + ``DataLoader(shuffle=True)``, ``timm.data.create_transform``;
@@ -10,11 +11,14 @@ Pipelines, all with the same timm training transform (RandomResizedCrop, flip, c
 Datasets: the CIFAR-10 subset (32×32 JPEGs, ``../shared/data/cifar10_subset/train``) and large photographs
 (scikit-learn's sample JPEGs, ``china.jpg`` and ``flower.jpg``, 640×427, resized to 3000×2000 and cropped/flipped into
 ``--photos`` distinct images). Everything is written under a temporary directory. A benchmark, not a test.
+Each configuration is timed ``--repeat`` times, the three pipelines taking turns (so that a load change on a shared
+machine hits all of them), and the median is reported; the spread (min–max) is printed too.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -72,6 +76,7 @@ def main(argv=None) -> None:
     p.add_argument('--images', type=int, default=2000, help='images timed per CIFAR run')
     p.add_argument('--photos', type=int, default=96, help='large photographs made (and timed per run)')
     p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--repeat', type=int, default=3, help='timings per pipeline and configuration (median reported)')
     args = p.parse_args(argv)
     from timm.data import create_transform
 
@@ -93,16 +98,22 @@ def main(argv=None) -> None:
                 tf = create_transform(size, is_training=True)
                 for workers in args.workers:
                     per = max(1, workers)
-                    results = {
-                        'torchvision': measure(torchvision_loader(src / 'train', tf, args.batch_size, workers), images),
-                        'wds-plain': measure(wds_loader(urls, tf, args.batch_size, workers), images),
-                        'deepvit': measure(create_loader(out, 'train', batch_size=args.batch_size, train=True,
-                                                         img_size=size, num_workers=workers), images),
+                    pipelines = {
+                        'torchvision': lambda: torchvision_loader(src / 'train', tf, args.batch_size, workers),
+                        'wds-plain': lambda: wds_loader(urls, tf, args.batch_size, workers),
+                        'deepvit': lambda: create_loader(out, 'train', batch_size=args.batch_size, train=True,
+                                                         img_size=size, num_workers=workers),
                     }
+                    timings = {name: [] for name in pipelines}
+                    for _ in range(args.repeat):
+                        for name, make in pipelines.items():
+                            timings[name].append(measure(make(), images))
+                    results = {name: statistics.median(t) for name, t in timings.items()}
                     for name, ips in results.items():
                         rows.append((label, size, name, workers, ips, ips / per, ips / results['torchvision']))
                         print(f'{label:24} {size:4d} {name:12} {workers:2d} {ips:8.0f} {ips / per:8.0f} '
-                              f'{ips / results["torchvision"]:5.2f}x', flush=True)
+                              f'{ips / results["torchvision"]:5.2f}x   (min {min(timings[name]):.0f}, '
+                              f'max {max(timings[name]):.0f})', flush=True)
     print('\n| data | img_size | pipeline | workers | img/s | img/s per worker | vs torchvision |')
     print('|---|---|---|---|---|---|---|')
     for label, size, name, workers, ips, per, rel in rows:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from deepvit.data import convert_image_folder, create_loader, create_mixup, digits_dir, read_info, resolve_shards
 from deepvit.data import plan
-from deepvit.data.tario import write_shard
+from deepvit.data.shards import write_shard
 
 SHARED = Path(os.environ.get('DEEPVIT_SHARED_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
 CIFAR = SHARED / 'cifar10_subset'

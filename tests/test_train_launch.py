@@ -198,8 +198,10 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_p
     proc = start(env, out)
     wait_for(out / 'checkpoints' / 'epoch0001', proc)
     time.sleep(0.5)  # inside epoch 2
-    for pid in rank_pids(proc.pid).values():  # a cluster scheduler signals every task
-        os.kill(pid, signal.SIGTERM)
+    import psutil
+    for pid in rank_pids(proc.pid).values():  # a scheduler signals every process: ranks and their DataLoader workers
+        for p in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
+            p.send_signal(signal.SIGTERM)
     assert finish(proc) != 0
     text = log_of(out)
     assert 'SIGTERM: checkpoint' in text and 'Traceback' not in text

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 
 from .info import DatasetInfo, SplitInfo, write_info
+from .shards import AtomicShardWriter
 from .sources import default_cache_dir
-from .tario import write_shard
 
 DIGITS_VERSION = 'digits-v1'
 DIGITS_SIZE = 32
@@ -56,24 +56,16 @@ def _build(directory: Path) -> None:
     rng = np.random.default_rng(DIGITS_SEED)
     splits = {}
     for split, idx in _split_indices(labels).items():
-        idx = idx[rng.permutation(len(idx))]
-        filenames, lengths = [], []
-        for k in range(0, len(idx), DIGITS_SHARD_SIZE):
-            chunk = idx[k:k + DIGITS_SHARD_SIZE]
-            filename = f'digits-{split}-{k // DIGITS_SHARD_SIZE:04d}.tar'
-
-            def samples(chunk=chunk):
-                for i in chunk:
-                    buf = io.BytesIO()
-                    Image.fromarray(images[i], 'L').save(buf, format='PNG')
-                    meta = {'label': int(labels[i]), 'class_name': str(labels[i]), 'path': f'sklearn:digits/{i}',
-                            'width': DIGITS_SIZE, 'height': DIGITS_SIZE}
-                    yield f'{split}_{i:08d}', {'png': buf.getvalue(), 'cls': str(labels[i]).encode(),
-                                               'json': json.dumps(meta).encode()}
-            write_shard(directory / filename, samples())
-            filenames.append(filename)
-            lengths.append(len(chunk))
-        splits[split] = SplitInfo(split, tuple(filenames), tuple(lengths))
+        pattern = str(directory / f'digits-{split}-').replace('%', '%%') + '%04d.tar'
+        with AtomicShardWriter(pattern, DIGITS_SHARD_SIZE) as sink:
+            for i in idx[rng.permutation(len(idx))]:
+                buf = io.BytesIO()
+                Image.fromarray(images[i], 'L').save(buf, format='PNG')
+                meta = {'label': int(labels[i]), 'class_name': str(labels[i]), 'path': f'sklearn:digits/{i}',
+                        'width': DIGITS_SIZE, 'height': DIGITS_SIZE}
+                sink.write(f'{split}_{i:08d}', {'png': buf.getvalue(), 'cls': str(labels[i]).encode(),
+                                                'json': json.dumps(meta).encode()})
+        splits[split] = SplitInfo(split, tuple(Path(f).name for f in sink.filenames), tuple(sink.counts))
     write_info(directory, DatasetInfo('digits', splits, tuple(str(c) for c in range(10))))
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from PIL import Image
 
 from .info import DatasetInfo, SplitInfo, write_info
-from .tario import write_shard
+from .shards import write_shard
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')
 _EXT_BY_FORMAT = {'JPEG': 'jpg', 'PNG': 'png', 'WEBP': 'webp', 'BMP': 'bmp'}

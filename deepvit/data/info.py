@@ -86,9 +86,9 @@ def read_info(location: str | os.PathLike) -> DatasetInfo:
 
 
 def write_info(directory: str | os.PathLike, info: DatasetInfo) -> Path:
-    """Write ``DIRECTORY/_info.json`` atomically (temporary file, then rename). Returns its path."""
+    """Write ``DIRECTORY/_info.json`` atomically (temporary file, fsync, rename). Returns its path."""
+    from .shards import atomic_file
     path = Path(directory) / INFO_NAME
-    tmp = path.with_name(f'.{INFO_NAME}.{os.getpid()}.tmp')
-    tmp.write_text(json.dumps(info.to_json(), indent=1) + '\n')
-    os.replace(tmp, path)
+    with atomic_file(path) as f:
+        f.write((json.dumps(info.to_json(), indent=1) + '\n').encode())
     return path

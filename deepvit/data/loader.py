@@ -4,8 +4,9 @@
 images float32 (B, C, H_img, W_img), normalised with ``mean``/``std``; labels int64 (B,) (float (B, num_classes)
 after Mixup/CutMix; -1 marks a padding sample in ``pad=True`` evaluation).
 
-Work split: DataLoader workers read, decode and transform samples with timm's transforms in their
-``use_prefetcher=True`` form (uint8 (C, H_img, W_img) tensors) and stack them into uint8 batches; the main process
+Work split: DataLoader workers read shards (webdataset's tar iterators, :mod:`deepvit.data.shards`), decode and
+transform samples with timm's transforms in their ``use_prefetcher=True`` form, less its final to-tensor step, and
+copy the transformed PIL images straight into uint8 batches (B, C, H_img, W_img); the main process
 converts to float and normalises the whole batch at once (on ``device`` when given), then applies timm's
 RandomErasing and Mixup/CutMix on the batch, as timm's own PrefetchLoader does. Who reads which samples is
 :mod:`deepvit.data.plan`. Bad samples are skipped (or padded) and counted per reason in the worker; the counts ride
@@ -18,6 +19,7 @@ import io
 import itertools
 import logging
 import random
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -28,10 +30,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from . import plan as planning
-from . import tario
+from . import shards as shardio
 from .sample import (BAD_IMAGE, CORRUPT_SHARD, IMAGE_EXTS, LOST_SAMPLES, MISSING_IMAGE, REASONS, SAMPLE_REASONS,
                      UNREADABLE_SHARD, BadSample, draft_size_for, make_sample, parse_label)
-from .sources import ShardSet, is_url, resolve_shards
+from .sources import ShardSet, resolve_shards
 from .transforms import create_transform, default_mean_std
 
 _logger = logging.getLogger(__name__)
@@ -74,13 +76,6 @@ def shuffle(samples, bufsize: int, rng: random.Random):
     yield from buf
 
 
-def _open(url: str):
-    if is_url(url):
-        import webdataset as wds
-        return wds.gopen(url)
-    return open(url[len('file://'):] if url.startswith('file://') else url, 'rb', buffering=1 << 16)
-
-
 @dataclass
 class ShardDataset(IterableDataset):
     """Worker side: reads this rank's share of the shards and yields ``(uint8 images (B, C, H, W) | None,
@@ -111,19 +106,17 @@ class ShardDataset(IterableDataset):
         stop = None if count is None else start + count
         taken = 0
         try:
-            with _open(url) as f:
-                want = lambda index, ext: start <= index and ext in _WANTED  # noqa: E731
-                for index, (key, members) in enumerate(tario.iter_samples(tario.open_tar_stream(f, url), want)):
-                    if index < start:
-                        continue
-                    if stop is not None and index >= stop:
-                        break
-                    taken += 1
-                    yield url, key, members
-        except tario.CorruptShardError as e:
+            for _, key, members in shardio.iter_samples(url, _WANTED, start, stop):
+                taken += 1
+                yield url, key, members
+        except shardio.CorruptShardError as e:
             self._count(CORRUPT_SHARD, f'shard {url} is damaged after {start + taken} samples: {e}')
         except OSError as e:
             self._count(UNREADABLE_SHARD, f'cannot read shard {url}: {e}')
+        else:
+            if count is not None and taken < count:   # tarfile takes a damaged header for the end of the archive
+                self._count(CORRUPT_SHARD, f'shard {url} ends after {start + taken} samples; its listed length '
+                                           f'is at least {start + count}')
         if count is not None and taken < count:
             self._counts[LOST_SAMPLES] += count - taken
 
@@ -163,11 +156,18 @@ class ShardDataset(IterableDataset):
             return False
 
     def _flush(self, batch):
+        """(uint8 images (B, C, H, W), int64 labels (B,), counts); ``batch`` holds (PIL image or None (padding), label),
+        the images copied straight into one HWC array (no tensor per sample), which is then made CHW."""
         counts = [self._counts.pop(r, 0) for r in REASONS]
         if not batch:
             return None, None, counts
-        images, labels = zip(*batch)
-        return torch.stack(images), torch.tensor(labels, dtype=torch.int64), counts
+        c, h, w = self.image_shape
+        images = np.zeros((len(batch), h, w, c), dtype=np.uint8)
+        for i, (img, _) in enumerate(batch):
+            if img is not None:
+                images[i] = np.asarray(img).reshape(h, w, c)
+        labels = torch.tensor([label for _, label in batch], dtype=torch.int64)
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels, counts
 
     def __iter__(self):
         info = get_worker_info()
@@ -222,7 +222,7 @@ class ShardDataset(IterableDataset):
             segments = [planning.Segment(s) for s in
                         range(len(self.shards.urls))[self.rank * workers + worker::self.world_size * workers]]
             planned = 0
-        pad = (torch.zeros(self.image_shape, dtype=torch.uint8), -1)
+        pad = (None, -1)         # a zero image
         batch, produced = [], 0
         for item in self._stream(segments):
             out = self._decode(item)
@@ -242,6 +242,12 @@ class ShardDataset(IterableDataset):
                 batch = []
         if batch:
             yield self._flush(batch)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """Workers ignore SIGTERM: a cluster preemption signals every process of a job, and the main process (which
+    checkpoints, then shuts its workers down) must not see them die first. Workers still exit with their parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ShardLoader:
@@ -310,7 +316,8 @@ class ShardLoader:
         self.skipped = dict.fromkeys(REASONS, 0)
         workers = ds.num_workers
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
-                            prefetch_factor=self.prefetch_factor if workers else None)
+                            prefetch_factor=self.prefetch_factor if workers else None,
+                            worker_init_fn=_ignore_sigterm if workers else None)
         n = ds.start_batch
         for images, labels, counts in loader:
             for reason, c in zip(REASONS, counts):
@@ -402,7 +409,7 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
         num_batches = -1     # unknown until read: len() is not available
     transform = create_transform(img_size, train, in_chans, mean=mean, std=std, scale=scale, ratio=ratio,
                                  hflip=hflip, vflip=vflip, color_jitter=color_jitter, auto_augment=auto_augment,
-                                 interpolation=interpolation, crop_pct=crop_pct)
+                                 interpolation=interpolation, crop_pct=crop_pct, to_tensor=False)
     dataset = ShardDataset(
         shards=shards, transform=transform, batch_size=batch_size, train=train, rank=rank, world_size=world_size,
         num_workers=num_workers, image_shape=(in_chans, img_size, img_size), seed=seed, epoch=epoch,

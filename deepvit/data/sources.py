@@ -5,7 +5,7 @@ Accepted sources:
   * a directory (local path or URL) holding ``_info.json``: the shards the split lists there;
   * a brace pattern or glob of local shards (``/data/imagenet1k-train-{0000..1023}.tar``, ``/data/*-train-*.tar``),
     or a list of paths; an ``_info.json`` in the shards' directory supplies their lengths and classes, otherwise
-    local shards are counted (headers only);
+    local shards are counted (iterated over with webdataset, no payload read);
   * a URL or URL pattern webdataset's ``gopen`` opens (``https://…/imagenet1k-train-{0000..1023}.tar``,
     ``pipe:aws s3 cp s3://… -``); lengths come from ``_info.json`` next to the shards when it can be read.
 All checks run here, before any image is decoded; errors name the argument and its value.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import braceexpand
 
-from . import tario
+from . import shards as shardio
 from .info import INFO_NAME, DatasetInfo, read_info
 
 _logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _lengths_from_info(urls: list[str], info: DatasetInfo | None, directory: str
 
 
 def _count(path: str) -> int:
-    count, damage = tario.count_samples(path)
+    count, damage = shardio.count_samples(path)
     if damage:
         _logger.warning('shard %s is damaged (%s): counting its %d complete samples', path, damage, count)
     return count

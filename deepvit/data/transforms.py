@@ -13,12 +13,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def create_transform(img_size: int, train: bool, in_chans: int = 3, *, mean=None, std=None, scale=(0.08, 1.0),
                      ratio=(3 / 4, 4 / 3), hflip: float = 0.5, vflip: float = 0.0, color_jitter: float | None = 0.4,
-                     auto_augment: str | None = None, interpolation: str = 'bilinear', crop_pct: float = 0.875):
+                     auto_augment: str | None = None, interpolation: str = 'bilinear', crop_pct: float = 0.875,
+                     to_tensor: bool = True):
     """timm's ``create_transform`` in its prefetcher form: PIL image → uint8 tensor (C, img_size, img_size).
 
     Training: RandomResizedCrop(scale, ratio), flips, colour jitter or RandAugment (``auto_augment``, e.g.
     ``'rand-m9-mstd0.5-inc1'``); evaluation: resize to img_size / crop_pct, centre crop. Normalisation and random
-    erasing run on the batch (see :class:`ShardLoader`).
+    erasing run on the batch (see :class:`ShardLoader`). ``to_tensor=False``: without timm's final
+    ``MaybePILToTensor``, so the output is the PIL image (the loader copies it straight into the uint8 batch).
     """
     from timm.data import create_transform as timm_create_transform
     mean, std = default_mean_std(in_chans, mean, std)
@@ -26,7 +28,13 @@ def create_transform(img_size: int, train: bool, in_chans: int = 3, *, mean=None
         (in_chans, img_size, img_size), is_training=train, scale=scale, ratio=ratio, hflip=hflip, vflip=vflip,
         color_jitter=color_jitter, auto_augment=auto_augment, interpolation=interpolation, mean=mean, std=std,
         crop_pct=crop_pct, use_prefetcher=True)
-    return _safe_posterize(transform)
+    transform = _safe_posterize(transform)
+    if not to_tensor:
+        from timm.data.transforms import MaybePILToTensor
+        from torchvision.transforms import Compose
+        assert isinstance(transform.transforms[-1], MaybePILToTensor), transform
+        transform = Compose(transform.transforms[:-1])
+    return transform
 
 
 def default_mean_std(in_chans: int, mean=None, std=None) -> tuple[tuple[float, ...], tuple[float, ...]]:
