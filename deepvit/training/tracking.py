@@ -62,11 +62,23 @@ class MlflowTracker(NullTracker):
             self.client.update_run(run_id, status='RUNNING')
             self.run_id = run_id
         else:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(experiment)
+            exp_id = self._experiment_id(experiment)
             run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
             self.run_id = run.info.run_id
         self._logged_params = set(self.client.get_run(self.run_id).data.params)
+
+    def _experiment_id(self, name: str) -> str:
+        """Get or create the experiment; jobs starting together (a sweep, a job array) may race to create it."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except Exception:  # another job created it first (unique-name violation); use theirs
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def log_params(self, params: Dict[str, Any]) -> None:
         """Log params not yet on the run (MLflow params are immutable: a resumed run keeps its first values)."""
