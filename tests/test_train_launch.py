@@ -138,7 +138,8 @@ def test_zero_stages_train_and_record(stage, env, reference, tmp_path):
     steps = [m.step for m in c.get_metric_history(run.info.run_id, 'train/loss')]
     assert steps == sorted(steps) and steps[-1] == 66  # 1437 // (2 × 32) = 22 steps/epoch × 3
     for key in ('train/lr', 'train/grad_norm', 'train/samples_per_sec', 'val/top5', 'val/loss',
-                'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed'):
+                'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed',
+                'system/peak_memory_mib/rank0', 'system/peak_memory_mib/rank1'):
         assert c.get_metric_history(run.info.run_id, key), key
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)} | \
         {a.path for a in c.list_artifacts(run.info.run_id, 'collapse')}

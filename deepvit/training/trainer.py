@@ -293,8 +293,13 @@ def run(plan: Plan) -> int:
         if status == 'FINISHED':
             images, _ = next(iter(probe_loader))
             report = collapse_report(engine.module, images.to(device).to(dtype))
+            peaks = _peak_memory_per_rank(device, world)
             if rank == 0:
                 _log_collapse(tracker, report, engine.global_steps, similarity_figure)
+                tracker.log_metrics({f'system/peak_memory_mib/rank{r}': m for r, m in enumerate(peaks)},
+                                    engine.global_steps)
+                print(f"[deepvit] peak memory per rank (MiB, {'GPU allocated' if device.type == 'cuda' else 'RSS'}): "
+                      f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
                 tag = latest_tag(ckpt_dir)
                 export = export_fp32(ckpt_dir, tag, out_dir / EXPORT_FILE)
                 tracker.log_params({'export.path': str(export)})
@@ -312,6 +317,20 @@ def run(plan: Plan) -> int:
         raise
     tracker.end(status)
     return exit_code
+
+
+def _peak_memory_per_rank(device: torch.device, world: int):
+    """Peak memory of every rank in MiB (collective): GPU memory allocated on CUDA, resident set size on CPU."""
+    import resource
+    if device.type == 'cuda':
+        mine = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    else:
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 10  # Linux reports KiB
+    values = torch.zeros(world, dtype=torch.float64, device=device)
+    values[env_rank() if world > 1 else 0] = mine
+    if is_dist():
+        torch.distributed.all_reduce(values)
+    return values.tolist()
 
 
 def _budget_spent(control: StepControl, engine) -> bool:

@@ -1,0 +1,123 @@
+"""The epoch loop and evaluation on a minimal engine: non-finite loss, stop requests, step budget, padding in eval."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from deepvit.training.engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
+
+
+class Engine(nn.Module):
+    """The slice of DeepSpeedEngine the loop uses, over a plain module and optimizer (world size 1)."""
+
+    def __init__(self, module, grad_accum=1):
+        super().__init__()
+        self.module = module
+        self.optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+        self.global_steps = 0
+        self.micro_steps = 0
+        self.grad_accum = grad_accum
+        self.world_size = 1
+
+    def forward(self, x):
+        return self.module(x)
+
+    def train_micro_batch_size_per_gpu(self):
+        return 4
+
+    def gradient_accumulation_steps(self):
+        return self.grad_accum
+
+    def is_gradient_accumulation_boundary(self):
+        return (self.micro_steps + 1) % self.grad_accum == 0
+
+    def backward(self, loss):
+        loss.backward()
+
+    def step(self):
+        if self.is_gradient_accumulation_boundary():
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+            self.global_steps += 1
+        self.micro_steps += 1
+
+    def get_global_grad_norm(self):
+        return 1.0
+
+
+class Sched:
+    def __init__(self):
+        self.updates = []
+
+    def step_update(self, num_updates):
+        self.updates.append(num_updates)
+
+
+def batches(n, bad_at=None):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        x = torch.randn(4, 3, generator=g)
+        if i == bad_at:
+            x[0, 0] = float('nan')
+        out.append((x, torch.randint(0, 2, (4,), generator=g)))
+    return out
+
+
+def run(data, control=StepControl(), grad_accum=1, logs=None):
+    engine = Engine(nn.Linear(3, 2), grad_accum)
+    sched = Sched()
+    result = train_one_epoch(engine, data, nn.CrossEntropyLoss(), device=torch.device('cpu'), dtype=torch.float32,
+                             scheduler=sched, control=control, log_every=2,
+                             on_log=lambda m, s: (logs if logs is not None else []).append((s, m)))
+    return result, engine, sched
+
+
+def test_full_epoch_steps_schedule_and_logs():
+    logs = []
+    result, engine, sched = run(batches(5), logs=logs)
+    assert (result.steps, result.batches, result.stopped) == (5, 5, False)
+    assert sched.updates == [1, 2, 3, 4, 5]
+    assert [s for s, _ in logs] == [2, 4, 5]  # every 2 steps, plus the epoch's tail
+    assert set(logs[0][1]) == {'train/loss', 'train/lr', 'train/samples_per_sec', 'train/grad_norm'}
+    assert math.isfinite(result.loss)
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    result, engine, sched = run(batches(6), grad_accum=3)
+    assert (result.steps, result.batches, engine.global_steps) == (2, 6, 2)
+    assert sched.updates == [3 // 3, 6 // 3]
+
+
+def test_non_finite_loss_stops_with_clear_message():
+    with pytest.raises(NonFiniteLossError, match=r'non-finite training loss \(nan\) at step 3'):
+        run(batches(6, bad_at=2))
+
+
+def test_stop_request_and_step_budget():
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) >= 2
+
+    result, engine, _ = run(batches(6), control=StepControl(stop_requested=stop))
+    assert result.stopped and engine.global_steps == 2 and result.batches == 2
+    result, engine, _ = run(batches(6), control=StepControl(max_steps=4))
+    assert result.stopped and engine.global_steps == 4
+
+
+def test_evaluate_excludes_padding_and_counts_samples():
+    model = nn.Linear(3, 5)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([0., 1., 4., 3., 2.]))  # ranking: 2, 3, 4, 1, 0
+    x = torch.zeros(4, 3)
+    data = [(x, torch.tensor([2, 3, 0, -1])), (x, torch.tensor([-1, -1, -1, -1]))]
+    m = evaluate(model, data, device=torch.device('cpu'), dtype=torch.float32)
+    assert m['val/num_samples'] == 3
+    assert m['val/top1'] == pytest.approx(100 / 3)          # only label 2 is the argmax
+    assert m['val/top5'] == pytest.approx(100.0)            # 5 classes: all in the top 5
+    expected = nn.functional.cross_entropy(model(x[:3]), torch.tensor([2, 3, 0]))
+    assert m['val/loss'] == pytest.approx(float(expected.detach()), rel=1e-6)
