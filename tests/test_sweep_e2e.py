@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_tiny_sweep_end_to_end(tmp_path):
-    env = {**os.environ, 'MLFLOW_TRACKING_URI': f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, 'MLFLOW_TRACKING_URI': f"sqlite:///{tmp_path / 'mlflow.db'}",
+           'DEEPVIT_DATA_CACHE': str(tmp_path / 'cache'), 'PYTHON': sys.executable,
+           'DEEPVIT_LAUNCHER': f'{sys.executable} -m deepspeed.launcher.runner'}
     cmd = ['bash', str(REPO / 'launch' / 'sweep_depth.sh'), '--experiment', 'e2e', '--families', 'vit,deepvit',
            '--depths', '1,2', '--widths', '32', '--seeds', '0', '--num-gpus', '1',
            '--', '--output-dir', str(tmp_path / 'sweep'), '--epochs', '1']

@@ -41,7 +41,8 @@ def env(tmp_path_factory):
 
 
 def launcher_cmd(*, num_gpus=2, port=None, extra_launcher=()):
-    return ['deepspeed', *extra_launcher, *(['--num_gpus', str(num_gpus)] if num_gpus else []),
+    # DeepSpeed's launcher (the `deepspeed` console script) run with this interpreter, whatever PATH holds
+    return [sys.executable, '-m', 'deepspeed.launcher.runner', *extra_launcher, *(['--num_gpus', str(num_gpus)] if num_gpus else []),
             '--master_port', str(port or free_port()), str(ROOT / 'launch' / 'train.py')]
 
 
