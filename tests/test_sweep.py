@@ -49,7 +49,7 @@ def env(tmp_path, store_template):
     return {**os.environ, 'MLFLOW_TRACKING_URI': f"sqlite:///{tmp_path / 'mlflow.db'}",
             'FAKE_LOG': str(tmp_path / 'launches.jsonl'),
             'DEEPVIT_LAUNCHER': f"{sys.executable} {tmp_path / 'fake_launcher.py'}",
-            'PYTHONPATH': os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')])}
+            'PYTHONPATH': os.pathsep.join([str(REPO), str(REPO / 'tests'), os.environ.get('PYTHONPATH', '')])}
 
 
 def drive(args, env, cwd):
