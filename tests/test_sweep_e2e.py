@@ -2,6 +2,7 @@
 real launch/train.py on the built-in digits, then a rerun (all skipped) and the analysis. About 2-3 minutes."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,19 @@ import pandas as pd
 REPO = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def test_tiny_sweep_end_to_end(tmp_path):
     env = {**os.environ, 'MLFLOW_TRACKING_URI': f"sqlite:///{tmp_path / 'mlflow.db'}",
            'DEEPVIT_DATA_CACHE': str(tmp_path / 'cache'), 'PYTHON': sys.executable,
            'DEEPVIT_LAUNCHER': f'{sys.executable} -m deepspeed.launcher.runner'}
     cmd = ['bash', str(REPO / 'launch' / 'sweep_depth.sh'), '--experiment', 'e2e', '--families', 'vit,deepvit',
            '--depths', '1,2', '--widths', '32', '--seeds', '0', '--num-gpus', '1',
+           '--launcher-args', f'--master_port {free_port()}',
            '--', '--output-dir', str(tmp_path / 'sweep'), '--epochs', '1']
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
