@@ -109,9 +109,21 @@ def wait_for(path: Path, proc, timeout=300):
 
 
 @pytest.fixture(scope='module')
-def reference(env, tmp_path_factory):
-    """Uninterrupted 2-rank ZeRO-2 run: the yardstick for resume and multi-node equivalence."""
-    return run_ok(env, tmp_path_factory.mktemp('ref') / 'zero2')
+def references(env, tmp_path_factory):
+    """Uninterrupted 2-rank runs, one per ZeRO stage, made on first use: the yardsticks for resume equivalence."""
+    made = {}
+
+    def get(stage: int):
+        if stage not in made:
+            made[stage] = run_ok(env, tmp_path_factory.mktemp('ref') / f'zero{stage}', ds=f'zero{stage}.json')
+        return made[stage]
+    return get
+
+
+@pytest.fixture(scope='module')
+def reference(references):
+    """The uninterrupted ZeRO-2 run (also the multi-node yardstick)."""
+    return references(2)
 
 
 def client(env):
@@ -123,8 +135,8 @@ def final_metric(c, rid, key):
 
 
 @pytest.mark.parametrize('stage', [1, 2, 3])
-def test_zero_stages_train_and_record(stage, env, reference, tmp_path):
-    out = reference if stage == 2 else run_ok(env, tmp_path / f'zero{stage}', ds=f'zero{stage}.json')
+def test_zero_stages_train_and_record(stage, env, references, tmp_path):
+    out = references(stage)
     c = client(env)
     run = c.get_run(run_id(out))
     assert run.info.status == 'FINISHED'
@@ -175,9 +187,11 @@ def test_exported_weights_reload_in_plain_timm(env, reference):
     assert abs(100 * correct / n - logged) <= 100 / DIGITS_VAL + 1e-9  # same top-1 (one borderline image at most)
 
 
-def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(env, reference, tmp_path):
+@pytest.mark.parametrize('stage', [2, 3])
+def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, references, tmp_path):
+    reference = references(stage)
     out = tmp_path / 'killed'
-    proc = start(env, out)
+    proc = start(env, out, ds=f'zero{stage}.json')
     wait_for(out / 'checkpoints' / 'epoch0001', proc)
     wait_for(out / 'checkpoints' / 'latest', proc)
     os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
@@ -185,7 +199,7 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(env, reference, tmp
     assert not (out / 'model.safetensors').exists()
     first_id = run_id(out)
     assert client(env).get_run(first_id).info.status in ('RUNNING', 'FAILED')
-    run_ok(env, out, '--resume')
+    run_ok(env, out, '--resume', ds=f'zero{stage}.json')
     assert run_id(out) == first_id  # the same MLflow run continues
     assert '[deepvit] resumed from' in log_of(out)
     assert_same_weights(out, reference)
