@@ -20,7 +20,14 @@ from deepvit.data.shards import write_shard
 SHARED = Path(os.environ.get('DEEPVIT_SHARED_DATA') or Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
 CIFAR = SHARED / 'cifar10_subset'
 CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
-pytestmark = pytest.mark.skipif(not CIFAR.is_dir(), reason=f'CIFAR-10 subset not found at {CIFAR}')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _real_images_present():
+    # The real-image tests are the point of this module: a missing data folder is a failure, not a skip.
+    if not CIFAR.is_dir():
+        pytest.fail(f'CIFAR-10 subset not found at {CIFAR}: the tests read ../shared/data beside the repository; '
+                    f'set DEEPVIT_SHARED_DATA to its location')
 
 
 @pytest.fixture(scope='session')
