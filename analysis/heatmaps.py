@@ -57,6 +57,8 @@ def plot_similarity_grid(runs: pd.DataFrame, matrices: Dict[Tuple[str, str], Opt
     that names its status.
     """
     runs = runs[runs['depth'].notna()]
+    if runs.empty:  # no run has logged its architecture yet: nothing to draw
+        return []
     depths = sorted(runs['depth'].unique())
     row_keys = list(dict.fromkeys(zip(runs['series'], runs['seed'])))
     values = [m for (_, s), m in matrices.items() if s == stage and m is not None]

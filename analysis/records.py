@@ -19,9 +19,10 @@ FAMILY_ORDER = ('vit', 'deepvit')
 
 # column -> (source, key, dtype); source 'param' | 'tag' | 'metric'
 _FIELDS = {
-    'depth': ('param', 'model.depth', 'Int64'),
-    'embed_dim': ('param', 'model.embed_dim', 'Int64'),
-    'num_heads': ('param', 'model.num_heads', 'Int64'),
+    # the architecture the run really had (``model.resolved.*``), else the override that was asked for
+    'depth': ('param', ('model.resolved.depth', 'model.depth'), 'Int64'),
+    'embed_dim': ('param', ('model.resolved.embed_dim', 'model.embed_dim'), 'Int64'),
+    'num_heads': ('param', ('model.resolved.num_heads', 'model.num_heads'), 'Int64'),
     'seed': ('param', 'train.seed', 'Int64'),
     'params': ('param', 'model.params', 'Int64'),
     'gmacs': ('param', 'model.gmacs', 'Float64'),
@@ -51,6 +52,15 @@ def _cast(value: Optional[str], dtype: str):
         return None
 
 
+def _param(params: Dict[str, str], keys, dtype: str):
+    """The first of ``keys`` (a key or a tuple of keys) whose value casts to ``dtype``; ``'None'`` counts as absent."""
+    for key in (keys,) if isinstance(keys, str) else keys:
+        value = _cast(params.get(key), dtype)
+        if value is not None:
+            return value
+    return None
+
+
 def _time(ms: Optional[int]) -> Optional[pd.Timestamp]:
     return None if ms is None else pd.Timestamp(ms, unit='ms', tz='UTC')
 
@@ -77,7 +87,7 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
                'family': t.get('family') or p.get('model.family'),
                'start_time': _time(run.info.start_time), 'end_time': _time(run.info.end_time)}
         for col, (src, key, dtype) in _FIELDS.items():
-            row[col] = _cast(p.get(key), dtype) if src == 'param' else m.get(key)
+            row[col] = _param(p, key, dtype) if src == 'param' else m.get(key)
         for key in group_by:
             row[key] = p.get(key)
         curve = metric_history(client, run.info.run_id, TOP1) if TOP1 in m else []

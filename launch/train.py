@@ -13,7 +13,7 @@ import sys
 
 def main(argv=None) -> int:
     from deepvit.training import build_parser, resolve
-    from deepvit.training.trainer import preflight, run
+    from deepvit.training.trainer import LaunchError, preflight, run
 
     args = build_parser().parse_args(argv)
     try:
@@ -21,7 +21,11 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # ConfigError & DeepSpeedConfigError too
         print(f"launch/train.py: error: {err}", file=sys.stderr)
         return 2
-    return run(plan)
+    try:
+        return run(plan)
+    except LaunchError as err:
+        print(f"launch/train.py: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

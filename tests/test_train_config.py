@@ -186,6 +186,15 @@ def test_launch_script_user_errors(launch_env, capsys, argv, needle):
     assert not (launch_env / 'm.db').exists()  # nothing started: no MLflow run, no process group
 
 
+def test_existing_run_is_never_overwritten(launch_env, capsys):
+    out = launch_env / 'run'
+    (out / 'checkpoints').mkdir(parents=True)
+    (out / 'checkpoints' / 'latest').write_text('epoch0001')
+    assert load_launch_main()(['--deepspeed', ZERO2, '--output-dir', str(out)]) == 2
+    assert 'already holds a run; pass --resume' in capsys.readouterr().err
+    assert (out / 'checkpoints' / 'latest').read_text() == 'epoch0001'
+
+
 def test_inconsistent_batch_for_world_size(launch_env, capsys, monkeypatch):
     path = write(launch_env, {'train_batch_size': 64, 'train_micro_batch_size_per_gpu': 64,
                               'gradient_accumulation_steps': 1})

@@ -207,6 +207,10 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, referen
     assert client(env).get_run(first_id).info.status == 'FINISHED'
     for key in ('val/top1', 'val/loss'):
         assert final_metric(c, first_id, key) == pytest.approx(final_metric(c, run_id(reference), key), abs=1e-6)
+    if stage == 2:  # resuming a finished run does nothing and says so
+        run_ok(env, out, '--resume', ds=f'zero{stage}.json')
+        assert 'already finished its 3 epochs' in log_of(out)
+        assert_same_weights(out, reference)
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_path):

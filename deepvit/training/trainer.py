@@ -54,6 +54,10 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
 
     rank, world = env_rank(), env_world_size()
     ds = resolve_ds_config(ds_path, world)
+    out_dir = Path(cfg.output_dir)
+    if not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
+        raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
+                          f"another --output-dir")
     variants = deepvit_models.list_variants()
     if cfg.model.name not in variants:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of: {', '.join(variants)}")
@@ -88,6 +92,10 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes)
 
 
+class LaunchError(RuntimeError):
+    """The job cannot start for a reason outside the config (e.g. the rendezvous port is taken)."""
+
+
 class _Preemption:
     """Sets a flag on SIGTERM (cluster preemption); the loop checkpoints at the next optimizer step and exits."""
 
@@ -105,6 +113,7 @@ class _Preemption:
 def _quiet_other_ranks(rank: int) -> None:
     from deepspeed.utils import logger as ds_logger
     ds_logger.setLevel(logging.WARNING if rank == 0 else logging.ERROR)
+    warnings.filterwarnings('ignore', category=FutureWarning, module=r'(deepspeed|torch\.distributed)')
     if rank != 0:
         warnings.filterwarnings('ignore')
         logging.getLogger().setLevel(logging.ERROR)
@@ -165,7 +174,12 @@ def run(plan: Plan) -> int:
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     device = _device(plan.local_rank)
-    deepspeed.init_distributed(verbose=False)
+    try:
+        deepspeed.init_distributed(verbose=False)
+    except torch.distributed.DistNetworkError as err:
+        raise LaunchError(f"cannot start the process group on MASTER_PORT={os.environ.get('MASTER_PORT')} "
+                          f"({str(err).splitlines()[0][:160]}); another job on this machine may hold the port: "
+                          f"pass --master_port to deepspeed") from None
 
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ds.precision, torch.float32)
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
@@ -236,6 +250,13 @@ def run(plan: Plan) -> int:
         if state is not None:
             print(f"[deepvit] resumed from {ckpt_dir / state['tag']} (epoch {start_epoch}, batch {start_batch}, "
                   f"step {engine.global_steps})", flush=True)
+
+    if state is not None and start_epoch >= cfg.train.epochs:
+        if rank == 0:
+            print(f"[deepvit] the run in {out_dir} already finished its {cfg.train.epochs} epochs; nothing to do "
+                  f"(raise --epochs to train further)", flush=True)
+        tracker.end('FINISHED')
+        return 0
 
     control = StepControl(stop_requested=preempt, max_steps=cfg.train.max_steps)
     status, exit_code = 'FINISHED', 0
