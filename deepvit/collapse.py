@@ -18,14 +18,14 @@ cosines towards 0, so collapse comparisons should report both stages.
 No official code exists for these metrics (official repo, issue 12); this module is our implementation of Eq. 4.
 """
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 import torch
 import torch.nn as nn
 
 from .models.attention import MAP_STAGES, Attention
 
-__all__ = ['attention_maps', 'cross_layer_similarity', 'similar_blocks', 'probe_maps', 'MAP_STAGES',
+__all__ = ['attention_maps', 'attention_maps_by_stage', 'cross_layer_similarity', 'similar_blocks', 'probe_maps', 'MAP_STAGES',
            'DEFAULT_SIMILARITY_THRESHOLD']
 
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
@@ -76,15 +76,25 @@ def attention_maps(model: nn.Module, images: torch.Tensor, stage: str = 'softmax
     """
     if stage not in MAP_STAGES:
         raise ValueError(f"stage must be one of {MAP_STAGES}, got {stage!r}")
+    return attention_maps_by_stage(model, images)[stage]
+
+
+@torch.no_grad()
+def attention_maps_by_stage(model: nn.Module, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Both stages from one forward pass: ``{'softmax': (L, B, H, N, N), 'mixed': (L, B, H, N, N)}``.
+
+    Same conditions as :func:`attention_maps` (eval mode, mode restored, output unchanged). One forward matters when
+    the forward is a collective (ZeRO-3 gathers parameters in it) or the model is large.
+    """
     was_training = model.training
     model.eval()
     try:
         with probe_maps(model) as layers:
             model(images)
-            maps = [layer.maps[stage] for layer in layers]
+            maps = {stage: torch.stack([layer.maps[stage] for layer in layers]) for stage in MAP_STAGES}
     finally:
         model.train(was_training)
-    return torch.stack(maps)
+    return maps
 
 
 def cross_layer_similarity(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

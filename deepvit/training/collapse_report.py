@@ -1,14 +1,15 @@
 """The end-of-run attention-collapse probe: cross-layer similarity at both map stages, similar-block counts, heatmaps.
 
-Runs :func:`deepvit.collapse.attention_maps` on a fixed validation batch (the same images for every run, so runs are
-comparable). Collective under ZeRO-3 (parameters are gathered in forward): call it on every rank.
+Runs :func:`deepvit.collapse.attention_maps_by_stage` on a fixed validation batch (the same images for every run, so runs are
+comparable), with one forward pass for both map stages. Collective under ZeRO-3 (parameters are gathered in
+forward): call it on every rank.
 """
 from typing import Dict
 
 import numpy as np
 import torch
 
-from ..collapse import MAP_STAGES, attention_maps, cross_layer_similarity, similar_blocks
+from ..collapse import MAP_STAGES, attention_maps_by_stage, cross_layer_similarity, similar_blocks
 
 
 @torch.no_grad()
@@ -20,9 +21,9 @@ def collapse_report(model: torch.nn.Module, images: torch.Tensor, threshold: flo
         'mean_adjacent_similarity_<stage>': float}`` for each stage in ``('softmax', 'mixed')``.
     """
     out: Dict[str, object] = {}
+    maps_by_stage = attention_maps_by_stage(model, images)  # one forward: a collective under ZeRO-3
     for stage in MAP_STAGES:
-        maps = attention_maps(model, images, stage=stage)
-        sim = cross_layer_similarity(maps)
+        sim = cross_layer_similarity(maps_by_stage[stage])
         out[f'similarity_{stage}'] = sim.cpu().numpy()
         out[f'similar_blocks_{stage}'] = similar_blocks(sim, threshold=threshold)
         adjacent = sim.diagonal(offset=1)

@@ -50,6 +50,14 @@ def _walk(node: Any, prefix: str = '') -> Iterator[Tuple[str, Any]]:
         yield prefix, node
 
 
+def _per_rank_share(where: str, total: int, field: str, value: int, world_size: int) -> int:
+    """The batch field DeepSpeed derives: ``train_batch_size / (field × world_size)``, which must be exact."""
+    if total % (value * world_size):
+        raise DeepSpeedConfigError(f"{where}: train_batch_size={total} is not divisible by {field}={value} × "
+                                   f"world_size={world_size}")
+    return total // (value * world_size)
+
+
 def load_ds_config(path: str) -> Dict[str, Any]:
     """Parse the JSON file. Raises DeepSpeedConfigError for a missing file, bad JSON or a non-object."""
     p = Path(path)
@@ -115,17 +123,9 @@ def resolve_ds_config(path: str, world_size: int, bf16_native: bool = None) -> R
                 f"{where}: train_batch_size={tbs} != train_micro_batch_size_per_gpu={mbs} × "
                 f"gradient_accumulation_steps={gas} × world_size={world_size} (= {mbs * gas * world_size})")
     elif tbs and mbs:
-        if tbs % (mbs * world_size):
-            raise DeepSpeedConfigError(
-                f"{where}: train_batch_size={tbs} is not divisible by train_micro_batch_size_per_gpu={mbs} × "
-                f"world_size={world_size}")
-        gas = tbs // (mbs * world_size)
+        gas = _per_rank_share(where, tbs, 'train_micro_batch_size_per_gpu', mbs, world_size)
     elif tbs and gas:
-        if tbs % (gas * world_size):
-            raise DeepSpeedConfigError(
-                f"{where}: train_batch_size={tbs} is not divisible by gradient_accumulation_steps={gas} × "
-                f"world_size={world_size}")
-        mbs = tbs // (gas * world_size)
+        mbs = _per_rank_share(where, tbs, 'gradient_accumulation_steps', gas, world_size)
     elif mbs:
         gas = gas or 1
         tbs = mbs * gas * world_size

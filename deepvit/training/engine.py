@@ -52,6 +52,7 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
     micro = engine.train_micro_batch_size_per_gpu()
     steps = batches = 0
     loss_sum = loss_count = 0.0
+    micro_loss = micro_count = 0.0  # this rank's micro-batch losses since the last optimizer step
     window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
     stopped = False
     for images, labels in loader:
@@ -67,18 +68,19 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
         boundary = engine.is_gradient_accumulation_boundary()
         engine.step()
         batches += 1
-        loss_value = float(loss.detach())
+        micro_loss += float(loss.detach())
+        micro_count += 1
         if not boundary:
-            loss_sum += loss_value
-            loss_count += 1
             continue
         steps += 1
         global_step = engine.global_steps
         scheduler.step_update(num_updates=global_step)
         budget_spent = control.max_steps is not None and global_step >= control.max_steps
-        summed = all_reduce_sum([loss_value, float(control.stop_requested()), float(budget_spent)], device)
+        summed = all_reduce_sum([micro_loss / micro_count, float(control.stop_requested()), float(budget_spent)],
+                                device)
+        micro_loss = micro_count = 0.0
         mean_loss = float(summed[0]) / world
-        if not math.isfinite(mean_loss):
+        if not math.isfinite(mean_loss):  # the step's loss: mean over its micro-batches and all ranks
             raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) at step {global_step}; "
                                      f"stopping with the last good checkpoint kept")
         loss_sum += mean_loss

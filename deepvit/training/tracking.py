@@ -6,6 +6,7 @@ the analysis package reads exactly that.
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -97,7 +98,6 @@ class MlflowTracker(NullTracker):
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
-        import time
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)

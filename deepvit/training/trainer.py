@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
 from .config import Config, ConfigError, flatten, model_overrides, to_yaml
-from .distributed import average_buffers, env_local_rank, env_rank, env_world_size, is_dist
+from .distributed import all_reduce_sum, average_buffers, env_local_rank, env_rank, env_world_size, is_dist
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
 
@@ -145,7 +145,7 @@ def _build_loaders(plan: Plan, device: torch.device, mixup_fn):
     return train, val, probe
 
 
-def _run_name(cfg: Config, kwargs: Dict[str, Any], model) -> str:
+def _run_name(cfg: Config, model) -> str:
     if cfg.log.run_name:
         return cfg.log.run_name
     mc = model.model_cfg
@@ -164,7 +164,7 @@ def run(plan: Plan) -> int:
     from ..data import create_mixup
     from ..models import count_params, gmacs_per_image
     from .collapse_report import collapse_report, similarity_figure
-    from .tracking import create_tracker, default_tracking_uri
+    from .tracking import create_tracker
 
     cfg, ds, rank, world = plan.cfg, plan.ds, plan.rank, plan.world_size
     _quiet_other_ranks(rank)
@@ -229,8 +229,8 @@ def run(plan: Plan) -> int:
         tags['sweep_point'] = cfg.log.sweep_point
     if cfg.log.parent_run_id:
         tags['mlflow.parentRunId'] = cfg.log.parent_run_id
-    tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, plan.model_kwargs, model),
-                             tracking_uri=cfg.log.tracking_uri or default_tracking_uri(), run_id=run_id, tags=tags)
+    tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, model),
+                             tracking_uri=cfg.log.tracking_uri, run_id=run_id, tags=tags)
     if rank == 0:
         run_file.write_text(json.dumps({'run_id': tracker.run_id}))
         (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
@@ -246,7 +246,7 @@ def run(plan: Plan) -> int:
         print(f"[deepvit] {cfg.model.name} ({family}, {n_params / 1e6:.2f}M params, {gmacs:.3f} GMACs/img) | "
               f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
               f"lr {lr:.2e} | {steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
-              f"({tracker.uri if hasattr(tracker, 'uri') else ''})", flush=True)
+              f"({tracker.uri})", flush=True)
         if state is not None:
             print(f"[deepvit] resumed from {ckpt_dir / state['tag']} (epoch {start_epoch}, batch {start_batch}, "
                   f"step {engine.global_steps})", flush=True)
@@ -364,7 +364,6 @@ def _client_state(epoch: int, batch_in_epoch: int, engine, scheduler, run_id, cf
 
 
 def _all_skipped(train_loader, val_loader, device) -> float:
-    from .distributed import all_reduce_sum
     return float(all_reduce_sum([train_loader.skipped_samples + val_loader.skipped_samples], device)[0])
 
 
