@@ -25,7 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='MLflow tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///<abs ./mlflow.db>')
     p.add_argument('--threshold', type=float, default=DEFAULT_THRESHOLD,
                    help=f'saturation threshold, top-1 points; method: {METHOD}')
-    p.add_argument('--metric', choices=sorted(METRICS), default='best', help='which val/top1 of each run')
+    p.add_argument('--metric', choices=sorted(METRICS), default='final',
+                   help='which val/top1 of each run: final (primary) or best (the maximum over evaluations: optimistic)')
+    p.add_argument('--baseline', default=None, help='series the others are compared with (default: the ViT series)')
+    p.add_argument('--n-boot', type=int, default=2000, help='bootstrap replicates of the statistics')
     p.add_argument('--group-by', default='', help='comma-separated params that split series beyond family and '
                                                   'width, e.g. model.drop_path_rate')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
@@ -37,7 +40,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         result = analyze(args.experiment, args.out, sweep=args.sweep, tracking_uri=args.tracking_uri,
                          threshold=args.threshold, metric=args.metric,
-                         group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress)
+                         group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress,
+                         baseline=args.baseline, n_boot=args.n_boot)
     except (AnalysisError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

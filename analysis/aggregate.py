@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .records import COLLAPSE, STAGES
+
 __all__ = ['METRICS', 'depth_stats']
 
 METRICS = {'best': 'top1_best', 'final': 'top1_final'}
@@ -24,36 +26,40 @@ def _mean(values: pd.Series) -> float:
     return float(values.astype(float).mean()) if len(values) else float('nan')
 
 
-def depth_stats(runs: pd.DataFrame, metric: str = 'best') -> pd.DataFrame:
+def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
     """Mean and sample std (ddof=1; NaN for one seed) of top-1 over finished seeds, per series and depth.
 
     Args:
         runs: the frame of :func:`analysis.records.runs_frame`.
-        metric: ``'best'`` (maximum of the val/top1 history) or ``'final'`` (its last value).
+        metric: ``'final'`` (the last val/top1 of each run, the primary figure) or ``'best'`` (the maximum of its
+            history: optimistic, a maximum over evaluations on the same images).
     Returns:
-        Columns ``series, family, embed_dim, num_heads, depth, n_runs, n_finished, status, top1_mean, top1_std,
-        params, gmacs, similar_softmax, similar_mixed`` (the last four: means over finished runs), ordered as
-        ``runs``. Runs with an unknown depth are left out here (they stay in ``runs.csv``).
+        Columns ``series, family, remedy, embed_dim, num_heads, depth, n_runs, n_finished, status, top1_mean,
+        top1_std, top1_best_mean, params, gmacs`` and the mean over finished runs of every collapse column of
+        :data:`analysis.records.COLLAPSE` (``similar_blocks_softmax``, ``calibrated_similar_blocks_mixed``, …),
+        ordered as ``runs``. Runs with an unknown depth are left out here (they stay in ``runs.csv``).
     Raises:
         ValueError: unknown ``metric``.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     col = METRICS[metric]
+    collapse_cols = [f'{c}_{s}' for c in COLLAPSE for s in STAGES]
     rows = []
     known = runs[runs['depth'].notna()]
     for (series, depth), g in known.groupby(['series', 'depth'], sort=False):
         done = g[g['status'] == 'FINISHED']
-        rows.append({
-            'series': series, 'family': g['family'].iloc[0], 'embed_dim': g['embed_dim'].iloc[0],
-            'num_heads': g['num_heads'].iloc[0], 'depth': int(depth), 'n_runs': len(g), 'n_finished': len(done),
-            'status': _status(g['status']),
+        row = {
+            'series': series, 'family': g['family'].iloc[0], 'remedy': g['remedy'].iloc[0],
+            'embed_dim': g['embed_dim'].iloc[0], 'num_heads': g['num_heads'].iloc[0], 'depth': int(depth),
+            'n_runs': len(g), 'n_finished': len(done), 'status': _status(g['status']),
             'top1_mean': _mean(done[col]),
             'top1_std': float(done[col].dropna().astype(float).std(ddof=1)),
+            'top1_best_mean': _mean(done['top1_best']),
             'params': _mean(g['params']), 'gmacs': _mean(g['gmacs']),
-            'similar_softmax': _mean(done['similar_blocks_softmax']),
-            'similar_mixed': _mean(done['similar_blocks_mixed']),
-        })
-    return pd.DataFrame(rows, columns=['series', 'family', 'embed_dim', 'num_heads', 'depth', 'n_runs', 'n_finished',
-                                       'status', 'top1_mean', 'top1_std', 'params', 'gmacs', 'similar_softmax',
-                                       'similar_mixed'])
+        }
+        row.update({c: _mean(done[c]) for c in collapse_cols})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=['series', 'family', 'remedy', 'embed_dim', 'num_heads', 'depth', 'n_runs',
+                                       'n_finished', 'status', 'top1_mean', 'top1_std', 'top1_best_mean', 'params',
+                                       'gmacs'] + collapse_cols)

@@ -7,14 +7,18 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import matplotlib
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import t as t_dist
 
 __all__ = ['save', 'family_color', 'plot_top1_vs_depth', 'plot_top1_vs_gmacs', 'plot_similar_blocks',
-           'plot_training_curves']
+           'plot_effective_keys', 'plot_collapse_over_training', 'plot_paired_differences', 'plot_training_curves']
 
-_FAMILY_COLORS = {'vit': 'tab:blue', 'deepvit': 'tab:red'}
-_OTHER_COLORS = ('tab:green', 'tab:purple', 'tab:orange', 'tab:brown', 'tab:gray')
+_FAMILY_COLORS = {'vit': 'tab:blue', 'deepvit': 'tab:red', 'reattn': 'tab:red', 'layerscale': 'tab:green',
+                  'talkinghead': 'tab:purple', 'bn_only': 'tab:orange', 'reattn_ln': 'tab:brown',
+                  'reattn_nonorm': 'tab:pink', 'reattn_identity': 'tab:olive'}
+_OTHER_COLORS = ('tab:cyan', 'tab:gray', 'black')
 _MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')
 _STYLES = ('-', '--', ':', '-.')
 
@@ -40,45 +44,100 @@ def save(fig: Figure, out_dir: Path, stem: str) -> List[Path]:
 
 
 def _series_styles(stats: pd.DataFrame) -> Dict[str, Tuple[str, str]]:
-    """series -> (colour, marker): colour from the family, marker from the width within the family."""
-    styles, seen = {}, {}
-    for series, family in stats[['series', 'family']].drop_duplicates().itertuples(index=False):
-        k = seen.setdefault(family, 0)
-        seen[family] += 1
-        styles[series] = (family_color(family), _MARKERS[k % len(_MARKERS)])
-    return styles
+    """series -> (colour, marker): colour from the remedy (the label's first word), a marker of its own per series."""
+    series = list(dict.fromkeys(stats['series']))
+    return {s: (family_color(s.split(' ')[0]), _MARKERS[i % len(_MARKERS)]) for i, s in enumerate(series)}
 
 
 def _unfinished(runs: pd.DataFrame, metric_col: str) -> pd.DataFrame:
     return runs[(runs['status'] != 'FINISHED') & runs[metric_col].notna() & runs['depth'].notna()]
 
 
+def _offsets(stats: pd.DataFrame) -> Dict[str, float]:
+    """series -> multiplicative x offset (depth axes are log-2): overlapping series stay visible side by side."""
+    series = list(dict.fromkeys(stats['series']))
+    k = len(series)
+    return {s: 2 ** (0.04 * (i - (k - 1) / 2)) for i, s in enumerate(series)}
+
+
+def _t_half(std: pd.Series, n: pd.Series, confidence: float = 0.95) -> np.ndarray:
+    """Half-width of the t interval of a mean over n seeds (0 where n < 2)."""
+    n = n.astype(float).to_numpy()
+    half = np.zeros_like(n)
+    ok = n >= 2
+    half[ok] = t_dist.ppf(0.5 + confidence / 2, n[ok] - 1) * std.fillna(0).to_numpy()[ok] / np.sqrt(n[ok])
+    return half
+
+
+def _depth_axis(ax, depths) -> None:
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(sorted(depths), [str(int(d)) for d in sorted(depths)])
+    ax.minorticks_off()
+    ax.set_xlabel('depth (blocks, log scale)')
+    ax.grid(alpha=0.3)
+
+
 def plot_top1_vs_depth(stats: pd.DataFrame, runs: pd.DataFrame, saturation: Dict, metric_col: str,
                        out_dir: Path) -> List[Path]:
-    """Saturation curves: mean top-1 vs depth per family × width, std over seeds as error bars; a star marks the
-    saturation depth; unfinished runs appear as hollow markers at their latest value, labelled with their status."""
-    fig = Figure(figsize=(6.4, 4.4), layout='constrained')
+    """Saturation curves: mean top-1 vs depth per series, error bars = 95 % t interval over finished seeds (none for
+    one seed), series slightly offset in x; the individual seeds as small dots; a star marks the saturation depth;
+    unfinished runs appear as hollow markers at their latest value, labelled with their status."""
+    fig = Figure(figsize=(6.8, 4.6), layout='constrained')
     ax = fig.add_subplot()
     styles = _series_styles(stats)
+    offsets = _offsets(stats)
     sat = {s['series']: s['saturation_depth'] for s in saturation['series']}
+    done = runs[runs['status'] == 'FINISHED']
     for series, g in stats.groupby('series', sort=False):
         color, marker = styles[series]
         g = g[g['top1_mean'].notna()].sort_values('depth')
-        ax.errorbar(g['depth'], g['top1_mean'], yerr=g['top1_std'].fillna(0), color=color, marker=marker,
-                    capsize=3, label=series)
+        x = g['depth'] * offsets[series]
+        n = g['n_finished']
+        ax.errorbar(x, g['top1_mean'], yerr=_t_half(g['top1_std'], n), color=color, marker=marker, capsize=3,
+                    label=f'{series} (n={int(n.min())}' + (f'–{int(n.max())}' if n.max() != n.min() else '') + ')')
+        seeds = done[(done['series'] == series) & done[metric_col].notna()]
+        ax.scatter(seeds['depth'] * offsets[series], seeds[metric_col], color=color, s=8, alpha=0.4, zorder=1)
         if sat.get(series) is not None:
             y = g.loc[g['depth'] == sat[series], 'top1_mean'].iloc[0]
-            ax.plot([sat[series]], [y], marker='*', markersize=15, color=color, markeredgecolor='k', zorder=5)
+            ax.plot([sat[series] * offsets[series]], [y], marker='*', markersize=15, color=color,
+                    markeredgecolor='k', zorder=5)
     for status, g in _unfinished(runs, metric_col).groupby('status'):
         ax.scatter(g['depth'], g[metric_col], facecolors='none', edgecolors=[family_color(f) for f in g['family']],
                    marker='o', s=60, label=f'{status.lower()} (latest value)')
-    ax.set_xticks(sorted(stats['depth'].unique()))
-    ax.set_xlabel('depth (blocks)')
+    _depth_axis(ax, stats['depth'].unique())
     ax.set_ylabel('val top-1 (%)')
-    ax.set_title(f'top-1 vs depth (★ saturation, threshold {saturation["threshold_pp"]} pts)')
-    ax.grid(alpha=0.3)
+    ax.set_title(f'top-1 vs depth: mean, 95 % t interval over seeds, dots = seeds (★ saturation, '
+                 f'{saturation["threshold_pp"]} pts)', fontsize=9)
     ax.legend(fontsize='small')
     return save(fig, out_dir, 'top1_vs_depth')
+
+
+def plot_paired_differences(diffs: pd.DataFrame, baseline: str, out_dir: Path) -> List[Path]:
+    """Remedy − baseline top-1 vs depth (seed-paired): mean, 95 % t interval (bars) and the seeds × images
+    bootstrap interval (shaded), one line per series; 0 marked."""
+    fig = Figure(figsize=(6.8, 4.4), layout='constrained')
+    ax = fig.add_subplot()
+    frame = diffs
+    styles = _series_styles(frame)
+    offsets = _offsets(frame)
+    for series, g in frame.groupby('series', sort=False):
+        g = g[g['n_pairs'] > 0].sort_values('depth')
+        if g.empty:
+            continue
+        color, marker = styles[series]
+        x = g['depth'] * offsets[series]
+        yerr = np.vstack([g['mean_diff'] - g['t_low'], g['t_high'] - g['mean_diff']]).astype(float)
+        ax.errorbar(x, g['mean_diff'], yerr=np.nan_to_num(yerr), color=color, marker=marker, capsize=3,
+                    label=f'{series} (pairs {int(g["n_pairs"].min())}–{int(g["n_pairs"].max())})')
+        if g['boot_low'].notna().any():
+            ax.fill_between(x, g['boot_low'].astype(float), g['boot_high'].astype(float), color=color, alpha=0.12)
+    ax.axhline(0, color='k', lw=0.8)
+    _depth_axis(ax, diffs['depth'].unique())
+    ax.set_ylabel(f'top-1 difference vs {baseline} (pp)')
+    ax.set_title('paired difference (same seed): mean, 95 % t interval; shaded: seeds × images bootstrap',
+                 fontsize=9)
+    ax.legend(fontsize='small')
+    return save(fig, out_dir, 'difference_vs_depth')
 
 
 def plot_top1_vs_gmacs(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
@@ -102,22 +161,86 @@ def plot_top1_vs_gmacs(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
 
 
 def plot_similar_blocks(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
-    """Similar blocks (mean over finished seeds) vs depth, one panel per map stage (softmax, mixed)."""
-    fig = Figure(figsize=(9.6, 4.0), layout='constrained')
+    """Similar blocks (mean over finished seeds) vs depth: rows = the paper metric and the calibrated one, columns =
+    map stage (softmax, mixed). Series are offset in x and drawn with their own marker and line style, so identical
+    curves stay visible; the dotted diagonal is the maximum (depth − 1)."""
+    fig = Figure(figsize=(9.6, 7.2), layout='constrained')
+    axes = fig.subplots(2, 2, sharey=True, sharex=True)
+    styles = _series_styles(stats)
+    offsets = _offsets(stats)
+    depths = sorted(stats['depth'].unique())
+    for row, (prefix, metric) in enumerate([('', 'paper metric (Eq. 4)'), ('calibrated_', 'calibrated')]):
+        for ax, stage in zip(axes[row], ('softmax', 'mixed')):
+            col = f'{prefix}similar_blocks_{stage}'
+            for i, (series, g) in enumerate(stats.groupby('series', sort=False)):
+                g = g[g[col].notna()].sort_values('depth')
+                color, marker = styles[series]
+                ax.plot(g['depth'] * offsets[series], g[col], color=color, marker=marker,
+                        linestyle=_STYLES[i % len(_STYLES)], label=series)
+            ax.plot(depths, [d - 1 for d in depths], color='gray', linestyle=':', lw=1, label='all blocks (L − 1)')
+            _depth_axis(ax, depths)
+            ax.set_title(f'similar blocks, {metric}, {stage} maps', fontsize=9)
+        axes[row][0].set_ylabel('similar blocks (similarity ≥ threshold)')
+    axes[0][0].legend(fontsize='x-small')
+    return save(fig, out_dir, 'similar_blocks_vs_depth')
+
+
+def plot_effective_keys(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """Attention sharpness vs depth: effective keys per row (exp of the row entropy, mean over blocks, images,
+    heads, queries; mean over finished seeds), one panel per map stage. Near the token count, maps are near uniform
+    and the paper metric reads ≈ 1 whatever the blocks do."""
+    fig = Figure(figsize=(9.6, 3.8), layout='constrained')
     axes = fig.subplots(1, 2, sharey=True)
     styles = _series_styles(stats)
-    for ax, (col, stage) in zip(axes, [('similar_softmax', 'softmax'), ('similar_mixed', 'mixed')]):
-        for series, g in stats.groupby('series', sort=False):
+    offsets = _offsets(stats)
+    for ax, stage in zip(axes, ('softmax', 'mixed')):
+        col = f'effective_keys_{stage}'
+        for i, (series, g) in enumerate(stats.groupby('series', sort=False)):
             g = g[g[col].notna()].sort_values('depth')
             color, marker = styles[series]
-            ax.plot(g['depth'], g[col], color=color, marker=marker, label=series)
-        ax.set_xticks(sorted(stats['depth'].unique()))
-        ax.set_xlabel('depth (blocks)')
-        ax.set_title(f'similar blocks, {stage} maps')
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel('similar blocks (similarity ≥ 0.9)')
-    axes[0].legend(fontsize='small')
-    return save(fig, out_dir, 'similar_blocks_vs_depth')
+            ax.plot(g['depth'] * offsets[series], g[col], color=color, marker=marker,
+                    linestyle=_STYLES[i % len(_STYLES)], label=series)
+        _depth_axis(ax, stats['depth'].unique())
+        ax.set_title(f'effective keys per attention row, {stage} maps', fontsize=9)
+    axes[0].set_ylabel('effective keys (exp entropy)')
+    axes[0].legend(fontsize='x-small')
+    return save(fig, out_dir, 'effective_keys_vs_depth')
+
+
+def plot_collapse_over_training(runs: pd.DataFrame, histories: Dict[Tuple[str, str], Sequence[Tuple[int, float]]],
+                                metric: str, out_dir: Path) -> List[Path]:
+    """``metric`` (e.g. ``calibrated_mean_adjacent``) over training, one panel per series and map stage: one line
+    per run, colour by depth (viridis), from the probe at step 0 to the final one. ``histories`` maps
+    ``(run_id, stage)`` to ``[(step, value), ...]``."""
+    series_list = list(dict.fromkeys(runs['series']))
+    if not series_list:
+        return []
+    depths = sorted(runs['depth'].dropna().unique())
+    cmap = matplotlib.colormaps['viridis']
+    fig = Figure(figsize=(3.2 * len(series_list) + 1.0, 5.6), layout='constrained')
+    axes = fig.subplots(2, len(series_list), squeeze=False, sharey='row')
+    for j, series in enumerate(series_list):
+        g = runs[runs['series'] == series]
+        for i, stage in enumerate(('softmax', 'mixed')):
+            ax = axes[i][j]
+            for r in g.itertuples(index=False):
+                pts = histories.get((r.run_id, stage)) or []
+                if not pts or pd.isna(r.depth):
+                    continue
+                frac = depths.index(r.depth) / max(len(depths) - 1, 1)
+                ax.plot([p for p, _ in pts], [v for _, v in pts], color=cmap(0.9 * frac), marker='.', lw=1,
+                        label=f'd{r.depth}' if r.seed == g['seed'].min() else None)
+            ax.axhline(0, color='k', lw=0.6)
+            ax.set_title(f'{series}, {stage}', fontsize=8)
+            ax.grid(alpha=0.3)
+            if i == 1:
+                ax.set_xlabel('optimizer step')
+        axes[0][j].legend(fontsize='xx-small')
+    axes[0][0].set_ylabel(metric.replace('_', ' '))
+    axes[1][0].set_ylabel(metric.replace('_', ' '))
+    fig.suptitle(f'collapse over training: {metric.replace("_", " ")} (0 = chance, 1 = identical maps)',
+                 fontsize=9)
+    return save(fig, out_dir, 'collapse_over_training')
 
 
 def plot_training_curves(runs: pd.DataFrame, curves: Dict[str, Sequence[Tuple[int, float]]],

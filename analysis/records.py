@@ -12,10 +12,13 @@ from tqdm.auto import tqdm
 
 from .store import metric_history
 
-__all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER']
+__all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES']
 
 TOP1 = 'val/top1'
 FAMILY_ORDER = ('vit', 'deepvit')
+# series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
+REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
+                'talkinghead')
 
 # column -> (source, key, dtype); source 'param' | 'tag' | 'metric'
 _FIELDS = {
@@ -28,19 +31,33 @@ _FIELDS = {
     'gmacs': ('param', 'model.gmacs', 'Float64'),
     'model': ('param', 'model.name', 'string'),
     'top1_final': ('metric', TOP1, 'Float64'),
-    'similar_blocks_softmax': ('metric', 'collapse/similar_blocks_softmax', 'Float64'),
-    'similar_blocks_mixed': ('metric', 'collapse/similar_blocks_mixed', 'Float64'),
+    'world_size': ('param', 'world_size', 'Int64'),
+    'num_workers': ('param', 'data.num_workers', 'Int64'),
+    'data_source': ('param', 'data.source', 'string'),
+    'epochs': ('param', 'train.epochs', 'Int64'),
 }
+# collapse figures of the final probe, for both map stages: column ``<name>_<stage>`` ← metric ``collapse/<name>_<stage>``
+COLLAPSE = ('similar_blocks',              # the paper metric's similar-block count (paper Sec. 3.2 rule)
+            'calibrated_similar_blocks',   # the same rule on the calibrated similarity
+            'calibrated_mean_adjacent',    # mean calibrated similarity of adjacent blocks
+            'mean_adjacent_similarity',    # the same for the paper metric
+            'effective_keys')              # attention sharpness: exp(row entropy), mean over blocks
+STAGES = ('softmax', 'mixed')
+for _name in COLLAPSE:
+    for _stage in STAGES:
+        _FIELDS[f'{_name}_{_stage}'] = ('metric', f'collapse/{_name}_{_stage}', 'Float64')
 
-COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'model', 'depth', 'embed_dim',
-           'num_heads', 'seed', 'params', 'gmacs', 'top1_best', 'top1_best_step', 'top1_final', 'last_step',
-           'similar_blocks_softmax', 'similar_blocks_mixed', 'series', 'start_time', 'end_time']
+COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
+           'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
+           'top1_best', 'top1_best_step', 'top1_final', 'last_step'] + \
+          [f'{c}_{s}' for c in COLLAPSE for s in STAGES] + ['series', 'start_time', 'end_time']
 
 
-def series_label(family: str, embed_dim, num_heads, extra: Sequence[Tuple[str, object]] = ()) -> str:
-    """Label of one curve: family and width, e.g. ``'deepvit w64/h4'``, plus ``key=value`` of any grouping params."""
+def series_label(remedy: str, embed_dim, num_heads, extra: Sequence[Tuple[str, object]] = ()) -> str:
+    """Label of one curve: the remedy (``vit``, ``reattn``, ``layerscale``, …; the family for runs recorded before
+    the ``remedy`` tag) and width, e.g. ``'reattn w64/h4'``, plus ``key=value`` of any grouping params."""
     width = 'w?' if pd.isna(embed_dim) else f'w{embed_dim}/h{num_heads}'
-    return ' '.join([str(family), width] + [f'{k}={v}' for k, v in extra])
+    return ' '.join([str(remedy), width] + [f'{k}={v}' for k, v in extra])
 
 
 def _cast(value: Optional[str], dtype: str):
@@ -85,6 +102,7 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
         row = {'run_id': run.info.run_id, 'run_name': run.info.run_name, 'status': run.info.status,
                'sweep_id': t.get('sweep_id'), 'sweep_point': t.get('sweep_point'),
                'family': t.get('family') or p.get('model.family'),
+               'remedy': t.get('remedy') or p.get('model.remedy') or t.get('family') or p.get('model.family'),
                'start_time': _time(run.info.start_time), 'end_time': _time(run.info.end_time)}
         for col, (src, key, dtype) in _FIELDS.items():
             row[col] = _param(p, key, dtype) if src == 'param' else m.get(key)
@@ -102,9 +120,10 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
     df['top1_best'] = df['top1_best'].astype('Float64')
     df[['top1_best_step', 'last_step']] = df[['top1_best_step', 'last_step']].astype('Int64')
     df['family'] = df['family'].fillna('unknown')
-    df['series'] = [series_label(r['family'], r['embed_dim'], r['num_heads'], [(k, r[k]) for k in group_by])
+    df['remedy'] = df['remedy'].fillna(df['family'])
+    df['series'] = [series_label(r['remedy'], r['embed_dim'], r['num_heads'], [(k, r[k]) for k in group_by])
                     for _, r in df.iterrows()]
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    df['_rank'] = df['family'].map(lambda f: rank.get(f, len(rank)))
-    df = df.sort_values(['_rank', 'family', 'embed_dim', 'num_heads', 'depth', 'seed'], kind='stable')
+    rank = {f: i for i, f in enumerate(REMEDY_ORDER)}
+    df['_rank'] = df['remedy'].map(lambda f: rank.get(f, len(rank)))
+    df = df.sort_values(['_rank', 'remedy', 'embed_dim', 'num_heads', 'depth', 'seed'], kind='stable')
     return df[COLUMNS + list(group_by)].reset_index(drop=True), curves

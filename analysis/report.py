@@ -7,31 +7,36 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .aggregate import METRICS, depth_stats
-from .figures import plot_similar_blocks, plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves
-from .heatmaps import STAGES, load_similarities, plot_similarity_grid
+from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
+                      plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
+from .heatmaps import STAGES, VARIANTS, load_similarities, plot_similarity_grid
 from .records import runs_frame
 from .saturation import DEFAULT_THRESHOLD, saturation_report
-from .store import get_experiment, open_store, sweep_runs
+from .store import get_experiment, metric_history, open_store, sweep_runs
+from .study import load_correct, statistics_markdown, study_statistics
 from .table import depth_table
+
+TRAJECTORY = 'calibrated_mean_adjacent'   # the collapse figure drawn over training
 
 __all__ = ['analyze']
 
 
-def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path) -> str:
+def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path,
+               statistics: List[str]) -> str:
     lines = [f'# Analysis: {title}', '', '## Depth table', '', table.split('\n', 2)[2].strip(), '',
              '## Saturation', '', f'Threshold {saturation["threshold_pp"]} points of top-1; method: '
              f'{saturation["method"]}.', '', '| series | saturation depth | best depth | note |', '|---|---:|---:|---|']
     for s in saturation['series']:
         lines.append(f'| {s["series"]} | {s["saturation_depth"] if s["saturation_depth"] is not None else "null"} '
                      f'| {s["best_depth"]} | {s["note"] or ""} |')
-    lines += ['', '## Figures', '']
+    lines += [''] + statistics + ['', '## Figures', '']
     lines += [f'![{p.stem}]({p.relative_to(out).as_posix()})' for p in figures if p.suffix == '.png']
     return '\n'.join(lines) + '\n'
 
 
 def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_uri: Optional[str] = None,
-            threshold: float = DEFAULT_THRESHOLD, metric: str = 'best', group_by: Sequence[str] = (),
-            progress: bool = True) -> Dict[str, object]:
+            threshold: float = DEFAULT_THRESHOLD, metric: str = 'final', group_by: Sequence[str] = (),
+            progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000) -> Dict[str, object]:
     """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
 
     Args:
@@ -40,7 +45,10 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         sweep: a sweep id (tag ``sweep_id``); all training runs of the experiment when None.
         tracking_uri: default :func:`analysis.store.default_tracking_uri`.
         threshold: saturation threshold in top-1 percentage points (see :mod:`analysis.saturation`).
-        metric: ``'best'`` or ``'final'`` val/top1 of each run.
+        metric: ``'final'`` (primary) or ``'best'`` (optimistic) val/top1 of each run, for the table, curves and
+            saturation; the paired statistics always use the final value.
+        baseline: the series the others are compared with (default: the ViT series, ``'vit w<E>/h<H>'``).
+        n_boot: bootstrap replicates of the statistics.
         group_by: extra params (e.g. ``model.drop_path_rate``) that split series beyond family and width.
     Returns:
         ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
@@ -81,11 +89,28 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     figures = plot_top1_vs_depth(stats, runs, saturation, metric_col, fig_dir)
     figures += plot_top1_vs_gmacs(stats, fig_dir)
     figures += plot_similar_blocks(stats, fig_dir)
-    matrices = load_similarities(client, runs, progress=progress)
-    for stage in STAGES:
-        figures += plot_similarity_grid(runs, matrices, stage, fig_dir)
+    figures += plot_effective_keys(stats, fig_dir)
+    for variant in VARIANTS:
+        matrices = load_similarities(client, runs, progress=progress, variant=variant)
+        for stage in STAGES:
+            figures += plot_similarity_grid(runs, matrices, stage, fig_dir, variant=variant)
+    histories = {(r, st): metric_history(client, r, f'collapse/{TRAJECTORY}_{st}')
+                 for r in runs['run_id'] for st in STAGES}
+    figures += plot_collapse_over_training(runs, histories, TRAJECTORY, fig_dir)
     figures += plot_training_curves(runs, curves, fig_dir)
-    (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out))
+    if baseline is None:
+        vit = [s for s in dict.fromkeys(runs['series']) if s.split(' ')[0] == 'vit']
+        baseline = vit[0] if vit else None
+    statistics: List[str] = []
+    if baseline is not None:
+        result = study_statistics(runs, load_correct(client, runs, progress=progress), baseline, n_boot=n_boot,
+                                  threshold=threshold)
+        if len(result['differences']):
+            figures += plot_paired_differences(result['differences'], baseline, fig_dir)
+            result['differences'].to_csv(out / 'differences.csv', index=False)
+            files.append(out / 'differences.csv')
+        statistics = statistics_markdown(result)
+    (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out, statistics))
     return {'runs': runs, 'stats': stats, 'saturation': saturation,
             'files': files + [out / 'report.md'] + figures, 'parents': [p.info.run_id for p in parents],
             'tracking_uri': uri}

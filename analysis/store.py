@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
 
 __all__ = ['AnalysisError', 'default_tracking_uri', 'store_exists', 'open_store', 'get_experiment', 'iter_runs', 'sweep_runs',
-           'metric_history', 'download_artifact', 'SWEEP_KIND', 'KIND_TAG']
+           'metric_history', 'download_artifact', 'load_array', 'SWEEP_KIND', 'KIND_TAG']
 
 KIND_TAG = 'deepvit.kind'      # 'train' on training runs, 'sweep' on sweep parents
 SWEEP_KIND = 'sweep'
@@ -134,3 +134,13 @@ def download_artifact(client: MlflowClient, run_id: str, path: str, dst_dir: Pat
             del os.environ[key]
         else:
             os.environ[key] = old
+
+
+def load_array(client: MlflowClient, run_id: str, path: str):
+    """A run's ``.npy`` artifact as a numpy array, or ``None`` when the run has none at ``path``."""
+    import tempfile
+
+    import numpy as np
+    with tempfile.TemporaryDirectory(prefix='deepvit-analysis-') as tmp:
+        local = download_artifact(client, run_id, path, Path(tmp))
+        return None if local is None else np.load(local, allow_pickle=False)

@@ -31,37 +31,53 @@ def _blocks(x: float) -> str:
     return f'{x:.0f}' if float(x).is_integer() else f'{x:.1f}'
 
 
-def depth_table(stats: pd.DataFrame, title: str, metric: str = 'best', note: Optional[str] = None) -> str:
+def _num(x: float, fmt: str = '.2f') -> str:
+    return '—' if x is None or math.isnan(x) else format(x, fmt)
+
+
+def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Optional[str] = None) -> str:
     """The depth table as Markdown.
 
     Args:
-        stats: :func:`analysis.aggregate.depth_stats` (rows family × width × depth, in that order).
+        stats: :func:`analysis.aggregate.depth_stats` (rows series × depth, in that order).
         title: the heading (names the experiment and sweep).
-        metric: ``'best'`` or ``'final'`` val/top1, said in the caption.
+        metric: ``'final'`` or ``'best'`` val/top1 as the main top-1 column, said in the caption.
         note: an extra caption line (e.g. how many sweeps the experiment mixes).
     Returns:
-        Markdown: a caption and one row per family × width × depth with top-1 mean ± std over finished seeds, the
-        finished/total run count and the other runs' statuses, params, GMACs and similar blocks at both map stages
-        (``softmax``: the softmax maps; ``mixed``: after Re-attention's head mixing, equal to softmax in ViT blocks).
+        Markdown: a caption and one row per series × depth with top-1 mean ± std over finished seeds (and the
+        best-epoch mean, optimistic), the finished/total run count and the other runs' statuses, params, GMACs, and
+        the final collapse probe at both map stages: similar blocks under the paper metric and under the calibrated
+        one, the mean calibrated similarity of adjacent blocks, and the effective keys per row.
     """
     lines = [f'# {title}', '',
-             f'top-1: {metric} val/top1 (%) of each run, mean ± std (ddof 1) over finished seeds; runs: finished/all, '
-             'with the status of the others. Similar blocks: blocks whose attention map has cross-layer '
-             'similarity ≥ 0.9 with an earlier block (paper Sec. 3.2), mean over finished seeds.']
+             f'top-1: {metric} val/top1 (%) of each run, mean ± std (ddof 1) over finished seeds'
+             + ('; "best": the maximum over the run\'s evaluations on the same images (optimistic)'
+                if metric == 'final' else '') + '. runs: finished/all, with the status of the others. '
+             'Similar blocks: blocks whose attention map has similarity ≥ threshold with an earlier block (paper '
+             'Sec. 3.2 rule), under the paper metric (Eq. 4, "paper") and the chance-calibrated one ("cal."); '
+             'cal. adj.: mean calibrated similarity of adjacent blocks (0 = chance, 1 = identical); keys: '
+             'effective keys per attention row (exp of the row entropy; 65 = uniform over 65 tokens). softmax: the '
+             'softmax maps; mixed: the maps that weight V (after Re-attention\'s mixing; equal to softmax in plain '
+             'blocks). All means over finished seeds.']
     if note:
         lines += ['', note]
-    lines += ['', '| family | depth | width (embed/heads) | top-1 (%) | runs | params | GMACs '
-                  '| similar blocks (softmax) | similar blocks (mixed) |',
-              '|---|---:|---|---:|---|---:|---:|---:|---:|']
+    lines += ['', '| series | depth | width (embed/heads) | top-1 (%) | best | runs | params | GMACs '
+                  '| similar paper / cal. (softmax) | similar paper / cal. (mixed) | cal. adj. (softmax / mixed) '
+                  '| keys (softmax / mixed) |',
+              '|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|']
     for r in stats.itertuples(index=False):
         width = '—' if pd.isna(r.embed_dim) else f'{int(r.embed_dim)}/{int(r.num_heads)}'
         runs = f'{r.n_finished}/{r.n_runs}'
         if r.n_finished < r.n_runs:
             runs += f' ({r.status})'
         gmacs = '—' if math.isnan(r.gmacs) else f'{r.gmacs:.3g}'
-        extra = r.series.split(' ', 2)[2:]      # group-by params after 'family wE/hH'
-        family = ' '.join([r.family] + extra)
-        lines.append(f'| {family} | {r.depth} | {width} | {format_top1(r.top1_mean, r.top1_std)} | {runs} '
-                     f'| {format_count(r.params)} | {gmacs} | {_blocks(r.similar_softmax)} '
-                     f'| {_blocks(r.similar_mixed)} |')
+        label = r.series.split(' ')
+        series = ' '.join([label[0]] + label[2:])      # drop 'wE/hH': it has its own column
+        lines.append(
+            f'| {series} | {r.depth} | {width} | {format_top1(r.top1_mean, r.top1_std)} | {_num(r.top1_best_mean)} '
+            f'| {runs} | {format_count(r.params)} | {gmacs} '
+            f'| {_blocks(r.similar_blocks_softmax)} / {_blocks(r.calibrated_similar_blocks_softmax)} '
+            f'| {_blocks(r.similar_blocks_mixed)} / {_blocks(r.calibrated_similar_blocks_mixed)} '
+            f'| {_num(r.calibrated_mean_adjacent_softmax)} / {_num(r.calibrated_mean_adjacent_mixed)} '
+            f'| {_num(r.effective_keys_softmax, ".1f")} / {_num(r.effective_keys_mixed, ".1f")} |')
     return '\n'.join(lines) + '\n'

@@ -35,7 +35,20 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
-FAMILIES = ('vit', 'deepvit')
+# A sweep family -> (registered model family, train.py flags). The last five are controls of one harness: the same
+# DeepViT with one Re-attention part changed, or trained with the official cosine regulariser.
+REMEDIES = {
+    'vit': ('vit', ()),
+    'deepvit': ('deepvit', ()),
+    'layerscale': ('layerscale', ()),
+    'talkinghead': ('talkinghead', ()),
+    'reattn_ln': ('deepvit', ('--reattn-norm', 'ln')),
+    'reattn_nonorm': ('deepvit', ('--reattn-norm', 'none')),
+    'reattn_identity': ('deepvit', ('--reattn-init', 'identity')),
+    'bn_only': ('deepvit', ('--reattn-init', 'identity', '--reattn-theta', 'fixed')),
+    'deepvit_cosreg': ('deepvit', ('--cosine-reg', '0.1')),
+}
+FAMILIES = tuple(REMEDIES)
 SIZES = {  # size -> (model name template, default width)
     'tiny': ('{family}_tiny_patch4_32', '64:4'),
     'paper': ('{family}_16b_patch16_224', '384:12'),
@@ -166,7 +179,8 @@ def point_command(point: Point, *, launcher: Sequence[str], launcher_flags: Sequ
                   extra: Sequence[str]) -> List[str]:
     """The full launch command of one point (see the module docstring)."""
     cmd = list(launcher) + list(launcher_flags) + [
-        _short(train_script), '--deepspeed', ds_config, '--model', model, '--depth', str(point.depth),
+        _short(train_script), '--deepspeed', ds_config, '--model', model, *REMEDIES[point.family][1],
+        '--depth', str(point.depth),
         '--embed-dim', str(point.embed_dim), '--num-heads', str(point.num_heads), '--seed', str(point.seed),
         '--output-dir', _short(root / point.key), '--experiment', experiment, '--run-name', point.key,
         '--sweep-id', sweep_id, '--sweep-point', point.key, '--parent-run-id', parent_run_id, '--resume']
@@ -352,7 +366,8 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if exp is not None:
             exp_id = exp.experiment_id
         elif not args.dry_run:
-            exp_id = client.create_experiment(args.experiment)
+            from deepvit.training.tracking import get_or_create_experiment
+            exp_id = get_or_create_experiment(client, args.experiment, uri)
         if exp_id is not None:
             runs = _sweep_runs(client, exp_id, plan.sweep_id)
             statuses = point_statuses(runs)
@@ -360,7 +375,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
             parent_id = parents[0].info.run_id if parents else None
     if not args.dry_run and parent_id is None:
         params = {f'sweep.{k}': json.dumps(v) for k, v in plan.spec.items()}
-        params.update({'sweep.num_points': str(len(plan.points)), 'sweep.output_dir': str(plan.root)})
+        params.update({'sweep.num_points': str(len(plan.points)), 'sweep.output_dir': _short(plan.root)})
         parent_id = find_or_create_parent(client, exp_id, plan.sweep_id, params)
     if args.prepare:
         print(parent_id)
@@ -373,7 +388,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
           f'{n_skip} finished, {len(todo) - n_skip} to run; root {_short(plan.root)}', flush=True)
     cmds = {p.key: point_command(p, launcher=launcher, launcher_flags=flags, train_script=Path(args.train_script),
                                  ds_config=_short(Path(args.ds_config).resolve()),
-                                 model=plan.model_template.format(family=p.family), root=plan.root,
+                                 model=plan.model_template.format(family=REMEDIES[p.family][0]), root=plan.root,
                                  experiment=args.experiment, sweep_id=plan.sweep_id,
                                  parent_run_id=parent_id or '<PARENT_RUN_ID>', extra=plan.extra) for p in plan.selected}
     if args.dry_run:

@@ -92,7 +92,7 @@ def test_saturation_depth_rejects_bad_input():
 def test_analyze_tables_and_saturation(filled, tmp_path):
     _, uri, _ = filled
     out = tmp_path / 'report'
-    result = analyze('study', out, sweep=SWEEP, tracking_uri=uri, progress=False)
+    result = analyze('study', out, sweep=SWEEP, tracking_uri=uri, metric='best', progress=False)
 
     runs = pd.read_csv(out / 'runs.csv')
     assert len(runs) == 14 and set(runs['sweep_id']) == {SWEEP}
@@ -105,10 +105,12 @@ def test_analyze_tables_and_saturation(filled, tmp_path):
     assert sorted(runs['status'].unique()) == ['FAILED', 'FINISHED', 'RUNNING']
 
     table = (out / 'depth_table.md').read_text()
-    assert '| vit | 4 | 32/2 | 70.20 ± 0.28 | 2/2 | 4.0K | 0.04 | 2 | 2 |' in table
-    assert '| deepvit | 8 | 32/2 | 75.50 ± 0.71 | 2/2 | 8.0K | 0.08 | 4 | 0 |' in table
-    assert '| vit | 16 | 32/2 | — | 0/1 (1 running) |' in table
-    assert '| deepvit | 16 | 32/2 | — | 0/1 (1 failed) |' in table
+    # columns: top-1 (best here), best mean, runs, params, GMACs, similar blocks paper / calibrated per stage (these
+    # fixture runs predate the calibrated metric: —), calibrated adjacent, effective keys
+    assert '| vit | 4 | 32/2 | 70.20 ± 0.28 | 70.20 | 2/2 | 4.0K | 0.04 | 2 / — | 2 / — | — / — | — / — |' in table
+    assert '| deepvit | 8 | 32/2 | 75.50 ± 0.71 | 75.50 | 2/2 | 8.0K | 0.08 | 4 / — | 0 / — |' in table
+    assert '| vit | 16 | 32/2 | — | — | 0/1 (1 running) |' in table
+    assert '| deepvit | 16 | 32/2 | — | — | 0/1 (1 failed) |' in table
     lines = [ln for ln in table.splitlines() if ln.startswith('| vit') or ln.startswith('| deepvit')]
     assert [ln.split('|')[1].strip() + ln.split('|')[2].strip() for ln in lines] == \
         ['vit2', 'vit4', 'vit8', 'vit16', 'deepvit2', 'deepvit4', 'deepvit8', 'deepvit16']
@@ -136,7 +138,8 @@ def test_figures_are_valid_png_and_svg(filled, tmp_path):
     analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, progress=False)
     fig_dir = tmp_path / 'r' / 'figures'
     stems = ['top1_vs_depth', 'top1_vs_gmacs', 'similar_blocks_vs_depth', 'similarity_softmax', 'similarity_mixed',
-             'curves_vit', 'curves_deepvit']
+             'calibrated_softmax', 'calibrated_mixed', 'effective_keys_vs_depth', 'collapse_over_training',
+             'difference_vs_depth', 'curves_vit', 'curves_deepvit']
     assert sorted(p.name for p in fig_dir.iterdir()) == sorted(f'{s}.{e}' for s in stems for e in ('png', 'svg'))
     for stem in stems:
         img = matplotlib.image.imread(fig_dir / f'{stem}.png')

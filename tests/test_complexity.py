@@ -32,6 +32,9 @@ def fvcore_macs(model, img_size, in_chans=3):
     ('deepvit_tiny_patch4_32', dict(depth=2, reattn_norm='none')),
     ('deepvit_s_patch16_224', dict(img_size=64, embed_dim=48, depth=3, reattn_blocks=1)),
     ('vit_16b_patch16_224', dict(depth=2)),
+    ('talkinghead_tiny_patch4_32', dict(depth=2)),
+    ('layerscale_tiny_patch4_32', dict(depth=2)),
+    ('deepvit_tiny_patch4_32', dict(depth=3, reattn_blocks=1, talkinghead_blocks=[0])),
 ])
 def test_macs_match_fvcore(name, overrides):
     model = timm.create_model(name, **overrides)
@@ -45,6 +48,15 @@ def test_reattention_mix_is_counted():
     deep = timm.create_model('deepvit_tiny_patch4_32', depth=4)
     heads, tokens = 4, 65
     assert macs_per_image(deep) - macs_per_image(vit) == 4 * heads * heads * tokens * tokens
+
+
+def test_talking_heads_mixes_are_counted():
+    vit = timm.create_model('vit_tiny_patch4_32', depth=4)
+    talking = timm.create_model('talkinghead_tiny_patch4_32', depth=4)
+    heads, tokens = 4, 65
+    # proj_l on the logits and proj_w on the weights: two H×H mixes of the (N, N) maps per block
+    assert macs_per_image(talking) - macs_per_image(vit) == 4 * 2 * heads * heads * tokens * tokens
+    assert macs_per_image(timm.create_model('layerscale_tiny_patch4_32', depth=4)) == macs_per_image(vit)
 
 
 def test_paper_table_gmacs():

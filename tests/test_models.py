@@ -1,10 +1,13 @@
-"""ViT / DeepViT families: registry, shapes, gradients, depth range, ViT↔DeepViT equivalence, both attention paths."""
+"""ViT / DeepViT / LayerScale / talking-heads families: registry, shapes, gradients, depth range, ViT↔DeepViT
+equivalence, both attention paths. Remedy-specific checks (pairing, neutral settings, ablations) are in
+``tests/test_remedies.py``."""
 import pytest
 import timm
 import torch
+from timm.layers import LayerScale
 
 import deepvit
-from deepvit.models import DeepVisionTransformer, ReAttention, count_params, list_variants
+from deepvit.models import DeepVisionTransformer, ReAttention, TalkingHeadAttention, count_params, list_variants
 from deepvit.models.attention import Attention
 
 VARIANTS = list_variants()
@@ -18,9 +21,12 @@ def small_overrides(name):
 
 def test_all_variants_registered_in_timm():
     registered = set(timm.list_models('*vit_*b_patch16_224') + timm.list_models('deepvit_*') +
-                     timm.list_models('vit_tiny_patch4_32'))
+                     timm.list_models('vit_tiny_patch4_32') + timm.list_models('layerscale_*') +
+                     timm.list_models('talkinghead_*'))
     assert set(VARIANTS) <= registered
-    assert len(VARIANTS) == 10
+    assert len(VARIANTS) == 14
+    for family in ('layerscale', 'talkinghead'):
+        assert {f'{family}_tiny_patch4_32', f'{family}_16b_patch16_224'} <= set(VARIANTS)
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -37,21 +43,30 @@ def test_forward_backward_every_param_gets_grad(name):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"parameters without gradient: {missing}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    # Re-attention exactly where the variant says, and Θ is trained
+    # Re-attention / talking heads exactly where the variant says, and their mixings are trained
     reattn = [i for i, blk in enumerate(model.blocks) if isinstance(blk.attn, ReAttention)]
+    talking = [i for i, blk in enumerate(model.blocks) if isinstance(blk.attn, TalkingHeadAttention)]
     assert reattn == list(model.reattn_block_indices)
-    assert model.family == ('deepvit' if name.startswith('deepvit') else 'vit')
+    assert talking == list(model.talkinghead_block_indices)
+    assert model.family == name.split('_')[0]
     for i in reattn:
         assert model.blocks[i].attn.reattn.weight.grad.abs().sum() > 0
+    for i in talking:
+        assert model.blocks[i].attn.proj_l.weight.grad.abs().sum() > 0
+        assert model.blocks[i].attn.proj_w.weight.grad.abs().sum() > 0
+    has_ls = model.family == 'layerscale'
+    assert all(isinstance(blk.ls1, LayerScale) == has_ls for blk in model.blocks)
 
 
-@pytest.mark.parametrize('family', ['vit', 'deepvit'])
+@pytest.mark.parametrize('family', ['vit', 'deepvit', 'layerscale', 'talkinghead'])
 @pytest.mark.parametrize('depth', [1, 2, 12, 32, 48])
 def test_depths_build_and_run(family, depth):
     model = timm.create_model(f'{family}_tiny_patch4_32', depth=depth, embed_dim=16, num_heads=2,
                               img_size=16, patch_size=4)
     assert len(model.blocks) == depth
     assert len(model.reattn_block_indices) == (depth if family == 'deepvit' else 0)
+    assert len(model.talkinghead_block_indices) == (depth if family == 'talkinghead' else 0)
+    assert model.family == family
     out = model(torch.randn(2, 3, 16, 16))
     out.sum().backward()
     assert out.shape == (2, 10) and torch.isfinite(out).all()
@@ -183,6 +198,10 @@ BAD_INPUTS = [
     (dict(depth=4, reattn_blocks=[1, 4]), 'reattn_blocks', '[1, 4]'),
     (dict(stem='resnet'), 'stem', "'resnet'"),
     (dict(stem='conv', patch_size=5, img_size=35), 'patch_size', '5'),
+    (dict(reattn_theta='frozen'), 'reattn_theta', "'frozen'"),
+    (dict(talkinghead_init='zeros'), 'talkinghead_init', "'zeros'"),
+    (dict(depth=4, reattn_blocks='none', talkinghead_blocks=6), 'talkinghead_blocks', '6'),
+    (dict(init_values=-1e-5), 'init_values', '-1e-05'),
 ]
 
 

@@ -48,18 +48,31 @@ def seeded(*parts: int):
     timm's and torchvision's augmentations draw from the global RNGs; seeding them per batch from
     (seed, epoch, rank, worker, batch) makes every batch reproducible on resume without disturbing the caller's
     (the trainer's) RNG streams when the loader runs in the main process.
+
+    Generators seeded, and every one of them restored on exit (also when the block raises): Python's ``random``,
+    NumPy's global ``RandomState``, torch's CPU default generator and — only where CUDA is available *and* already
+    initialised in this process — the default generator of every visible CUDA device (``torch.random.fork_rng``
+    over all of them; on-device RandomErasing/Mixup draw from it). Where CUDA is not initialised (CPU runs, and
+    DataLoader workers forked from a CUDA process, which must not initialise it) CUDA is neither seeded nor
+    touched: ``torch.manual_seed`` would queue a lazy seed for every CUDA device there that no state restore can
+    undo. CPU behaviour is unchanged: the same seeds reach the same generators.
     """
-    state = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     s = np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(2)
-    random.seed(int(s[0]))
-    np.random.seed(int(s[1]))
-    torch.manual_seed(int(s[0]) << 32 | int(s[1]))
-    try:
-        yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.random.set_rng_state(state[2])
+    seed = int(s[0]) << 32 | int(s[1])
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    devices = list(range(torch.cuda.device_count())) if cuda else []
+    state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices, device_type='cuda'):  # restores CPU + ``devices`` on exit
+        random.seed(int(s[0]))
+        np.random.seed(int(s[1]))
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed_all(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state[0])
+            np.random.set_state(state[1])
 
 
 def shuffle(samples, bufsize: int, rng: random.Random):

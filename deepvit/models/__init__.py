@@ -1,6 +1,10 @@
-"""ViT / DeepViT models (registered in timm's registry on import) and their complexity counters."""
+"""ViT / DeepViT / LayerScale / talking-heads models (registered in timm's registry on import) and their complexity
+counters."""
 from .attention import MAP_STAGES, Attention
 from .complexity import count_params, gmacs_per_image, macs_per_image
-from .deepvit import STEMS, DeepVisionTransformer, list_variants, resolve_reattn_blocks
+from .deepvit import (FAMILIES, STEMS, DeepVisionTransformer, list_variants, model_family, model_remedy,
+                      resolve_blocks, resolve_reattn_blocks)
 from .reattention import REATTN_INITS, REATTN_NORMS, ReAttention, ReAttentionMix
+from .remedies import (REATTN_THETAS, TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values,
+                       remedy_generator)
 from .stem import ConvPatchEmbed

@@ -1,9 +1,10 @@
 """Parameter and multiply-accumulate counts of a ViT/DeepViT, the analytics a scaling study logs per run.
 
 MACs count every matmul and convolution per image, forward pass only: patch embedding (or conv stem), the
-qkv/proj/MLP linears, the two attention matmuls (Q Kᵀ and A V: N²·C each) and the Re-attention head mixing
-(H²·N² per block); norms, softmax, activations and additions are not counted (the convention of fvcore and of
-DeepSpeed's flops profiler for MACs). Training FLOPs ≈ 3 × 2 × MACs. ``tests/test_complexity.py`` checks the
+qkv/proj/MLP linears, the two attention matmuls (Q Kᵀ and A V: N²·C each), the Re-attention head mixing
+(H²·N² per block) and the two talking-heads mixings (logits and weights: 2·H²·N² per block); norms, LayerScale,
+softmax, activations and additions are not counted (the convention of fvcore and of DeepSpeed's flops profiler for
+MACs). Training FLOPs ≈ 3 × 2 × MACs. ``tests/test_complexity.py`` checks the
 count against fvcore's trace of the same model.
 """
 import torch.nn as nn
@@ -53,6 +54,8 @@ def macs_per_image(model: DeepVisionTransformer) -> int:
         macs += 2 * tokens * tokens * blk.attn.attn_dim  # Q Kᵀ and A V
         if blk.attn.uses_reattention:
             macs += H * H * tokens * tokens  # Θᵀ mixing of the (N, N) maps
+        if blk.attn.uses_talking_heads:
+            macs += 2 * H * H * tokens * tokens  # proj_l on the logits, proj_w on the weights
     if isinstance(model.head, nn.Linear):
         macs += model.head.in_features * model.head.out_features
     return macs

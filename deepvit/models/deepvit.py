@@ -1,93 +1,180 @@
-"""ViT and DeepViT (Re-attention) families on timm's VisionTransformer, registered in timm's model registry.
+"""ViT, DeepViT (Re-attention), LayerScale and talking-heads families on timm's VisionTransformer, registered in
+timm's model registry.
 
-After ``import deepvit``, ``timm.create_model(name, **overrides)`` builds every variant below, and any size field
-can be overridden (``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``, ``img_size``, ``patch_size``,
-``in_chans``, ``num_classes``, ``drop_path_rate``, ``reattn_*``, ``stem``).
+After ``import deepvit``, ``timm.create_model(name, **overrides)`` builds every variant below, and any field can be
+overridden (``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``, ``img_size``, ``patch_size``, ``in_chans``,
+``num_classes``, ``drop_path_rate``, ``reattn_*``, ``init_values``, ``talkinghead_*``, ``stem``). All families are
+one class, :class:`DeepVisionTransformer`; a family is a choice of its remedy fields, and ``model.model_cfg``
+rebuilds the model (``timm.create_model(name, **model.model_cfg)``).
 
 Size table (patch 16, 224 px, 1000 classes unless overridden; paper Table 2/3, official ``deep_vision_transformer.py``):
 
-=========================  =====  =========  =====  ===  ============  =====  ========================
-name                       depth  embed_dim  heads  mlp  Re-attention  stem   params (ours)
-=========================  =====  =========  =====  ===  ============  =====  ========================
-vit_16b_patch16_224        16     384        12     3    none          patch  24.42M
-vit_24b_patch16_224        24     384        12     3    none          patch  36.26M
-vit_32b_patch16_224        32     384        12     3    none          patch  48.09M
-deepvit_16b_patch16_224    16     384        12     3    all           patch  24.42M + 16 × 168
-deepvit_24b_patch16_224    24     384        12     3    all           patch  36.26M + 24 × 168
-deepvit_32b_patch16_224    32     384        12     3    all           patch  48.09M + 32 × 168
-deepvit_s_patch16_224      16     396        12     3    last 5        conv   27.31M
-deepvit_l_patch16_224      32     420        12     3    last 12       conv   58.94M
-vit_tiny_patch4_32         6      64         4      3    none          patch  32 px, 10 classes
-deepvit_tiny_patch4_32     6      64         4      3    all           patch  32 px, 10 classes
-=========================  =====  =========  =====  ===  ============  =====  ========================
+===========================  =====  =========  =====  ===  ============  =====  ==========================
+name                         depth  embed_dim  heads  mlp  remedy        stem   params (ours)
+===========================  =====  =========  =====  ===  ============  =====  ==========================
+vit_16b_patch16_224          16     384        12     3    none          patch  24.42M
+vit_24b_patch16_224          24     384        12     3    none          patch  36.26M
+vit_32b_patch16_224          32     384        12     3    none          patch  48.09M
+deepvit_16b_patch16_224      16     384        12     3    reattn, all   patch  24.42M + 16 × 168
+deepvit_24b_patch16_224      24     384        12     3    reattn, all   patch  36.26M + 24 × 168
+deepvit_32b_patch16_224      32     384        12     3    reattn, all   patch  48.09M + 32 × 168
+layerscale_16b_patch16_224   16     384        12     3    layerscale    patch  24.42M + 16 × 768
+talkinghead_16b_patch16_224  16     384        12     3    talkinghead   patch  24.42M + 16 × 300
+deepvit_s_patch16_224        16     396        12     3    reattn, 5     conv   27.31M
+deepvit_l_patch16_224        32     420        12     3    reattn, 12    conv   58.94M
+vit_tiny_patch4_32           6      64         4      3    none          patch  32 px, 10 classes
+deepvit_tiny_patch4_32       6      64         4      3    reattn, all   patch  32 px, 10 classes
+layerscale_tiny_patch4_32    6      64         4      3    layerscale    patch  32 px, 10 classes
+talkinghead_tiny_patch4_32   6      64         4      3    talkinghead   patch  32 px, 10 classes
+===========================  =====  =========  =====  ===  ============  =====  ==========================
 
-The tiny pair is for CPU sweeps and tests (32 px images, patch 4: 64 patches + the class token = 65 tokens; 64 wide,
-4 heads of 16 dims); it is used with depth/width overrides.
+Remedy parameters per block: Re-attention Θ (H²) + BatchNorm affine (2H); LayerScale two (C,) scales; talking
+heads two H×H mixes + the post-softmax bias (2H² + H). The LayerScale variants take CaiT's ε for their depth
+(:func:`~deepvit.models.remedies.cait_init_values`: 0.1 up to depth 18, 1e-5 to 24, 1e-6 beyond) unless
+``init_values`` is given.
+
+The tiny variants are for CPU sweeps and tests (32 px images, patch 4: 64 patches + the class token = 65 tokens;
+64 wide, 4 heads of 16 dims); they are used with depth/width overrides.
+
+Paired seeds: after ``torch.manual_seed(s)`` every family builds the shared tensors (patch embedding, position
+embedding, class token, qkv, proj, MLPs, norms, head) bitwise equal to the ViT's of that seed and leaves the global
+RNG in the same state, because remedy tensors never draw from the global RNG (:mod:`deepvit.models.remedies`).
 """
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-import torch.nn as nn
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, _cfg, checkpoint_filter_fn
 
 from .attention import Attention
 from .reattention import REATTN_INITS, REATTN_NORMS, ReAttention, ReAttentionMix
+from .remedies import REATTN_THETAS, TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values
 from .stem import ConvPatchEmbed
 
-__all__ = ['DeepVisionTransformer', 'resolve_reattn_blocks', 'STEMS']
+__all__ = ['DeepVisionTransformer', 'resolve_blocks', 'resolve_reattn_blocks', 'model_family', 'model_remedy',
+           'FAMILIES', 'STEMS']
 
 STEMS = ('patch', 'conv')
-ReattnBlocks = Union[None, str, int, Sequence[int]]
+FAMILIES = ('vit', 'deepvit', 'layerscale', 'talkinghead')
+BlockSpec = Union[None, str, int, Sequence[int]]
+
+# Re-attention field defaults: a non-default value on a model without Re-attention blocks is an error
+_REATTN_DEFAULTS = dict(reattn_norm='bn', reattn_init='random', reattn_theta='learned')
 
 
-def resolve_reattn_blocks(reattn_blocks: ReattnBlocks, depth: int) -> Tuple[int, ...]:
-    """Indices (0-based, sorted) of the blocks that use Re-attention.
+def resolve_blocks(blocks: BlockSpec, depth: int, field: str = 'reattn_blocks') -> Tuple[int, ...]:
+    """Indices (0-based, sorted) of the blocks selected by a block field (``reattn_blocks``, ``talkinghead_blocks``).
 
     Args:
-        reattn_blocks: ``None`` or ``'all'``: every block; ``'none'`` or 0: no block (plain ViT); an int k:
-            the last k blocks (official DeepViT-S uses 5 of 16, DeepViT-L 12 of 32); a sequence of block indices.
+        blocks: ``None`` or ``'all'``: every block; ``'none'`` or 0: no block; an int k: the last k blocks
+            (official DeepViT-S uses Re-attention in 5 of 16, DeepViT-L in 12 of 32); a sequence of block indices.
         depth: number of blocks.
+        field: the field's name, for error messages.
 
     Raises:
-        ValueError: k < 0 or k > depth, an index outside [0, depth), a repeated index, or another type.
+        ValueError (naming ``field`` and the value): k < 0 or k > depth, an index outside [0, depth), a repeated
+            index, or another type.
     """
-    if reattn_blocks is None or reattn_blocks == 'all':
+    if blocks is None or blocks == 'all':
         return tuple(range(depth))
-    if reattn_blocks == 'none':
+    if blocks == 'none':
         return ()
-    if isinstance(reattn_blocks, bool):
-        raise ValueError(f"reattn_blocks must be 'all', 'none', an int or a list of block indices, got {reattn_blocks!r}")
-    if isinstance(reattn_blocks, int):
-        if not 0 <= reattn_blocks <= depth:
-            raise ValueError(f"reattn_blocks must be between 0 and depth={depth}, got {reattn_blocks!r}")
-        return tuple(range(depth - reattn_blocks, depth))
-    if isinstance(reattn_blocks, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool)
-                                                        for i in reattn_blocks):
-        bad = [i for i in reattn_blocks if not 0 <= i < depth]
+    if isinstance(blocks, bool):
+        raise ValueError(f"{field} must be 'all', 'none', an int or a list of block indices, got {blocks!r}")
+    if isinstance(blocks, int):
+        if not 0 <= blocks <= depth:
+            raise ValueError(f"{field} must be between 0 and depth={depth}, got {blocks!r}")
+        return tuple(range(depth - blocks, depth))
+    if isinstance(blocks, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) for i in blocks):
+        bad = [i for i in blocks if not 0 <= i < depth]
         if bad:
-            raise ValueError(f"reattn_blocks indices must lie in [0, depth={depth}), got {list(reattn_blocks)!r}")
-        if len(set(reattn_blocks)) != len(reattn_blocks):
-            raise ValueError(f"reattn_blocks has repeated indices: {list(reattn_blocks)!r}")
-        return tuple(sorted(reattn_blocks))
-    raise ValueError(f"reattn_blocks must be 'all', 'none', an int or a list of block indices, got {reattn_blocks!r}")
+            raise ValueError(f"{field} indices must lie in [0, depth={depth}), got {list(blocks)!r}")
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"{field} has repeated indices: {list(blocks)!r}")
+        return tuple(sorted(blocks))
+    raise ValueError(f"{field} must be 'all', 'none', an int or a list of block indices, got {blocks!r}")
+
+
+def resolve_reattn_blocks(reattn_blocks: BlockSpec, depth: int) -> Tuple[int, ...]:
+    """Indices of the Re-attention blocks: :func:`resolve_blocks` for the field ``reattn_blocks``."""
+    return resolve_blocks(reattn_blocks, depth, 'reattn_blocks')
+
+
+def _reattn_label(norm: str, init: str, theta: str) -> str:
+    if theta == 'fixed':  # Θ held at I: only the norm acts
+        return f'{norm}_only'
+    label = 'reattn' + {'bn': '', 'ln': '_ln', 'none': '_nonorm'}[norm]
+    return label + ('_identity' if init == 'identity' else '')
+
+
+def model_remedy(cfg: Dict[str, Any]) -> str:
+    """Canonical short label of the exact variant described by a ``model_cfg`` dict.
+
+    ``'vit'`` for no remedy; the Re-attention part is ``'reattn'`` (BatchNorm, random Θ, learned: the paper's),
+    ``'reattn_ln'``, ``'reattn_nonorm'``, ``'reattn_identity'`` (suffixes combine, e.g. ``'reattn_ln_identity'``),
+    or ``'bn_only'`` / ``'ln_only'`` (Θ fixed at I, ``reattn_theta='fixed'``); then ``'talkinghead'`` (identity
+    init) or ``'talkinghead_trunc'`` (timm's CaiT init), then ``'layerscale'``; several remedies are joined with
+    ``'+'`` in that order (e.g. ``'talkinghead+layerscale'``, CaiT's attention). Which blocks carry a remedy is
+    not part of the label (it is in ``reattn_blocks`` / ``talkinghead_blocks``).
+    """
+    parts = []
+    if cfg.get('reattn_blocks'):
+        parts.append(_reattn_label(cfg.get('reattn_norm', 'bn'), cfg.get('reattn_init', 'random'),
+                                   cfg.get('reattn_theta', 'learned')))
+    if cfg.get('talkinghead_blocks'):
+        parts.append('talkinghead' if cfg.get('talkinghead_init', 'identity') == 'identity' else 'talkinghead_trunc')
+    if cfg.get('init_values'):
+        parts.append('layerscale')
+    return '+'.join(parts) or 'vit'
+
+
+def model_family(cfg: Dict[str, Any]) -> str:
+    """The family of a ``model_cfg`` dict, one of :data:`FAMILIES`: ``'deepvit'`` when any block uses Re-attention,
+    else ``'talkinghead'`` when any block uses talking heads, else ``'layerscale'`` with LayerScale, else ``'vit'``
+    (so a combination takes the first of these; :func:`model_remedy` names it exactly)."""
+    if cfg.get('reattn_blocks'):
+        return 'deepvit'
+    if cfg.get('talkinghead_blocks'):
+        return 'talkinghead'
+    if cfg.get('init_values'):
+        return 'layerscale'
+    return 'vit'
 
 
 class _BlockFactory:
-    """``block_fn`` for timm's VisionTransformer: timm's Block with our Attention, or ReAttention in chosen blocks."""
+    """``block_fn`` for timm's VisionTransformer: timm's Block with our Attention, ReAttention or
+    TalkingHeadAttention in the chosen blocks.
 
-    def __init__(self, reattn_blocks: Tuple[int, ...], reattn_norm: str, reattn_init: str) -> None:
+    The remedy modules are rebuilt with the block's index (their private random stream); none of them draws from
+    the global RNG, so the Block's shared layers get the same draws as in the ViT.
+    """
+
+    def __init__(self, reattn_blocks: Tuple[int, ...], reattn_norm: str, reattn_init: str, reattn_theta: str,
+                 talkinghead_blocks: Tuple[int, ...], talkinghead_init: str) -> None:
         self.reattn_blocks = set(reattn_blocks)
         self.reattn_norm = reattn_norm
         self.reattn_init = reattn_init
+        self.reattn_theta = reattn_theta
+        self.talkinghead_blocks = set(talkinghead_blocks)
+        self.talkinghead_init = talkinghead_init
 
     def __call__(self, *, depth: int, attn_layer=None, device=None, dtype=None, **kwargs) -> Block:
-        use_reattn = depth in self.reattn_blocks
-        block = Block(depth=depth, attn_layer=ReAttention if use_reattn else Attention,
-                      device=device, dtype=dtype, **kwargs)
-        if use_reattn:
-            block.attn.reattn = ReAttentionMix(
-                block.attn.num_heads, norm=self.reattn_norm, init=self.reattn_init, device=device, dtype=dtype)
+        dd = {'device': device, 'dtype': dtype}
+        if depth in self.reattn_blocks:
+            attn_layer = ReAttention
+        elif depth in self.talkinghead_blocks:
+            attn_layer = TalkingHeadAttention
+        else:
+            attn_layer = Attention
+        block = Block(depth=depth, attn_layer=attn_layer, **dd, **kwargs)
+        heads = block.attn.num_heads
+        if attn_layer is ReAttention:
+            block.attn.reattn = ReAttentionMix(heads, norm=self.reattn_norm, init=self.reattn_init,
+                                               theta=self.reattn_theta, index=depth, **dd)
+        elif attn_layer is TalkingHeadAttention:
+            init = self.talkinghead_init
+            block.attn.proj_l = HeadMix(heads, bias=False, init=init, stream='talkinghead.proj_l', index=depth, **dd)
+            block.attn.proj_w = HeadMix(heads, bias=True, init=init, stream='talkinghead.proj_w', index=depth, **dd)
         return block
 
 
@@ -102,31 +189,63 @@ def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _resolve_init_values(value: Any) -> float:
+    """``None`` or 0 (timm's falsy "no LayerScale") → 0.0; a finite number > 0 → that float."""
+    if value is None:
+        return 0.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0. <= value < float('inf'):
+        raise ValueError(f"init_values must be None or 0 (no LayerScale) or a finite number > 0, got {value!r}")
+    return float(value)
+
+
 class DeepVisionTransformer(VisionTransformer):
-    """timm's VisionTransformer with probe-able attention and optional Re-attention blocks (DeepViT).
+    """timm's VisionTransformer with probe-able attention and optional remedies for attention collapse: Re-attention
+    (DeepViT), LayerScale (CaiT) and talking-heads attention, each a field of this one class.
 
     Images (B, in_chans, img_size, img_size) float → logits (B, num_classes). ``forward_features`` returns tokens
-    (B, N, embed_dim) with N = (img_size / patch_size)² + 1. With ``reattn_blocks='none'`` this is exactly timm's
-    ViT (same parameters and names, same function); each Re-attention block adds Θ (H×H) and its norm.
+    (B, N, embed_dim) with N = (img_size / patch_size)² + 1. With no remedy (``reattn_blocks='none'``,
+    ``talkinghead_blocks='none'``, ``init_values=None`` or 0) this is exactly timm's ViT (same parameters and names,
+    same function). Remedies add: Re-attention Θ (H×H) and its norm per block (``blocks.i.attn.reattn.*``);
+    LayerScale ``blocks.i.ls1.gamma``, ``blocks.i.ls2.gamma`` (C,); talking heads ``blocks.i.attn.proj_l.weight``,
+    ``proj_w.weight`` (H×H) and ``proj_w.bias`` (H,).
 
     Args:
         img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
         drop_path_rate, **kwargs: timm's VisionTransformer fields.
-        reattn_blocks: which blocks use Re-attention (see :func:`resolve_reattn_blocks`); default all.
+        reattn_blocks: which blocks use Re-attention (see :func:`resolve_blocks`); default all.
         reattn_norm: ``'bn'`` (default, paper + official code), ``'ln'`` (lucidrains), ``'none'``;
             see :class:`~deepvit.models.reattention.ReAttentionMix`.
         reattn_init: ``'random'`` (default, paper) or ``'identity'``.
+        reattn_theta: ``'learned'`` (default) or ``'fixed'``: Θ a non-trainable identity buffer while the norm
+            stays, the BatchNorm-only control (needs ``reattn_init='identity'`` and a norm).
+        init_values: LayerScale (timm's Block field): ``None`` (default) or 0 for none, else the initial value ε of
+            the per-channel scales on both residual branches of every block. CaiT's depth rule is
+            :func:`~deepvit.models.remedies.cait_init_values` (the ``layerscale_*`` variants' default). Spell "none"
+            as ``init_values=0`` through ``timm.create_model``, which drops ``None``-valued kwargs (so
+            ``init_values=None`` cannot override a variant's default); ``model_cfg`` records 0.0 for none, so that
+            it rebuilds the model under any registered name.
+        talkinghead_blocks: which blocks use talking-heads attention
+            (:class:`~deepvit.models.remedies.TalkingHeadAttention`), same forms as ``reattn_blocks``; default
+            ``'none'``.
+        talkinghead_init: ``'identity'`` (default: the layer starts as plain attention) or ``'trunc_normal'``
+            (timm's CaiT init, std 0.02).
         stem: ``'patch'`` (a patch_size-strided conv, ViT) or ``'conv'`` (the 3-conv stem of DeepViT-S/L,
             :class:`~deepvit.models.stem.ConvPatchEmbed`).
 
     Attributes:
-        model_cfg: the resolved architecture fields (dict), enough to rebuild the model.
-        reattn_block_indices: tuple of the Re-attention blocks' indices.
+        model_cfg: the resolved architecture fields (dict), enough to rebuild the model:
+            ``timm.create_model(name, **model.model_cfg)``. Block fields are resolved to index lists.
+        reattn_block_indices, talkinghead_block_indices: tuples of those blocks' indices.
+        family, remedy: see :func:`model_family`, :func:`model_remedy` (derived from ``model_cfg``).
 
     Raises:
         ValueError: at construction, naming the field and the value: ``depth < 1``, ``embed_dim`` not divisible by
             ``num_heads``, ``img_size`` not divisible by ``patch_size``, unknown ``reattn_norm``/``reattn_init``/
-            ``stem``, ``reattn_blocks`` larger than ``depth``.
+            ``reattn_theta``/``talkinghead_init``/``stem``, ``reattn_blocks``/``talkinghead_blocks`` larger than
+            ``depth``, ``init_values`` negative or not finite; and nonsense combinations: ``reattn_theta='fixed'`` with
+            ``reattn_init='random'`` or ``reattn_norm='none'`` (that is the ViT), a non-default ``reattn_*`` field
+            with no Re-attention block or ``talkinghead_init`` with no talking-heads block (it would be ignored),
+            and a block in both ``reattn_blocks`` and ``talkinghead_blocks``.
     """
 
     def __init__(
@@ -141,9 +260,13 @@ class DeepVisionTransformer(VisionTransformer):
             mlp_ratio: float = 4.,
             qkv_bias: bool = True,
             drop_path_rate: float = 0.,
-            reattn_blocks: ReattnBlocks = 'all',
+            reattn_blocks: BlockSpec = 'all',
             reattn_norm: str = 'bn',
             reattn_init: str = 'random',
+            reattn_theta: str = 'learned',
+            init_values: Optional[float] = None,
+            talkinghead_blocks: BlockSpec = 'none',
+            talkinghead_init: str = 'identity',
             stem: str = 'patch',
             **kwargs,
     ) -> None:
@@ -167,9 +290,18 @@ class DeepVisionTransformer(VisionTransformer):
             raise ValueError(f"reattn_norm must be one of {REATTN_NORMS}, got {reattn_norm!r}")
         if reattn_init not in REATTN_INITS:
             raise ValueError(f"reattn_init must be one of {REATTN_INITS}, got {reattn_init!r}")
+        if reattn_theta not in REATTN_THETAS:
+            raise ValueError(f"reattn_theta must be one of {REATTN_THETAS}, got {reattn_theta!r}")
+        if talkinghead_init not in TALKINGHEAD_INITS:
+            raise ValueError(f"talkinghead_init must be one of {TALKINGHEAD_INITS}, got {talkinghead_init!r}")
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        reattn_idx = resolve_reattn_blocks(reattn_blocks, depth)
+        init_values = _resolve_init_values(init_values)
+        reattn_idx = resolve_blocks(reattn_blocks, depth, 'reattn_blocks')
+        talkinghead_idx = resolve_blocks(talkinghead_blocks, depth, 'talkinghead_blocks')
+        self._check_combinations(reattn_idx, talkinghead_idx, dict(
+            reattn_norm=reattn_norm, reattn_init=reattn_init, reattn_theta=reattn_theta), talkinghead_init,
+            (reattn_blocks, talkinghead_blocks))
         if stem == 'conv':
             kwargs['embed_layer'] = ConvPatchEmbed
 
@@ -183,22 +315,59 @@ class DeepVisionTransformer(VisionTransformer):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias,
+            init_values=init_values or None,
             drop_path_rate=drop_path_rate,
-            block_fn=_BlockFactory(reattn_idx, reattn_norm, reattn_init),
+            block_fn=_BlockFactory(reattn_idx, reattn_norm, reattn_init, reattn_theta,
+                                   talkinghead_idx, talkinghead_init),
             **kwargs,
         )
         self.reattn_block_indices = reattn_idx
+        self.talkinghead_block_indices = talkinghead_idx
         self.model_cfg: Dict[str, Any] = dict(
             img_size=_square(img_size), patch_size=_square(patch_size), in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate, reattn_blocks=list(reattn_idx), reattn_norm=reattn_norm,
-            reattn_init=reattn_init, stem=stem,
+            reattn_init=reattn_init, reattn_theta=reattn_theta,
+            init_values=init_values,
+            talkinghead_blocks=list(talkinghead_idx), talkinghead_init=talkinghead_init, stem=stem,
         )
+
+    @staticmethod
+    def _check_combinations(reattn_idx: Tuple[int, ...], talkinghead_idx: Tuple[int, ...],
+                            reattn_fields: Dict[str, str], talkinghead_init: str,
+                            specs: Tuple[BlockSpec, BlockSpec]) -> None:
+        if reattn_fields['reattn_theta'] == 'fixed':
+            if reattn_fields['reattn_init'] != 'identity':
+                raise ValueError(f"reattn_theta='fixed' holds Θ at the identity and needs reattn_init='identity', "
+                                 f"got reattn_init={reattn_fields['reattn_init']!r}")
+            if reattn_fields['reattn_norm'] == 'none':
+                raise ValueError("reattn_theta='fixed' with reattn_norm='none' is the plain ViT (Θ = I, no norm); "
+                                 "use reattn_blocks='none' instead, got reattn_norm='none'")
+        if not reattn_idx:
+            given = [f"{field}={value!r}" for field, value in reattn_fields.items() if value != _REATTN_DEFAULTS[field]]
+            if given:
+                raise ValueError(f"{', '.join(given)} would have no effect: no block uses Re-attention "
+                                 f"(reattn_blocks='none'); set reattn_blocks or leave the Re-attention fields at "
+                                 f"their defaults {_REATTN_DEFAULTS}")
+        if not talkinghead_idx and talkinghead_init != 'identity':
+            raise ValueError(f"talkinghead_init={talkinghead_init!r} would have no effect: no block uses talking "
+                             f"heads (talkinghead_blocks='none'); set talkinghead_blocks or leave talkinghead_init "
+                             f"at 'identity'")
+        both = sorted(set(reattn_idx) & set(talkinghead_idx))
+        if both:
+            raise ValueError(f"talkinghead_blocks={specs[1]!r} and reattn_blocks={specs[0]!r} share blocks {both}: "
+                             f"a block mixes heads by Re-attention or by talking heads, not both (set "
+                             f"reattn_blocks='none' for a talking-heads model)")
 
     @property
     def family(self) -> str:
-        """``'deepvit'`` when any block uses Re-attention, else ``'vit'``."""
-        return 'deepvit' if self.reattn_block_indices else 'vit'
+        """One of :data:`FAMILIES` (see :func:`model_family`)."""
+        return model_family(self.model_cfg)
+
+    @property
+    def remedy(self) -> str:
+        """Canonical label of the exact variant, e.g. ``'reattn'``, ``'bn_only'`` (see :func:`model_remedy`)."""
+        return model_remedy(self.model_cfg)
 
     def attention_layers(self) -> Iterator[Attention]:
         """The blocks' attention modules, in block order."""
@@ -208,7 +377,8 @@ class DeepVisionTransformer(VisionTransformer):
     def set_fused_attn(self, enable: bool = True) -> None:
         """Use fused SDPA (``True``) or the explicit path (``False``) in plain-attention blocks.
 
-        Re-attention blocks always take the explicit path; probes force it while they run.
+        Blocks that mix heads (Re-attention, talking heads) always take the explicit path; probes and
+        ``keep_attn_for_loss`` force it while they are on.
         """
         for attn in self.attention_layers():
             attn.fused_attn = bool(enable)
@@ -240,10 +410,14 @@ default_cfgs = {
     'deepvit_16b_patch16_224': _dvcfg(),
     'deepvit_24b_patch16_224': _dvcfg(),
     'deepvit_32b_patch16_224': _dvcfg(),
+    'layerscale_16b_patch16_224': _dvcfg(),
+    'talkinghead_16b_patch16_224': _dvcfg(),
     'deepvit_s_patch16_224': _dvcfg(first_conv='patch_embed.stem.0.conv'),
     'deepvit_l_patch16_224': _dvcfg(first_conv='patch_embed.stem.0.conv'),
     'vit_tiny_patch4_32': _dvcfg(**_TINY),
     'deepvit_tiny_patch4_32': _dvcfg(**_TINY),
+    'layerscale_tiny_patch4_32': _dvcfg(**_TINY),
+    'talkinghead_tiny_patch4_32': _dvcfg(**_TINY),
 }
 
 # The paper's depth-table architecture (official deep_vision_transformer.py): patch 16, embed 384, 12 heads,
@@ -255,6 +429,12 @@ _TINY_ARCH = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=64, depth
 
 def _entry(variant: str, pretrained: bool, defaults: Dict[str, Any], kwargs: Dict[str, Any]):
     return _create(variant, pretrained=pretrained, **{**defaults, **kwargs})
+
+
+def _layerscale_entry(variant: str, pretrained: bool, defaults: Dict[str, Any], kwargs: Dict[str, Any]):
+    # CaiT's ε for the depth actually built (an explicit init_values wins; 0 switches LayerScale off)
+    depth = kwargs.get('depth', defaults['depth'])
+    return _entry(variant, pretrained, dict(defaults, init_values=cait_init_values(depth)), kwargs)
 
 
 @register_model
@@ -294,6 +474,20 @@ def deepvit_32b_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTra
 
 
 @register_model
+def layerscale_16b_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """ViT of the paper's depth table, 16 blocks, with CaiT's LayerScale (ε = 0.1 at depth 16, CaiT's rule)."""
+    return _layerscale_entry('layerscale_16b_patch16_224', pretrained, dict(_PAPER, depth=16, reattn_blocks='none'),
+                             kwargs)
+
+
+@register_model
+def talkinghead_16b_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """ViT of the paper's depth table, 16 blocks, with talking-heads attention in every block."""
+    return _entry('talkinghead_16b_patch16_224', pretrained,
+                  dict(_PAPER, depth=16, reattn_blocks='none', talkinghead_blocks='all'), kwargs)
+
+
+@register_model
 def deepvit_s_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
     """DeepViT-S (paper Table 6): 16 blocks, embed 396, Re-attention in the last 5, convolutional stem."""
     return _entry('deepvit_s_patch16_224', pretrained,
@@ -317,6 +511,19 @@ def vit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVisionTransfor
 def deepvit_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
     """CPU-sized DeepViT for 32 px images: as ``vit_tiny_patch4_32`` with Re-attention in every block."""
     return _entry('deepvit_tiny_patch4_32', pretrained, dict(_TINY_ARCH, reattn_blocks='all'), kwargs)
+
+
+@register_model
+def layerscale_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """CPU-sized ViT with CaiT's LayerScale: as ``vit_tiny_patch4_32``, ε by CaiT's depth rule (0.1 at depth 6)."""
+    return _layerscale_entry('layerscale_tiny_patch4_32', pretrained, dict(_TINY_ARCH, reattn_blocks='none'), kwargs)
+
+
+@register_model
+def talkinghead_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """CPU-sized ViT with talking-heads attention: as ``vit_tiny_patch4_32``, talking heads in every block."""
+    return _entry('talkinghead_tiny_patch4_32', pretrained,
+                  dict(_TINY_ARCH, reattn_blocks='none', talkinghead_blocks='all'), kwargs)
 
 
 def list_variants() -> List[str]:

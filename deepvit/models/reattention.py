@@ -9,11 +9,13 @@ lucidrains/vit-pytorch (``vit_pytorch/deepvit.py``) uses a bias-free N(0, 1) Θ 
 
 Shapes: attention maps (B, H, N, N); Θ (H, H).
 """
+import contextlib
 import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch.autograd.function import once_differentiable
 from timm.layers import LayerNorm2d
 
 from .attention import Attention
@@ -34,6 +36,16 @@ class ReAttentionMix(nn.Module):
         init: ``'random'``: Θ ~ U(-1/sqrt(H), 1/sqrt(H)), the default init of the official code's 1×1 Conv2d
             (the paper says only "randomly initialised"); ``'identity'``: Θ = I, each head starts from its own map
             (the author reports similar accuracy, official issue 1).
+        theta: ``'learned'`` (default): Θ is a trained ``nn.Parameter``; ``'fixed'``: Θ is a non-trainable buffer
+            (same state-dict key ``weight``) held at the identity, while the norm stays and trains. With
+            ``norm='bn'`` this is the BatchNorm-only control of the ablation: it separates the head mixing from
+            the normalisation. Needs ``init='identity'``.
+        index: the block's index, selecting the private random stream of Θ's random init.
+
+    Paired seeds: the random init draws Θ from a private generator
+    (:func:`~deepvit.models.remedies.remedy_generator`, stream ``'reattn'``, seeded from ``torch.initial_seed()`` and
+    ``index``), never from the global RNG, so building a DeepViT leaves the ViT's weights of the same seed and the
+    global RNG state untouched; the same seed and index give the same Θ, other blocks and seeds another.
 
     Differences from the official code: Θ has no bias. Before BatchNorm a per-head bias is removed by the mean
     subtraction, so the official bias has no effect there (12 dead parameters per block); for ``'ln'``/``'none'`` we
@@ -48,10 +60,21 @@ class ReAttentionMix(nn.Module):
     statistics are folded the same way. Both give ``BatchNorm2d(Θᵀ a)`` (``tests/test_reattention.py``).
 
     Raises:
-        ValueError: unknown ``norm`` or ``init``, or ``num_heads < 1``.
+        ValueError: unknown ``norm``, ``init`` or ``theta``, ``theta='fixed'`` with ``init='random'``, or
+            ``num_heads < 1``.
     """
 
-    def __init__(self, num_heads: int, norm: str = 'bn', init: str = 'random', device=None, dtype=None) -> None:
+    def __init__(
+            self,
+            num_heads: int,
+            norm: str = 'bn',
+            init: str = 'random',
+            theta: str = 'learned',
+            index: int = 0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        from .remedies import REATTN_THETAS
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
@@ -59,11 +82,21 @@ class ReAttentionMix(nn.Module):
             raise ValueError(f"reattn_norm must be one of {REATTN_NORMS}, got {norm!r}")
         if init not in REATTN_INITS:
             raise ValueError(f"reattn_init must be one of {REATTN_INITS}, got {init!r}")
+        if theta not in REATTN_THETAS:
+            raise ValueError(f"reattn_theta must be one of {REATTN_THETAS}, got {theta!r}")
+        if theta == 'fixed' and init != 'identity':
+            raise ValueError(f"reattn_theta='fixed' holds Θ at the identity and needs reattn_init='identity', "
+                             f"got reattn_init={init!r}")
         dd = {'device': device, 'dtype': dtype}
         self.num_heads = num_heads
         self.norm_type = norm
         self.init_type = init
-        self.weight = nn.Parameter(torch.empty(num_heads, num_heads, **dd))  # Θ (H_in, H_out)
+        self.theta_type = theta
+        self.index = index
+        if theta == 'fixed':
+            self.register_buffer('weight', torch.empty(num_heads, num_heads, **dd))  # Θ = I, not trained
+        else:
+            self.weight = nn.Parameter(torch.empty(num_heads, num_heads, **dd))  # Θ (H_in, H_out)
         if norm == 'bn':
             self.norm = nn.BatchNorm2d(num_heads, **dd)
         elif norm == 'ln':
@@ -74,60 +107,144 @@ class ReAttentionMix(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """(Re)initialise Θ as ``init`` says (called by timm's ViT init through ``named_apply``)."""
+        """(Re)initialise Θ as ``init`` says (called by timm's ViT init through ``named_apply``), without drawing
+        from the global RNG."""
+        from .remedies import remedy_uniform_
         with torch.no_grad():
             if self.init_type == 'identity':
                 self.weight.copy_(torch.eye(self.num_heads))
             else:
-                bound = self.num_heads ** -0.5
-                self.weight.uniform_(-bound, bound)
+                remedy_uniform_(self.weight, self.num_heads ** -0.5, 'reattn', self.index)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, norm={self.norm_type!r}, init={self.init_type!r}"
+        return (f"num_heads={self.num_heads}, norm={self.norm_type!r}, init={self.init_type!r}, "
+                f"theta={self.theta_type!r}")
 
     def forward(self, attn: torch.Tensor, rows_sum_to_one: bool = False) -> torch.Tensor:
-        """Mix and normalise maps (B, H, N, N) → (B, H, N, N), same dtype.
+        """Mix and normalise maps (B, H, N, N) → (B, H, N, N) (Eq. 5 of the paper; official ``ReAttention``).
+
+        Dtypes: ``attn`` may be float32, float64, bfloat16 or float16, and need not match the parameters' dtype
+        (bf16 maps with bf16 parameters under DeepSpeed bf16, or fp32 parameters under ``torch.autocast``). The
+        output has the maps' dtype; under autocast, float32 maps are first cast to the autocast dtype, as
+        autocast's own ``matmul`` does on the plain path, so both paths return the same dtype.
+
+        ``'bn'`` with ``fold_norm`` (the default) takes the folded path, for every float dtype: the BatchNorm
+        statistics are accumulated in float32 (float64 for float64 inputs), the (H, H)/(H,) fold math runs in that
+        precision, and only the map-sized products run in the maps' dtype (:class:`_FoldedBatchNormMix`).
+        Batch statistics versus running statistics, the running-stat update (momentum, ``momentum=None``
+        cumulative average, unbiased variance) and ``num_batches_tracked`` follow the BatchNorm's *own* mode and
+        flags exactly as :class:`torch.nn.BatchNorm2d` decides them, not this module's ``training`` flag (so the
+        freeze-BN idiom ``model.train(); bn.eval()`` uses the running statistics and leaves them untouched).
 
         ``rows_sum_to_one``: the caller guarantees every row of ``attn`` sums to 1 (softmax maps without dropout).
         Then mean(a) = 1/N per head is used without a pass over the maps; the gradient returned for ``attn`` may
         differ from the exact one by a per-head constant, which the softmax's backward removes exactly
         (d softmax ⟂ constants), so gradients of everything before the softmax are unchanged.
+
+        Raises:
+            ValueError: batch statistics from a single value per head (B * N * N == 1), as ``nn.BatchNorm2d``.
         """
         B, H, N, M = attn.shape
+        if not (isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm):
+            out = torch.matmul(self.weight.t(), attn.reshape(B, H, N * M)).view(B, H, N, M)
+            return self.norm(out)
+        bn = self.norm
+        device_type = attn.device.type
+        if (attn.dtype == torch.float32 and _autocast_available(device_type)
+                and torch.is_autocast_enabled(device_type)):
+            attn = attn.to(torch.get_autocast_dtype(device_type))
         a = attn.reshape(B, H, N * M)  # (B, H, N*N)
-        theta_t = self.weight.t()  # Θᵀ: (H_out, H_in)
-        if isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm:
-            bn = self.norm
-            batch_stats = self.training or not bn.track_running_stats
-            weight = bn.weight if bn.affine else torch.ones(H, device=a.device, dtype=a.dtype)
-            bias = bn.bias if bn.affine else torch.zeros(H, device=a.device, dtype=a.dtype)
-            if not batch_stats:
-                scale = weight * torch.rsqrt(bn.running_var + bn.eps)
-                shift = bias - bn.running_mean * scale
-                mixer = (theta_t * scale[:, None]).to(a.dtype)
-                out = torch.baddbmm(shift.to(a.dtype).view(1, H, 1), mixer.expand(B, H, H), a)
-                return out.view(B, H, N, M)
-            # batch statistics from second moments lose precision in bf16/fp16: those take the plain path
-            if a.dtype == torch.float32:
-                out, mean, var = _FoldedBatchNormMix.apply(a, self.weight, weight, bias, bn.eps, rows_sum_to_one)
-                if self.training and bn.track_running_stats:
-                    self._update_running_stats(mean, var, B * N * M)
-                return out.view(B, H, N, M)
-        out = torch.matmul(theta_t, a).view(B, H, N, M)
-        return self.norm(out)
+        # torch.nn.modules.batchnorm._BatchNorm.forward, decision for decision
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+        update = bn.training and bn.track_running_stats and bn.running_mean is not None
+        acc = _opmath_dtype(a, self.weight)
+        weight = bn.weight if bn.affine else torch.ones(H, device=a.device, dtype=acc)
+        bias = bn.bias if bn.affine else torch.zeros(H, device=a.device, dtype=acc)
+        if batch_stats:
+            if B * N * M == 1:
+                raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                                 f"{attn.size()}")
+            out, mean, var = _FoldedBatchNormMix.apply(a, self.weight, weight, bias, bn.eps, rows_sum_to_one)
+            if update:
+                self._update_running_stats(mean, var, B * N * M, factor)
+            return out.view(B, H, N, M)
+        with _autocast_off(device_type):  # running statistics folded into Θ: y = (Θᵀ·scale) a + shift
+            scale = weight.to(acc) * torch.rsqrt(bn.running_var.to(acc) + bn.eps)
+            shift = bias.to(acc) - bn.running_mean.to(acc) * scale
+            mixer = self.weight.t().to(acc) * scale[:, None]
+            mean_a = torch.full((H,), 1.0 / N, device=a.device, dtype=acc) if rows_sum_to_one else None
+            mixer, shift = _round_fold(mixer, shift, a.dtype, mean_a)
+            out = torch.baddbmm(shift.view(1, H, 1), mixer.expand(B, H, H), a)
+        return out.view(B, H, N, M)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int, factor: float) -> None:
+        """Running-stat update of ``nn.BatchNorm2d``: r ← factor·batch + (1 − factor)·r, the variance unbiased
+        (× count / (count − 1)); computed in the statistics' float32/float64 and rounded once into the buffers'
+        dtype. ``mean``, ``var`` (H,): the batch mean and biased variance of the mixed maps; ``factor``: the
+        momentum, or 1 / num_batches_tracked for ``momentum=None``."""
         bn = self.norm
-        bn.num_batches_tracked.add_(1)
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        unbiased = var * (count / max(count - 1, 1))
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+        unbiased = var * (count / (count - 1))
+        for buf, batch in ((bn.running_mean, mean), (bn.running_var, unbiased)):
+            acc = _opmath_dtype(buf, batch)
+            buf.copy_(batch.to(acc) * factor + buf.to(acc) * (1.0 - factor))
+
+
+def _opmath_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The precision of the statistics and the (H, H) fold math: float64 if any input is float64, else float32
+    (so bf16/fp16 maps get float32 statistics)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _autocast_available(device_type: str) -> bool:
+    check = getattr(torch.amp, 'is_autocast_available', None)
+    return check(device_type) if check is not None else device_type in ('cpu', 'cuda')
+
+
+def _autocast_off(device_type: str):
+    """A context with autocast disabled on ``device_type``: inside the folded path every op's dtype is explicit."""
+    if _autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+# bmm with a float32 result from bf16/fp16 operands (fp32 accumulation, no upcast copy): CUDA/XPU, torch >= 2.8
+_BMM_OUT_DTYPE = 'dtype' in torch.ops.aten.bmm.overloads()
+# elsewhere (CPU) bf16/fp16 maps are upcast this many elements at a time: 16 MiB of float32 per chunk
+_UPCAST_CHUNK_ELEMS = 1 << 22
+
+
+def _gram(x: torch.Tensor, y: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Σ_b x_b y_bᵀ: x (B, H, M), y (B, K, M) of one dtype → (H, K) in ``acc``, products accumulated in ``acc``.
+
+    Same dtype: one ``bmm``. bf16/fp16 → float32 on CUDA/XPU: ``bmm(..., out_dtype=float32)``. Otherwise (CPU,
+    whose bf16 ``bmm`` returns bf16-rounded sums): chunks of the batch are upcast and multiplied in ``acc``, so
+    no ``acc`` copy of the whole maps is ever materialised.
+    """
+    if x.dtype == acc:
+        return torch.bmm(x, y.transpose(1, 2)).sum(0)
+    if _BMM_OUT_DTYPE and acc == torch.float32 and x.device.type in ('cuda', 'xpu'):
+        return torch.bmm(x, y.transpose(1, 2), out_dtype=acc).sum(0)
+    B = x.shape[0]
+    step = max(1, _UPCAST_CHUNK_ELEMS // max(1, x[0].numel() + y[0].numel()))
+    total = torch.zeros(x.shape[1], y.shape[1], device=x.device, dtype=acc)
+    for i in range(0, B, step):
+        xc = x[i:i + step].to(acc)
+        yc = xc if y is x else y[i:i + step].to(acc)
+        total += torch.bmm(xc, yc.transpose(1, 2)).sum(0)
+    return total
 
 
 def _fold(theta, weight, bias, mean_a, second, eps):
-    """BatchNorm of Θᵀa folded into (mixer (H, H), shift (H,)), from mean(a) (H,) and E[a aᵀ] (H, H)."""
+    """BatchNorm of Θᵀa folded into (mixer (H, H), shift (H,)), from mean(a) (H,) and E[a aᵀ] (H, H).
+
+    All inputs in one float dtype (float32 or float64, see :func:`_opmath_dtype`); returns mixer, shift, and the
+    mixed maps' batch mean and biased variance (H,): mean(Θᵀa) = Θᵀ mean(a), E[(Θᵀa)²] = diag(Θᵀ E[a aᵀ] Θ).
+    """
     theta_t = theta.t()
     mean = theta_t @ mean_a  # mean of the mixed maps, per head
     var = (((theta_t @ second) * theta_t).sum(1) - mean * mean).clamp_min(0.)  # biased variance
@@ -135,26 +252,85 @@ def _fold(theta, weight, bias, mean_a, second, eps):
     return theta_t * scale[:, None], bias - mean * scale, mean, var
 
 
+def _round_fold(mixer, shift, dtype, mean_a=None, var_a=None):
+    """Round the fold (mixer (H, H), shift (H,), float32/64) to the maps' ``dtype`` for the map-sized ``baddbmm``.
+
+    Returns (mixer_low (H, H), shift_low (H,)) in ``dtype``. Why not a plain rounding: with near-uniform maps the
+    mixed maps' mean is large against their spread, so mixer · a and the shift nearly cancel, and rounding either
+    moves a whole normalised head by ~2^-8 · |shift| (a per-head constant that dominates the bf16 error). So:
+
+    * with ``mean_a`` (H,), the maps' mean per head: the mixer's rounding error in the mean,
+      (mixer - mixer_low) mean(a), goes into the shift before the shift is rounded;
+    * with ``var_a`` (H,) too, the maps' variance per head: the shift's own rounding residual r_h goes into one
+      entry (h, g) of the mixer, g chosen to minimise the error this adds, |r_h| · std(a_g) / mean(a_g) (the
+      change r_h / mean(a_g) times the map's spread) plus the entry's rounding, and only where that is smaller
+      than |r_h| (near-uniform maps; peaked maps keep the plain shift).
+
+    A plain rounding when ``dtype`` is the fold's own precision or ``mean_a`` is ``None``.
+    """
+    mixer_low = mixer.to(dtype)
+    if mean_a is None or dtype == mixer.dtype:
+        return mixer_low, shift.to(dtype)
+    acc = mixer.dtype
+    target = mixer @ mean_a + shift  # each output head's exact mean
+    shift_low = (target - mixer_low.to(acc) @ mean_a).to(dtype)
+    if var_a is None:
+        return mixer_low, shift_low
+    residual = (target - mixer_low.to(acc) @ mean_a - shift_low.to(acc))[:, None]  # (H, 1)
+    usable = mean_a > 0
+    mu = torch.where(usable, mean_a, 1.)
+    unit = torch.finfo(dtype).eps / 2  # unit roundoff: 2^-8 for bf16, 2^-11 for fp16
+    spread = residual.abs() * var_a.clamp_min(0).sqrt() / mu  # (H, H): error the change adds, by column
+    rounding = unit * (mixer_low.to(acc).abs() * mean_a + residual.abs())
+    cost = torch.where(usable, spread.square() + rounding.square(), torch.inf)
+    best, col = cost.min(1)
+    row = torch.arange(mixer.shape[0], device=mixer.device)
+    old = mixer_low[row, col]
+    new = (old.to(acc) + residual[:, 0] / mu[col]).to(dtype)
+    take = best < residual[:, 0].square()
+    return mixer_low.index_put((row, col), torch.where(take, new, old)), shift_low
+
+
 class _FoldedBatchNormMix(torch.autograd.Function):
-    """BatchNorm2d(Θᵀ a) in training mode, as one ``baddbmm``; a (B, H, M) float32 → (B, H, M).
+    """BatchNorm2d(Θᵀ a) with batch statistics, as one ``baddbmm``: a (B, H, M) → (B, H, M), plus the batch mean
+    and biased variance (H,) of the mixed maps (non-differentiable, for the running-stat update).
+
+    Source: paper Eq. 5 (Norm(Θᵀ · A)) with Norm = BatchNorm2d(H) as in the official dvit_repo ``models/layers.py``
+    ``ReAttention`` (1×1 Conv2d then BatchNorm2d); the fold is ours.
 
     Forward: mean(a) and E[a aᵀ] (one ``bmm``) give the mixed maps' batch statistics; the normalisation is folded
     into the mixer and a shift. Backward: the (H, H)-sized part is differentiated by autograd; the map-sized gradient
     da = mixerᵀ g + (dS + dSᵀ)/n · a + dm/n is formed in two fused ``baddbmm`` passes. Nothing map-sized is saved
     beyond ``a`` itself (already kept by the softmax).
+
+    Dtypes: ``a`` float32/float64/bfloat16/float16; ``theta`` (H, H), ``weight``, ``bias`` (H,) any float dtype.
+    The statistics mean(a), E[a aᵀ] and the gradient's (H, H) sums Σ g aᵀ, Σ g are accumulated in float32
+    (float64 if any input is float64; :func:`_gram`), the fold and its derivative run in that precision, and only
+    the map-sized products (the output, the gradient of ``a``) run in ``a``'s dtype, with the mixer and shift
+    rounded to it so as to keep each head's mean (:func:`_round_fold`). Gradients come back in each input's own dtype; inputs that do not require grad (a fixed
+    Θ, a non-affine BatchNorm's ones/zeros) get none computed.
+
+    Autocast: both passes run with autocast disabled on ``a``'s device and cast explicitly, so an enclosing
+    ``torch.autocast`` (CPU or CUDA) cannot re-cast the statistics or the fold math to bf16/fp16; the caller
+    (:meth:`ReAttentionMix.forward`) casts float32 maps to the autocast dtype first, as autocast's ``matmul``
+    would. Not twice differentiable (``once_differentiable``).
     """
 
     @staticmethod
     def forward(ctx, a, theta, weight, bias, eps, rows_sum_to_one):
         B, H, M = a.shape
         count = B * M
-        if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
-            mean_a = a.new_full((H,), 1.0 / math.isqrt(M))
-        else:
-            mean_a = a.mean(dim=(0, 2))
-        second = torch.bmm(a, a.transpose(1, 2)).sum(0) / count
-        mixer, shift, mean, var = _fold(theta, weight, bias, mean_a, second, eps)
-        out = torch.baddbmm(shift.view(1, H, 1), mixer.expand(B, H, H), a)
+        acc = _opmath_dtype(a, theta, weight, bias)
+        with _autocast_off(a.device.type):
+            if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
+                mean_a = torch.full((H,), 1.0 / math.isqrt(M), device=a.device, dtype=acc)
+            else:
+                mean_a = a.sum(dim=(0, 2), dtype=acc) / count
+            second = _gram(a, a, acc) / count
+            mixer, shift, mean, var = _fold(theta.to(acc), weight.to(acc), bias.to(acc), mean_a, second, eps)
+            var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
+            mixer_low, shift_low = _round_fold(mixer, shift, a.dtype, mean_a, var_a)
+            out = torch.baddbmm(shift_low.view(1, H, 1), mixer_low.expand(B, H, H), a)
         ctx.save_for_backward(a, theta, weight, bias, mean_a, second)
         ctx.eps = eps
         ctx.rows_sum_to_one = rows_sum_to_one
@@ -162,24 +338,40 @@ class _FoldedBatchNormMix(torch.autograd.Function):
         return out, mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, _grad_mean, _grad_var):
         a, theta, weight, bias, mean_a, second = ctx.saved_tensors
+        need_a, need_theta, need_weight, need_bias = ctx.needs_input_grad[:4]
         B, H, M = a.shape
         count = B * M
-        with torch.enable_grad():
-            small = [t.detach().requires_grad_() for t in (theta, weight, bias, mean_a, second)]
-            mixer, shift, _, _ = _fold(*small, ctx.eps)
-        grad_mixer = torch.bmm(grad_out, a.transpose(1, 2)).sum(0)
-        grad_shift = grad_out.sum(dim=(0, 2))
-        d_theta, d_weight, d_bias, d_mean, d_second = torch.autograd.grad(
-            (mixer, shift), small, (grad_mixer, grad_shift))
-        mixer = mixer.detach()
-        if ctx.rows_sum_to_one:  # mean(a) is fixed by the simplex: its gradient is a constant softmax removes
-            grad_a = torch.bmm(mixer.t().expand(B, H, H), grad_out)
-        else:
-            grad_a = torch.baddbmm((d_mean / count).view(1, H, 1), mixer.t().expand(B, H, H), grad_out)
-        grad_a.baddbmm_(((d_second + d_second.t()) / count).expand(B, H, H), a)
-        return grad_a, d_theta, d_weight, d_bias, None, None
+        acc = mean_a.dtype
+        with _autocast_off(a.device.type):
+            grad_out = grad_out.to(a.dtype)
+            with torch.enable_grad():
+                small = [t.detach().to(acc).requires_grad_() for t in (theta, weight, bias, mean_a, second)]
+                mixer, shift, _, _ = _fold(*small, ctx.eps)
+            grad_mixer = _gram(grad_out, a, acc)
+            grad_shift = grad_out.sum(dim=(0, 2), dtype=acc)
+            d_theta, d_weight, d_bias, d_mean, d_second = torch.autograd.grad(
+                (mixer, shift), small, (grad_mixer, grad_shift))
+            grad_a = None
+            if need_a:
+                # da = (dS + dSᵀ)/n · a + dm/n + mixerᵀ g: the statistics' part first, so that its rounding (it is
+                # usually the smaller part) and not the whole gradient's is the extra one; its mean is rounded
+                # as the forward's fold is (_round_fold), as it too nearly cancels for near-uniform maps
+                d_sym = (d_second + d_second.t()) / count
+                if ctx.rows_sum_to_one:  # mean(a) is fixed by the simplex: its gradient is a constant softmax removes
+                    grad_a = torch.bmm(d_sym.to(a.dtype).expand(B, H, H), a)
+                else:
+                    var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
+                    d_low, d_mean_low = _round_fold(d_sym, d_mean / count, a.dtype, mean_a, var_a)
+                    grad_a = torch.baddbmm(d_mean_low.view(1, H, 1), d_low.expand(B, H, H), a)
+                grad_a.baddbmm_(mixer.detach().t().to(a.dtype).expand(B, H, H), grad_out)
+        return (grad_a,
+                d_theta.to(theta.dtype) if need_theta else None,
+                d_weight.to(weight.dtype) if need_weight else None,
+                d_bias.to(bias.dtype) if need_bias else None,
+                None, None)
 
 
 class ReAttention(Attention):

@@ -1,51 +1,82 @@
-"""The end-of-run attention-collapse probe: cross-layer similarity at both map stages, similar-block counts, heatmaps.
+"""The collapse probe of a training run: when it runs, what it logs (names in ``docs/mlflow_schema.md``).
 
-Runs :func:`deepvit.collapse.attention_maps_by_stage` on a fixed validation batch (the same images for every run, so runs are
-comparable), with one forward pass for both map stages. Collective under ZeRO-3 (parameters are gathered in
-forward): call it on every rank.
+A probe runs :func:`deepvit.collapse.collapse_probe` on the first ``train.collapse_images`` validation images (the
+same images for every run, so runs are comparable), in chunks sized by :func:`deepvit.collapse.probe_chunk_size`.
+It runs at step 0 (the initialised model), every ``train.collapse_every`` epochs and at the end; each probe's scalars
+are logged at its global optimizer step, the final probe also writes the matrices as artifacts. Collective under
+ZeRO-3 (parameters are gathered in forward): every rank runs the same forwards.
 """
-from typing import Dict
+import time
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
-from ..collapse import MAP_STAGES, attention_maps_by_stage, cross_layer_similarity, similar_blocks
+from ..collapse import MAP_STAGES, CollapseResult, collapse_probe
+
+METRIC_PREFIX = 'collapse/'
+# artifact stem per matrix: 'paper' keeps the name the first schema gave it
+ARTIFACTS = {'paper': 'similarity', 'calibrated': 'calibrated', 'centred': 'centred', 'head_avg': 'head_avg',
+             'null': 'null', 'effective_keys': 'effective_keys'}
+HEATMAPS = {'paper': 'cross-layer similarity (paper, Eq. 4)', 'calibrated': 'calibrated cross-layer similarity'}
 
 
-@torch.no_grad()
-def collapse_report(model: torch.nn.Module, images: torch.Tensor, threshold: float = 0.9) -> Dict[str, object]:
-    """Similarity matrices and counts for ``images`` (B, C, H, W) on the model's device and dtype.
+class CollapseProbe:
+    """Runs and logs the probe of one run.
 
-    Returns:
-        ``{'similarity_<stage>': (L, L) float64 ndarray, 'similar_blocks_<stage>': int,
-        'mean_adjacent_similarity_<stage>': float}`` for each stage in ``('softmax', 'mixed')``.
+    Args:
+        images: a callable returning a fresh iterable of (b, C, H, W) image chunks on the model's device and dtype.
+        num_images, threshold, num_permutations: as :func:`deepvit.collapse.collapse_probe`.
+        log_metrics: ``(metrics, step)`` callback (the tracker's; a no-op on non-zero ranks).
     """
-    out: Dict[str, object] = {}
-    maps_by_stage = attention_maps_by_stage(model, images)  # one forward: a collective under ZeRO-3
+
+    def __init__(self, images: Callable[[], Iterable[torch.Tensor]], num_images: int, threshold: float,
+                 num_permutations: int, log_metrics: Callable) -> None:
+        self.images, self.num_images = images, num_images
+        self.threshold, self.num_permutations = threshold, num_permutations
+        self.log_metrics = log_metrics
+        self.seconds = 0.0
+        self.count = 0
+
+    def __call__(self, model: torch.nn.Module, step: int) -> CollapseResult:
+        t0 = time.perf_counter()
+        result = collapse_probe(model, self.images(), self.num_images, self.threshold, self.num_permutations)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        self.count += 1
+        metrics = {METRIC_PREFIX + k: v for k, v in result.summary().items()}
+        metrics[METRIC_PREFIX + 'probe_seconds'] = seconds
+        self.log_metrics(metrics, step)
+        return result
+
+
+def log_collapse_artifacts(tracker, result: CollapseResult, figure_fn: Optional[Callable] = None) -> None:
+    """The final probe's arrays as ``collapse/<stem>_<stage>.npy`` (and heatmaps of the paper and calibrated
+    matrices as PNG when ``figure_fn(matrix, title)`` is given)."""
     for stage in MAP_STAGES:
-        sim = cross_layer_similarity(maps_by_stage[stage])
-        out[f'similarity_{stage}'] = sim.cpu().numpy()
-        out[f'similar_blocks_{stage}'] = similar_blocks(sim, threshold=threshold)
-        adjacent = sim.diagonal(offset=1)
-        out[f'mean_adjacent_similarity_{stage}'] = float(adjacent.mean()) if adjacent.numel() else float('nan')
-    return out
+        for key, stem in ARTIFACTS.items():
+            tracker.log_numpy(np.asarray(result.matrices[stage][key]), f'collapse/{stem}_{stage}.npy')
+        if figure_fn is None:
+            continue
+        for key, title in HEATMAPS.items():
+            fig = figure_fn(result.matrices[stage][key], f'{title} ({stage} maps)')
+            tracker.log_figure(fig, f'collapse/{ARTIFACTS[key]}_{stage}.png')
 
 
 def similarity_figure(similarity: np.ndarray, title: str):
     """A matplotlib heatmap of an (L, L) cross-layer similarity matrix (blocks numbered from 1, as in the paper)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     L = similarity.shape[0]
-    fig, ax = plt.subplots(figsize=(4.2, 3.6), dpi=120)
-    im = ax.imshow(similarity, vmin=-1 if similarity.min() < 0 else 0, vmax=1, cmap='viridis', origin='upper')
+    fig = Figure(figsize=(4.2, 3.6), dpi=120, layout='constrained')
+    ax = fig.add_subplot()
+    vmin = -1 if np.nanmin(similarity) < 0 else 0
+    im = ax.imshow(similarity, vmin=vmin, vmax=1, cmap='viridis', origin='upper')
     ticks = list(range(0, L, max(1, L // 8)))
     ax.set_xticks(ticks, [str(t + 1) for t in ticks])
     ax.set_yticks(ticks, [str(t + 1) for t in ticks])
     ax.set_xlabel('block q')
     ax.set_ylabel('block p')
     ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='cross-layer similarity')
-    fig.tight_layout()
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label='similarity')
     return fig

@@ -35,6 +35,10 @@ class ModelConfig:
     reattn_blocks: Optional[str] = None  # 'all', 'none', k (last k blocks) or 'i,j,...' (block indices)
     reattn_norm: Optional[str] = None    # 'bn' | 'ln' | 'none'
     reattn_init: Optional[str] = None    # 'random' | 'identity'
+    reattn_theta: Optional[str] = None   # 'learned' | 'fixed' (Θ held at the identity: the BatchNorm-only control)
+    init_values: Optional[float] = None  # CaiT LayerScale init (layerscale_* default: CaiT's depth rule; 0: off)
+    talkinghead_blocks: Optional[str] = None  # talking-heads blocks: 'all', 'none', k or 'i,j,...'
+    talkinghead_init: Optional[str] = None    # 'identity' | 'trunc_normal' (timm's CaiT init)
     stem: Optional[str] = None           # 'patch' | 'conv'
 
 
@@ -79,7 +83,13 @@ class TrainConfig:
     seed: int = 0
     max_steps: Optional[int] = None      # stop after this many optimizer steps (smoke tests, benchmarks)
     log_every: int = 10                  # optimizer steps between train/* metrics
-    collapse_images: int = 32            # images in the fixed validation batch of the collapse probe
+    collapse_images: int = 256           # fixed validation images of the collapse probe (the first of the split)
+    collapse_every: int = 6              # epochs between collapse probes (also at step 0 and at the end; 0: only
+    #                                      those two); 6 costs < 5 % of the digits job's wall time
+    collapse_threshold: float = 0.9      # similar-block threshold of the paper and calibrated metrics (paper Fig. 3)
+    collapse_permutations: int = 4       # token permutations averaged in the calibrated metric's chance null
+    cosine_reg: float = 0.0              # weight of the official DeepViT cosine regulariser (official: 0.1; 0: off)
+    cosine_reg_blocks: int = 2           # n: consecutive-map cosines of the first n+1 blocks (official n_comn=2)
 
 
 @dataclass
@@ -296,6 +306,11 @@ def validate(cfg: Config) -> None:
         ('train.max_steps', cfg.train.max_steps, cfg.train.max_steps is None or cfg.train.max_steps >= 1),
         ('train.log_every', cfg.train.log_every, cfg.train.log_every >= 1),
         ('train.collapse_images', cfg.train.collapse_images, cfg.train.collapse_images >= 1),
+        ('train.collapse_every', cfg.train.collapse_every, cfg.train.collapse_every >= 0),
+        ('train.collapse_threshold', cfg.train.collapse_threshold, 0 < cfg.train.collapse_threshold <= 1),
+        ('train.collapse_permutations', cfg.train.collapse_permutations, cfg.train.collapse_permutations >= 1),
+        ('train.cosine_reg', cfg.train.cosine_reg, cfg.train.cosine_reg >= 0),
+        ('train.cosine_reg_blocks', cfg.train.cosine_reg_blocks, cfg.train.cosine_reg_blocks >= 1),
         ('data.num_workers', cfg.data.num_workers, cfg.data.num_workers >= 0),
         ('data.reprob', cfg.data.reprob, 0 <= cfg.data.reprob <= 1),
         ('data.hflip', cfg.data.hflip, 0 <= cfg.data.hflip <= 1),
@@ -313,13 +328,13 @@ def model_overrides(cfg: ModelConfig) -> Dict[str, Any]:
         value = getattr(cfg, f.name)
         if f.name == 'name' or value is None:
             continue
-        if f.name == 'reattn_blocks':
-            value = _parse_reattn_blocks(value)
+        if f.name in ('reattn_blocks', 'talkinghead_blocks'):
+            value = _parse_blocks(f'model.{f.name}', value)
         out[f.name] = value
     return out
 
 
-def _parse_reattn_blocks(value: str) -> Union[str, int, List[int]]:
+def _parse_blocks(key: str, value: str) -> Union[str, int, List[int]]:
     text = str(value).strip()
     if text in ('all', 'none'):
         return text
@@ -328,7 +343,7 @@ def _parse_reattn_blocks(value: str) -> Union[str, int, List[int]]:
             return [int(v) for v in text.split(',') if v.strip()]
         return int(text)
     except ValueError:
-        raise ConfigError(f"model.reattn_blocks must be 'all', 'none', an int or a comma list, got {value!r}") from None
+        raise ConfigError(f"{key} must be 'all', 'none', an int or a comma list, got {value!r}") from None
 
 
 def flatten(obj: Any, prefix: str = '') -> Dict[str, Any]:

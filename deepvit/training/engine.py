@@ -36,13 +36,16 @@ class EpochResult:
 def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device, dtype: torch.dtype,
                     scheduler, mixup_fn=None, start_batch: int = 0, control: StepControl = StepControl(),
                     log_every: int = 10, on_log: Callable[[Dict[str, float], int], None] = lambda m, s: None,
-                    progress=None) -> EpochResult:
+                    progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None) -> EpochResult:
     """Train over ``loader`` from micro-batch ``start_batch`` until it ends, a stop is requested or the budget is spent.
 
     Per micro-batch: optional Mixup/CutMix, forward in ``dtype``, loss in fp32, ``engine.backward``/``engine.step``
     (DeepSpeed handles accumulation, clipping and ZeRO). After each optimizer step the per-step schedule is applied
     (``scheduler.step_update(global_step)``) and the mean loss over ranks and a stop flag are all-reduced, so every
     rank sees the same NaN and the same stop decision at the same step.
+
+    ``regularizer``: a callable giving a penalty added to the loss after each forward (e.g.
+    :class:`deepvit.training.regularizers.CosineRegularizer`).
 
     Raises:
         NonFiniteLossError: the all-rank mean loss is NaN or infinite.
@@ -64,6 +67,8 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
             targets = labels
         logits = engine(images.to(dtype))
         loss = criterion(logits.float(), targets)
+        if regularizer is not None:
+            loss = loss + regularizer()
         engine.backward(loss)
         boundary = engine.is_gradient_accumulation_boundary()
         engine.step()
@@ -120,20 +125,28 @@ def _log_window(engine, loss_total: float, steps: int, seconds: float, samples_p
 
 
 @torch.no_grad()
-def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtype) -> Dict[str, float]:
+def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtype,
+             per_sample: bool = False):
     """Top-1/top-5 accuracy (percent) and mean cross-entropy over every sample of a rank-sharded split.
 
     Labels < 0 mark padding samples (added so that every rank runs the same number of forward passes, which
     ZeRO-3 needs); they are excluded. Sums are all-reduced, so the result is over exactly the split's samples
     whatever the world size; ``val/num_samples`` reports how many were counted.
+
+    With ``per_sample=True`` returns ``(metrics, correct)``: ``correct`` is this rank's (n,) int8 tensor in loader
+    order, 1/0 for a right/wrong top-1 and -1 for a padding position (see :func:`gather_correct`).
     """
     model.eval()
     loss_sum = top1 = top5 = count = 0.0
+    flags = []
     for images, labels in loader:
         images = images.to(device, non_blocking=True).to(dtype)
         labels = labels.to(device, non_blocking=True)
         logits = model(images).float()
         keep = labels >= 0
+        if per_sample:
+            right = logits.argmax(dim=1).eq(labels).to(torch.int8)
+            flags.append(torch.where(keep, right, torch.full_like(right, -1)).cpu())
         if not bool(keep.any()):
             continue
         logits, labels = logits[keep], labels[keep]
@@ -148,6 +161,27 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
     n = float(total[3])
     model.train()
     if n == 0:
-        return {'val/loss': float('nan'), 'val/top1': float('nan'), 'val/top5': float('nan'), 'val/num_samples': 0.0}
-    return {'val/loss': float(total[0]) / n, 'val/top1': 100.0 * float(total[1]) / n,
-            'val/top5': 100.0 * float(total[2]) / n, 'val/num_samples': n}
+        metrics = {'val/loss': float('nan'), 'val/top1': float('nan'), 'val/top5': float('nan'),
+                   'val/num_samples': 0.0}
+    else:
+        metrics = {'val/loss': float(total[0]) / n, 'val/top1': 100.0 * float(total[1]) / n,
+                   'val/top5': 100.0 * float(total[2]) / n, 'val/num_samples': n}
+    if per_sample:
+        return metrics, (torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
+    return metrics
+
+
+def gather_correct(correct: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's per-position correctness (:func:`evaluate`), concatenated rank-major (collective).
+
+    With ``pad=True`` loaders every rank holds the same number of positions, so this is one ``all_gather``. For
+    one rank the order is the split's reading order, the same for every run on the same shards, world size and
+    ``data.num_workers`` — which is what lets the analysis resample test images across paired runs.
+    """
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return correct
+    world = torch.distributed.get_world_size()
+    local = correct.to(device=device, dtype=torch.int32)
+    parts = [torch.empty_like(local) for _ in range(world)]
+    torch.distributed.all_gather(parts, local)
+    return torch.cat([p.cpu() for p in parts]).to(torch.int8)

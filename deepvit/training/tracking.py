@@ -69,17 +69,7 @@ class MlflowTracker(NullTracker):
         self._logged_params = set(self.client.get_run(self.run_id).data.params)
 
     def _experiment_id(self, name: str) -> str:
-        """Get or create the experiment; jobs starting together (a sweep, a job array) may race to create it."""
-        exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        try:
-            return self.client.create_experiment(name)
-        except Exception:  # another job created it first (unique-name violation); use theirs
-            exp = self.client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-            return exp.experiment_id
+        return get_or_create_experiment(self.client, name, self.uri)
 
     def log_params(self, params: Dict[str, Any]) -> None:
         """Log params not yet on the run (MLflow params are immutable: a resumed run keeps its first values)."""
@@ -127,6 +117,61 @@ class MlflowTracker(NullTracker):
 
     def end(self, status: str = 'FINISHED') -> None:
         self.client.set_terminated(self.run_id, status=status)
+
+
+def sqlite_path(uri: str) -> Optional[str]:
+    """The database path of a ``sqlite:///PATH`` URI as written (relative or absolute), else ``None``."""
+    if not uri.startswith('sqlite:///'):
+        return None
+    return uri[len('sqlite:///'):].split('?', 1)[0]
+
+
+def artifact_root(uri: str) -> Optional[str]:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``artifacts/`` beside the database file, as a
+    path relative to the working directory when the URI's path is relative (so a store folder holding the database
+    and its artifacts can be moved or committed whole), else absolute. ``None`` for other stores (their default)."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None
+    return os.path.join(os.path.dirname(path) or '.', 'artifacts')
+
+
+def get_or_create_experiment(client, name: str, uri: str) -> str:
+    """The id of experiment ``name``, created if missing with :func:`artifact_root` as its artifact location.
+
+    Jobs starting together (a sweep, a job array) may race to create it: the loser uses the winner's. MLflow makes a
+    relative artifact location absolute; for a relative SQLite URI it is set back to the relative path (one SQL
+    update of the experiment's row), so nothing in the store names this machine's directories.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root(uri)
+    try:
+        exp_id = client.create_experiment(name, artifact_location=root and os.path.join(root, '{id}'))
+    except Exception:  # another job created it first (unique-name violation); use theirs
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+    if root is not None:  # '{id}' was a placeholder: MLflow assigns the id inside create_experiment
+        relative = not os.path.isabs(sqlite_path(uri))
+        location = os.path.join(root, exp_id)
+        _set_artifact_location(uri, exp_id, location if relative else os.path.abspath(location))
+        if relative:  # MLflow's own 'Default' experiment (id 0) got an absolute ./mlruns/0 when the store was made
+            _set_artifact_location(uri, '0', os.path.join(root, '0'))
+    return exp_id
+
+
+def _set_artifact_location(uri: str, experiment_id: str, location: str) -> None:
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text('UPDATE experiments SET artifact_location = :loc WHERE experiment_id = :id'),
+                         {'loc': location, 'id': int(experiment_id)})
+    finally:
+        engine.dispose()
 
 
 def create_tracker(rank: int, **kwargs) -> NullTracker:

@@ -66,6 +66,10 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     for what, shards in (('train', train_shards), ('val', val_shards)):
         if shards.num_samples == 0:
             raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
+    if val_shards.num_samples is not None and val_shards.num_samples < cfg.train.collapse_images:
+        raise ConfigError(f"train.collapse_images={cfg.train.collapse_images}: the collapse probe needs that many "
+                          f"validation images, but split {val_shards.split!r} of {cfg.data.source!r} has "
+                          f"{val_shards.num_samples}; lower train.collapse_images")
     kwargs = model_overrides(cfg.model)
     classes = train_shards.classes
     if cfg.model.num_classes is None:
@@ -126,7 +130,8 @@ def _device(local_rank: int) -> torch.device:
     return torch.device('cpu')
 
 
-def _build_loaders(plan: Plan, device: torch.device, mixup_fn):
+def _build_loaders(plan: Plan, model, mixup_fn):
+    from ..collapse import probe_chunk_size
     from ..data import create_loader
     cfg, kwargs = plan.cfg, plan.model_kwargs
     img_size = int(kwargs['img_size'] if isinstance(kwargs['img_size'], int) else kwargs['img_size'][0])
@@ -140,7 +145,9 @@ def _build_loaders(plan: Plan, device: torch.device, mixup_fn):
                           auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn, **common)
     val = create_loader(cfg.data.source, cfg.data.val_split, batch_size=plan.ds.micro_batch_size, train=False,
                         pad=True, **common)
-    probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=cfg.train.collapse_images, train=False,
+    chunk = min(cfg.train.collapse_images, probe_chunk_size(model.model_cfg['depth'], model.model_cfg['num_heads'],
+                                                            model.patch_embed.num_patches + model.num_prefix_tokens))
+    probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=chunk, train=False,
                           **dict(common, rank=0, world_size=1, num_workers=0))
     return train, val, probe
 
@@ -163,7 +170,9 @@ def run(plan: Plan) -> int:
 
     from ..data import create_mixup
     from ..models import count_params, gmacs_per_image
-    from .collapse_report import collapse_report, similarity_figure
+    from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
+    from .engine import gather_correct
+    from .regularizers import CosineRegularizer
     from .tracking import create_tracker
 
     cfg, ds, rank, world = plan.cfg, plan.ds, plan.rank, plan.world_size
@@ -194,7 +203,7 @@ def run(plan: Plan) -> int:
                             prob=cfg.train.mixup_prob, switch_prob=cfg.train.mixup_switch_prob,
                             label_smoothing=cfg.train.label_smoothing) \
         if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) else None
-    train_loader, val_loader, probe_loader = _build_loaders(plan, device, mixup_fn)
+    train_loader, val_loader, probe_loader = _build_loaders(plan, model, mixup_fn)
     if mixup_fn is not None:
         criterion = SoftTargetCrossEntropy()
     elif cfg.train.label_smoothing > 0:
@@ -222,7 +231,8 @@ def run(plan: Plan) -> int:
 
     # ---- tracking (rank 0)
     family = model.family
-    tags = {'family': family, 'deepvit.kind': 'train'}
+    remedy = getattr(model, 'remedy', family) + ('+cosreg' if cfg.train.cosine_reg > 0 else '')
+    tags = {'family': family, 'remedy': remedy, 'deepvit.kind': 'train'}
     if cfg.log.sweep_id:
         tags['sweep_id'] = cfg.log.sweep_id
     if cfg.log.sweep_point:
@@ -238,7 +248,11 @@ def run(plan: Plan) -> int:
         params.update({f'ds.{k}': v for k, v in flatten(ds.config).items()})
         params.update({'ds.zero_stage': ds.zero_stage, 'ds.global_batch_size': ds.global_batch_size,
                        'world_size': world, 'precision': ds.precision, 'model.params': n_params,
-                       'model.gmacs': round(gmacs, 6), 'model.family': family, 'train.scaled_lr': lr})
+                       'model.gmacs': round(gmacs, 6), 'model.family': family, 'model.remedy': remedy,
+                       'train.scaled_lr': lr, 'collapse.threshold': cfg.train.collapse_threshold,
+                       'collapse.num_images': cfg.train.collapse_images,
+                       'collapse.permutations': cfg.train.collapse_permutations,
+                       'collapse.every_epochs': cfg.train.collapse_every})
         params.update({f'model.resolved.{k}': v for k, v in model.model_cfg.items()})
         tracker.log_params(params)
         tracker.log_text(to_yaml(cfg), 'config.yaml')
@@ -261,7 +275,13 @@ def run(plan: Plan) -> int:
     control = StepControl(stop_requested=preempt, max_steps=cfg.train.max_steps)
     status, exit_code = 'FINISHED', 0
     last_val: Dict[str, float] = {}
+    probe = CollapseProbe(lambda: (x.to(device).to(dtype) for x, _ in probe_loader), cfg.train.collapse_images,
+                          cfg.train.collapse_threshold, cfg.train.collapse_permutations, tracker.log_metrics)
+    regularizer = CosineRegularizer(engine.module, cfg.train.cosine_reg, cfg.train.cosine_reg_blocks) \
+        if cfg.train.cosine_reg > 0 else None
     try:
+        if state is None:  # the initialised model (a resumed run logged it when it started)
+            probe(engine.module, engine.global_steps)
         epoch = start_epoch
         while epoch < cfg.train.epochs:
             if start_batch == 0:
@@ -272,7 +292,7 @@ def run(plan: Plan) -> int:
             t0 = time.perf_counter()
             result = train_one_epoch(engine, train_loader, criterion, device=device, dtype=dtype,
                                      scheduler=scheduler, start_batch=start_batch, control=control,
-                                     log_every=cfg.train.log_every,
+                                     log_every=cfg.train.log_every, regularizer=regularizer,
                                      on_log=lambda m, s: tracker.log_metrics(m, s), progress=bar)
             bar.close()
             position = start_batch + result.batches  # micro-batches of this epoch consumed so far
@@ -287,7 +307,11 @@ def run(plan: Plan) -> int:
                     print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written; resume with --resume", flush=True)
                 break
             average_buffers(engine.module, device)
-            metrics = evaluate(engine, val_loader, device=device, dtype=dtype)
+            last_epoch = complete and epoch + 1 >= cfg.train.epochs
+            metrics, correct = evaluate(engine, val_loader, device=device, dtype=dtype, per_sample=True)
+            correct = gather_correct(correct, device)
+            if rank == 0 and (last_epoch or result.stopped):
+                tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
             skipped = _all_skipped(train_loader, val_loader, device)
             metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
             tracker.log_metrics(metrics, engine.global_steps)
@@ -309,24 +333,30 @@ def run(plan: Plan) -> int:
                 break
             if result.stopped:  # step budget spent
                 break
+            every = cfg.train.collapse_every
+            if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
+                probe(engine.module, engine.global_steps)
             epoch += 1
 
         if status == 'FINISHED':
-            images, _ = next(iter(probe_loader))
-            report = collapse_report(engine.module, images.to(device).to(dtype))
+            final = probe(engine.module, engine.global_steps)
+            report = final.summary()
             peaks = _peak_memory_per_rank(device, world)
             if rank == 0:
-                _log_collapse(tracker, report, engine.global_steps, similarity_figure)
+                log_collapse_artifacts(tracker, final, similarity_figure)
                 tracker.log_metrics({f'system/peak_memory_mib/rank{r}': m for r, m in enumerate(peaks)},
                                     engine.global_steps)
                 print(f"[deepvit] peak memory per rank (MiB, {'GPU allocated' if device.type == 'cuda' else 'RSS'}): "
                       f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
                 tag = latest_tag(ckpt_dir)
                 export = export_fp32(ckpt_dir, tag, out_dir / EXPORT_FILE)
-                tracker.log_params({'export.path': str(export)})
+                tracker.log_params({'export.path': _display_path(export)})
                 print(f"[deepvit] done: val top1 {last_val.get('val/top1', float('nan')):.2f} | similar blocks "
-                      f"softmax {report['similar_blocks_softmax']} mixed {report['similar_blocks_mixed']} | "
-                      f"weights {export}", flush=True)
+                      f"(paper / calibrated) softmax {report['similar_blocks_softmax']} / "
+                      f"{report['calibrated_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
+                      f"{report['calibrated_similar_blocks_mixed']} | effective keys softmax "
+                      f"{report['effective_keys_softmax']:.1f} | {probe.count} collapse probes took "
+                      f"{probe.seconds:.1f} s | weights {export}", flush=True)
             if is_dist():
                 torch.distributed.barrier()
     except NonFiniteLossError as err:
@@ -354,10 +384,6 @@ def _peak_memory_per_rank(device: torch.device, world: int):
     return values.tolist()
 
 
-def _budget_spent(control: StepControl, engine) -> bool:
-    return control.max_steps is not None and engine.global_steps >= control.max_steps
-
-
 def _client_state(epoch: int, batch_in_epoch: int, engine, scheduler, run_id, cfg: Config) -> Dict[str, Any]:
     return {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'global_step': engine.global_steps,
             'scheduler': scheduler.state_dict(), 'mlflow_run_id': run_id, 'config': flatten(cfg)}
@@ -367,15 +393,7 @@ def _all_skipped(train_loader, val_loader, device) -> float:
     return float(all_reduce_sum([train_loader.skipped_samples + val_loader.skipped_samples], device)[0])
 
 
-def _log_collapse(tracker, report: Dict[str, Any], step: int, figure_fn) -> None:
-    import matplotlib.pyplot as plt
-    metrics = {}
-    for stage in ('softmax', 'mixed'):
-        metrics[f'collapse/similar_blocks_{stage}'] = report[f'similar_blocks_{stage}']
-        metrics[f'collapse/mean_adjacent_similarity_{stage}'] = report[f'mean_adjacent_similarity_{stage}']
-        sim = report[f'similarity_{stage}']
-        tracker.log_numpy(sim, f'collapse/similarity_{stage}.npy')
-        fig = figure_fn(sim, f'cross-layer similarity ({stage} maps)')
-        tracker.log_figure(fig, f'collapse/similarity_{stage}.png')
-        plt.close(fig)
-    tracker.log_metrics(metrics, step)
+def _display_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it (records stay valid when a folder is moved)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith('..') else rel

@@ -1,0 +1,152 @@
+"""The study statistics of one analysis (paired differences, interaction, saturation intervals, power), from the
+runs table and the runs' per-image correctness artifacts (``eval/correct.npy``), as tables for the report.
+
+Statistics: :mod:`analysis.stats`. This module only chooses what to compute for a study's grid and renders it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import stats
+from .store import load_array
+
+__all__ = ['CORRECT_ARTIFACT', 'load_correct', 'study_statistics', 'statistics_markdown']
+
+CORRECT_ARTIFACT = 'eval/correct.npy'   # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
+
+
+def load_correct(client, frame: pd.DataFrame, progress: bool = True) -> Optional[Dict[str, np.ndarray]]:
+    """Per-image correctness of every finished run, or ``None`` (with the reason printed in the report) when some
+    finished run has none or the runs do not share one image order (different world size, data workers, data
+    source, or padding positions)."""
+    done = frame[frame['status'] == 'FINISHED']
+    if done.empty:
+        return None
+    keys = done[['world_size', 'num_workers', 'data_source']].astype(str).drop_duplicates()
+    if len(keys) > 1:
+        return None
+    arrays, mask = {}, None
+    for run_id in tqdm(done['run_id'], desc='per-image results', unit='run', disable=not progress):
+        a = load_array(client, run_id, CORRECT_ARTIFACT)
+        if a is None:
+            return None
+        valid = a >= 0
+        if mask is not None and (valid.shape != mask.shape or not np.array_equal(valid, mask)):
+            return None
+        mask = valid
+        arrays[run_id] = a
+    return {k: v[mask].astype(np.uint8) for k, v in arrays.items()}
+
+
+def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray]], baseline: str,
+                     n_boot: int = 2000, threshold: float = 0.5) -> Dict:
+    """Everything the report's statistics section shows.
+
+    Args:
+        frame: :func:`analysis.records.runs_frame` (finished runs with a final top-1 are used).
+        correct: :func:`load_correct` (None: the bootstrap resamples seeds only).
+        baseline: the baseline series label (e.g. ``'vit w96/h6'``).
+    Returns:
+        ``{'baseline', 'differences': DataFrame, 'interactions': [dict], 'saturation': [dict], 'power': dict or None,
+        'n_images': int or None, 'binomial_se': float or None, 'images_resampled': bool}``.
+    """
+    runs = stats.from_runs_frame(frame, metric='final')
+    out = {'baseline': baseline, 'differences': pd.DataFrame(), 'interactions': [], 'saturation': [],
+           'power': None, 'images_resampled': correct is not None, 'n_images': None, 'binomial_se': None,
+           'skipped': None}
+    if runs.duplicated(['series', 'depth', 'seed']).any():
+        out['skipped'] = ('more than one finished run per (series, depth, seed): the runs cannot be paired; '
+                          'analyse one sweep (--sweep ID)')
+        return out
+    if runs.empty or baseline not in set(runs['series']):
+        out['skipped'] = f'no finished run of the baseline series {baseline!r}'
+        return out
+    if correct is not None:
+        out['n_images'] = int(len(next(iter(correct.values()))))
+        out['binomial_se'] = stats.binomial_se(float(runs['top1'].median()), out['n_images'])
+    out['differences'] = stats.paired_differences(runs, baseline, correct=correct, n_boot=n_boot)
+    sds = []
+    for series in dict.fromkeys(runs['series']):
+        if series == baseline:
+            continue
+        common = set(runs.loc[runs['series'] == series, 'depth']) & set(runs.loc[runs['series'] == baseline, 'depth'])
+        if len(common) >= 2:
+            inter = stats.interaction(runs, series, baseline, correct=correct, n_boot=n_boot)
+            out['interactions'].append(inter)
+            if inter['n'] >= 2 and not math.isnan(inter['sd']):
+                sds.append((inter['sd'], inter['n']))
+    for series in dict.fromkeys(runs['series']):
+        if runs.loc[runs['series'] == series, 'depth'].nunique() >= 2:
+            out['saturation'].append(stats.saturation_bootstrap(runs, series, threshold, correct=correct,
+                                                                n_boot=n_boot))
+    if sds:
+        sd = float(np.sqrt(np.mean([s ** 2 for s, _ in sds])))      # pooled over the interactions measured
+        n = int(min(n for _, n in sds))
+        out['power'] = stats.resolution(sd, n, half_width=1.0)
+    return out
+
+
+def _f(x, fmt='+.2f') -> str:
+    return '—' if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+
+def statistics_markdown(result: Dict) -> List[str]:
+    """The report's statistics section (Markdown lines)."""
+    base = result['baseline']
+    if result['skipped']:
+        return ['## Statistics', '', f"Not computed: {result['skipped']}."]
+    lines = ['## Paired differences against the baseline', '',
+             f'Baseline `{base}`. Final-epoch top-1, difference = series − baseline at the same depth and seed '
+             '(seeds are paired: same shared initial weights, same data order). t: 95 % Student t interval over seeds; '
+             'bootstrap: 95 % percentile interval resampling seeds' +
+             (' and test images (the same images for both members of a pair)' if result['images_resampled']
+              else ' only (no per-image results for every run)') +
+             '. "resolved": the t interval excludes 0.']
+    if result['binomial_se'] is not None:
+        lines += ['', f"One run's top-1 carries a test-sampling standard error of ~{result['binomial_se']:.2f} pp "
+                      f"({result['n_images']} test images)."]
+    diffs = result['differences']
+    if len(diffs):
+        lines += ['', '| series | depth | pairs | mean diff (pp) | sd | t interval | bootstrap interval | resolved |',
+                  '|---|---:|---:|---:|---:|---|---|---|']
+        for r in diffs.itertuples(index=False):
+            lines.append(f'| {r.series} | {r.depth} | {r.n_pairs} | {_f(r.mean_diff)} | {_f(r.sd_diff, ".2f")} '
+                         f'| [{_f(r.t_low)}, {_f(r.t_high)}] | [{_f(r.boot_low)}, {_f(r.boot_high)}] '
+                         f'| {"yes" if r.resolved else "no"} |')
+    lines += ['', '## Depth interaction', '',
+              'I = [m(d_hi) − m(d_lo)]_series − [m(d_hi) − m(d_lo)]_baseline: how much more the series gains from '
+              'the shallowest to the deepest depth than the baseline (paper claim for Re-attention: I > 0).', '']
+    if result['interactions']:
+        lines += ['| series | d_lo → d_hi | seeds | I (pp) | sd | t interval | bootstrap interval | resolved |',
+                  '|---|---|---:|---:|---:|---|---|---|']
+        for i in result['interactions']:
+            lines.append(f"| {i['series']} | {i['d_lo']} → {i['d_hi']} | {i['n']} | {_f(i['mean'])} "
+                         f"| {_f(i['sd'], '.2f')} | [{_f(i['t_low'])}, {_f(i['t_high'])}] "
+                         f"| [{_f(i['boot_low'])}, {_f(i['boot_high'])}] | {'yes' if i['resolved'] else 'no'} |")
+    else:
+        lines.append('No series shares two depths with the baseline yet.')
+    lines += ['', '## Saturation depth with a bootstrap interval', '',
+              'Point: the saturation rule on the mean curve; interval: 95 % of bootstrap replicates (seeds and '
+              'images resampled); ">d" = still improving beyond the deepest depth measured.', '',
+              '| series | point | interval | distribution | seeds |', '|---|---:|---|---|---:|']
+    for s in result['saturation']:
+        dist = ', '.join(f'{k}: {v:.0%}' for k, v in s['distribution'].items())
+        point = s['point'] if s['point'] is not None else f">{s['dmax']}"
+        interval = '—' if s['low'] is None else f"[{s['low']}, {s['high']}]"
+        lines.append(f"| {s['series']} | {point} | {interval} | {dist} | {s['n_seeds']} |")
+    lines += ['', '## Power', '']
+    p = result['power']
+    if p is None:
+        lines.append('Not estimable yet: no interaction with at least two seeds.')
+    else:
+        need = p['seeds_needed']
+        lines.append(f"Per-seed sd of the interaction (pooled): {p['sd']:.2f} pp. With {p['n']} seeds the 95 % t "
+                     f"half-width is {p['half_width_now']:.2f} pp and the smallest interaction detectable with 80 % "
+                     f"power is {p['detectable_effect']:.2f} pp. A 1-point interaction (95 % half-width ≤ 1 pp) needs "
+                     + (f'{need} seeds.' if need is not None else 'more than 1000 seeds at this spread.'))
+    return lines

@@ -1,0 +1,205 @@
+"""Remedies for attention collapse that run in the same harness as Re-attention, and the paired-seed random streams.
+
+* LayerScale (Touvron et al., 2021, "Going deeper with Image Transformers" (CaiT), arXiv 2103.17239, the LayerScale
+  paragraph): a learnable per-channel scale on the output of every residual branch, initialised to a small ε. It is
+  timm's own :class:`timm.layers.LayerScale` through the Block's ``init_values`` (``ls1``/``ls2.gamma``); only the
+  depth rule for ε, :func:`cait_init_values`, lives here.
+* Talking-heads attention (Shazeer et al., 2020, "Talking-Heads Attention", arXiv 2003.02436, Sec. 4): learned H×H
+  mixings across heads of the attention logits before the softmax and of the attention weights after it, as timm's
+  ``timm/models/cait.py::TalkingHeadAttn`` (``proj_l``, ``proj_w``): :class:`TalkingHeadAttention`, :class:`HeadMix`.
+
+Paired seeds. A remedy must not change the shared weights (patch embedding, position embedding, class token, qkv,
+proj, MLPs, norms, head) that the same seed gives the ViT, nor the global RNG state that data order and dropout draw
+from afterwards. Remedy tensors therefore never draw from the global torch RNG: a random init draws from a private
+CPU generator, :func:`remedy_generator`, seeded from ``torch.initial_seed()``, a stream name and the block index
+(so blocks differ, seeds differ, and the same seed gives the same tensors on every device and dtype), and the
+modules have their own ``init_weights`` that timm's ``init_weights_vit_timm`` calls instead of re-drawing them as
+``nn.Linear`` layers (``tests/test_remedies.py``).
+"""
+import hashlib
+import torch
+import torch.nn as nn
+
+from .attention import Attention
+
+__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'HeadMix', 'TalkingHeadAttention', 'cait_init_values',
+           'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
+
+REATTN_THETAS = ('learned', 'fixed')
+TALKINGHEAD_INITS = ('identity', 'trunc_normal')
+
+
+def cait_init_values(depth: int) -> float:
+    """LayerScale's initial ε for a network of ``depth`` blocks, CaiT's rule (arXiv 2103.17239, LayerScale paragraph).
+
+    The paper: "ε = 0.1 until depth 18, ε = 10⁻⁵ for depth 24 and ε = 10⁻⁶ for deeper networks" (timm's
+    ``cait.py`` variants: 1e-5 at depth 24, 1e-6 at depth 36/48). Depths 19-23, which the paper does not name, get
+    the depth-24 value.
+
+    Raises:
+        ValueError: ``depth`` is not an integer >= 1.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if depth <= 18:
+        return 0.1
+    if depth <= 24:
+        return 1e-5
+    return 1e-6
+
+
+def remedy_generator(stream: str, index: int = 0) -> torch.Generator:
+    """A CPU generator private to one remedy tensor, seeded from ``torch.initial_seed()``, ``stream`` and ``index``.
+
+    Building it reads the global generator's initial seed and never advances the global generator. The 64-bit
+    seed is a BLAKE2b hash of the three values, so it is the same in every process and differs between streams,
+    blocks and global seeds.
+    """
+    digest = hashlib.blake2b(f'{torch.initial_seed()}/{stream}/{index}'.encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, 'little') & ((1 << 63) - 1))
+
+
+@torch.no_grad()
+def remedy_uniform_(tensor: torch.Tensor, bound: float, stream: str, index: int = 0) -> torch.Tensor:
+    """Fill ``tensor`` in place with U(-bound, bound) from :func:`remedy_generator` (drawn on CPU in float32, then
+    copied, so the values do not depend on the tensor's device or dtype). Returns ``tensor``."""
+    values = torch.empty(tensor.shape, dtype=torch.float32)
+    values.uniform_(-bound, bound, generator=remedy_generator(stream, index))
+    return tensor.copy_(values)
+
+
+@torch.no_grad()
+def remedy_trunc_normal_(tensor: torch.Tensor, std: float, stream: str, index: int = 0) -> torch.Tensor:
+    """Fill ``tensor`` in place with timm's ``trunc_normal_(std=std)`` (N(0, std²) cut at ±2, absolute) from
+    :func:`remedy_generator`, drawn on CPU in float32. Returns ``tensor``."""
+    values = torch.empty(tensor.shape, dtype=torch.float32)
+    nn.init.trunc_normal_(values, std=std, a=-2., b=2., generator=remedy_generator(stream, index))
+    return tensor.copy_(values)
+
+
+class HeadMix(nn.Module):
+    """A learned mixing of the head axis of attention logits or maps: (B, H, N, M) → (B, H, N, M), same dtype.
+
+    ``out[:, h] = Σ_g weight[h, g] · x[:, g] + bias[h]``, i.e. an ``nn.Linear(H, H)`` applied to the head axis, as
+    timm's ``cait.py::TalkingHeadAttn`` applies ``proj_l``/``proj_w`` to the permuted maps (same parameter names and
+    shapes: ``weight`` (H_out, H_in), ``bias`` (H,)). Computed as one ``baddbmm``/``bmm`` over the flattened maps.
+
+    Args:
+        num_heads: H.
+        bias: add a learned per-head bias (zero-initialised).
+        init: ``'identity'``: weight = I (the mixing starts as a no-op); ``'trunc_normal'``: weight ~ timm's
+            ``trunc_normal_(std=.02)``, the init timm's CaiT gives every ``nn.Linear`` including these, drawn from
+            :func:`remedy_generator` (stream ``stream``, index ``index``) instead of the global RNG.
+        stream, index: the private random stream (used by ``'trunc_normal'`` only).
+
+    Raises:
+        ValueError: ``num_heads < 1`` or unknown ``init``.
+    """
+
+    def __init__(
+            self,
+            num_heads: int,
+            bias: bool = True,
+            init: str = 'identity',
+            stream: str = 'talkinghead',
+            index: int = 0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
+        if init not in TALKINGHEAD_INITS:
+            raise ValueError(f"talkinghead_init must be one of {TALKINGHEAD_INITS}, got {init!r}")
+        dd = {'device': device, 'dtype': dtype}
+        self.num_heads = num_heads
+        self.init_type = init
+        self.stream = stream
+        self.index = index
+        self.weight = nn.Parameter(torch.empty(num_heads, num_heads, **dd))
+        self.bias = nn.Parameter(torch.empty(num_heads, **dd)) if bias else None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise as ``init`` says, without touching the global RNG (timm's ViT init calls this)."""
+        if self.init_type == 'identity':
+            self.weight.copy_(torch.eye(self.num_heads))
+        else:
+            remedy_trunc_normal_(self.weight, .02, self.stream, self.index)
+        if self.bias is not None:
+            self.bias.zero_()
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, bias={self.bias is not None}, init={self.init_type!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, N, M = x.shape
+        flat = x.reshape(B, H, N * M)
+        weight = self.weight.expand(B, H, H)
+        if self.bias is None:
+            out = torch.bmm(weight, flat)
+        else:
+            out = torch.baddbmm(self.bias.view(1, H, 1), weight, flat)
+        return out.view(B, H, N, M)
+
+
+class TalkingHeadAttention(Attention):
+    """Talking-heads attention: our :class:`~deepvit.models.attention.Attention` with H×H head mixings
+    ``proj_l`` on the logits (before the mask and the softmax) and ``proj_w`` on the softmax weights.
+
+        a = drop(proj_w(softmax(proj_l(q kᵀ / sqrt(D)))));   out = a v
+
+    as timm's ``cait.py::TalkingHeadAttn`` (attention dropout after ``proj_w``) and Shazeer et al. 2020, Sec. 4.
+    Parameter names are timm's Attention's plus ``proj_l.weight``, ``proj_w.weight``, ``proj_w.bias`` (those of
+    timm's CaiT), so a ViT state dict loads with only these missing. Always takes the explicit path. Probe:
+    ``maps['softmax']`` is the softmax output (after the logit mixing), ``maps['mixed']`` the map that weights ``v``
+    (after the weight mixing); neither is a distribution over keys in general once ``proj_w`` has moved.
+
+    Init: identity weights and a zero bias by default, so the layer starts as exactly plain attention and the model
+    as exactly the ViT of the same seed (its shared weights are bitwise the ViT's); the remedy is then only what
+    training learns, which is what a paired comparison needs. timm's CaiT init (``trunc_normal_(std=.02)``, the
+    generic init of every ``nn.Linear``) is available as ``talkinghead_init='trunc_normal'``: at that init the mixed
+    logits and the mixed weights are of order 0.02·sqrt(H) times the unmixed ones, so the attention starts
+    near-uniform and the attention branch near zero.
+
+    Difference from timm's CaiT: ``proj_l`` has no bias. A per-head constant added to the logits is constant along
+    the key axis, so the softmax removes it: in ``TalkingHeadAttn`` those H parameters per block have no effect and
+    a zero gradient (the reasoning behind the dropped bias of Θ in
+    :class:`~deepvit.models.reattention.ReAttentionMix`).
+
+    Args:
+        dim, num_heads, **kwargs: as timm's :class:`timm.layers.Attention`.
+        talkinghead_init: ``'identity'`` (default) or ``'trunc_normal'``, see above.
+        block_index: the block's index, selecting the private random stream of a random init.
+
+    Raises:
+        ValueError: unknown ``talkinghead_init``.
+    """
+
+    uses_talking_heads = True
+    dropout_before_mix = False
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            talkinghead_init: str = 'identity',
+            block_index: int = 0,
+            device=None,
+            dtype=None,
+            **kwargs,
+    ) -> None:
+        super().__init__(dim, num_heads=num_heads, device=device, dtype=dtype, **kwargs)
+        dd = {'device': device, 'dtype': dtype}
+        self.proj_l = HeadMix(num_heads, bias=False, init=talkinghead_init, stream='talkinghead.proj_l',
+                              index=block_index, **dd)
+        self.proj_w = HeadMix(num_heads, bias=True, init=talkinghead_init, stream='talkinghead.proj_w',
+                              index=block_index, **dd)
+
+    def mix_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.proj_l(logits)
+
+    def mix_maps(self, attn: torch.Tensor) -> torch.Tensor:
+        return self.proj_w(attn)
+
