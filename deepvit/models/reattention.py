@@ -307,8 +307,8 @@ class _FoldedBatchNormMix(torch.autograd.Function):
     The statistics mean(a), E[a aᵀ] and the gradient's (H, H) sums Σ g aᵀ, Σ g are accumulated in float32
     (float64 if any input is float64; :func:`_gram`), the fold and its derivative run in that precision, and only
     the map-sized products (the output, the gradient of ``a``) run in ``a``'s dtype, with the mixer and shift
-    rounded to it so as to keep each head's mean (:func:`_round_fold`). Gradients come back in each input's own dtype; inputs that do not require grad (a fixed
-    Θ, a non-affine BatchNorm's ones/zeros) get none computed.
+    rounded to it so as to keep each head's mean (:func:`_round_fold`). Gradients come back in each input's own
+    dtype; inputs that do not require grad (a fixed Θ, a non-affine BatchNorm's ones/zeros) get none computed.
 
     Autocast: both passes run with autocast disabled on ``a``'s device and cast explicitly, so an enclosing
     ``torch.autocast`` (CPU or CUDA) cannot re-cast the statistics or the fold math to bf16/fp16; the caller

@@ -350,7 +350,7 @@ def run(plan: Plan) -> int:
                       f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
                 tag = latest_tag(ckpt_dir)
                 export = export_fp32(ckpt_dir, tag, out_dir / EXPORT_FILE)
-                tracker.log_params({'export.path': _display_path(export)})
+                tracker.log_params({'export.path': _display_path(Path(cfg.output_dir) / EXPORT_FILE)})
                 print(f"[deepvit] done: val top1 {last_val.get('val/top1', float('nan')):.2f} | similar blocks "
                       f"(paper / calibrated) softmax {report['similar_blocks_softmax']} / "
                       f"{report['calibrated_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
@@ -394,6 +394,9 @@ def _all_skipped(train_loader, val_loader, device) -> float:
 
 
 def _display_path(path: Path) -> str:
-    """``path`` relative to the working directory when inside it (records stay valid when a folder is moved)."""
+    """``path`` as the user gave it when relative, else relative to the working directory when inside it (records
+    stay valid when a folder is moved), else absolute."""
+    if not path.is_absolute():
+        return path.as_posix()
     rel = os.path.relpath(path)
     return str(path) if rel.startswith('..') else rel
