@@ -14,6 +14,7 @@
 # Recipe and the measurements behind its size: launch/configs/cifar10_study.yaml. Run from anywhere; paths in the
 # record are relative to the repository root, so docs/study/ opens from any checkout:
 #   mlflow ui --backend-store-uri sqlite:///docs/study/mlflow.db
+# STUDY_LAUNCHER_ARGS: more deepspeed launcher flags for every point (e.g. "--master_port 29650").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 SRC=../shared/data/cifar10
@@ -60,7 +61,7 @@ sweep() {  # sweep ID FAMILIES DEPTHS
         (( left > 0 )) || { echo "study: time budget spent; rerun the same command to continue"; exit 143; }
     fi
     local cmd=("$PY" launch/sweep.py --experiment "$EXPERIMENT" --sweep-id "$1" --families "$2" --depths "$3"
-               --widths 96:6 --seeds 0,1,2 --num-gpus 1 --ds-config "$DS"
+               --widths 96:6 --seeds 0,1,2 --num-gpus 1 --ds-config "$DS" --launcher-args "${STUDY_LAUNCHER_ARGS:-}"
                -- --config "$CONFIG" --data "$DATA" --output-dir "runs/study/$1")
     local rc=0
     if [[ -n "$left" ]]; then timeout --signal=TERM --kill-after=300 "$left" "${cmd[@]}" || rc=$?
