@@ -5,6 +5,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
+
 _BASE = Path(tempfile.mkdtemp(prefix='deepvit-tests-'))
 
 
@@ -15,3 +17,13 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     shutil.rmtree(_BASE, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def store_template(tmp_path_factory):
+    """One migrated SQLite store per session (migrations take seconds); tests copy the file."""
+    from mlflow_runs import create_store
+    path = tmp_path_factory.getbasetemp() / 'mlflow_template.db'
+    if not path.exists():
+        create_store(path)
+    return path

@@ -33,7 +33,8 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
                      parent_run_id: Optional[str] = None, n_params: Optional[int] = None,
                      gmacs: Optional[float] = None, similar_blocks: Optional[Dict[str, float]] = None,
                      similarity: Optional[Dict[str, np.ndarray]] = None,
-                     extra_params: Optional[Dict[str, object]] = None) -> str:
+                     extra_params: Optional[Dict[str, object]] = None,
+                     correct: Optional[np.ndarray] = None) -> str:
     """Log one training run as ``launch/train.py`` would and return its run id.
 
     Args:
@@ -45,6 +46,7 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
         similar_blocks: ``{'softmax': n, 'mixed': n}`` -> ``collapse/similar_blocks_<stage>`` metrics.
         similarity: ``{'softmax': (L, L) array, ...}`` -> ``collapse/similarity_<stage>.npy`` artifacts.
         extra_params: more params (dotted keys).
+        correct: per-image correctness of the final evaluation -> ``eval/correct.npy`` (int8).
     """
     model = f'{family}_tiny_patch4_32'
     tags = {'family': family, 'deepvit.kind': 'train'}
@@ -69,6 +71,10 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
             path = Path(tmp) / f'similarity_{stage}.npy'
             np.save(path, np.asarray(m, dtype=np.float64))
             client.log_artifact(rid, str(path), artifact_path='collapse')
+        if correct is not None:
+            path = Path(tmp) / 'correct.npy'
+            np.save(path, np.asarray(correct, dtype=np.int8))
+            client.log_artifact(rid, str(path), artifact_path='eval')
     if status != 'RUNNING':
         client.set_terminated(rid, status=status)
     return rid

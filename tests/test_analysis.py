@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from analysis import AnalysisError, analyze, saturation_depth
 from analysis.store import open_store
-from mlflow_runs import create_store, log_training_run
+from mlflow_runs import log_training_run
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP = 'abc12345'
@@ -22,15 +22,6 @@ WIDTH = dict(embed_dim=32, num_heads=2)
 # best val/top1 per (family, depth) and seed; each run's curve is [best - 5, best, best - 1], so final = best - 1
 BEST = {('vit', 2): (60.0, 61.0), ('vit', 4): (70.0, 70.4), ('vit', 8): (70.3, 70.5),
         ('deepvit', 2): (61.0, 62.0), ('deepvit', 4): (72.0, 73.0), ('deepvit', 8): (75.0, 76.0)}
-
-
-@pytest.fixture(scope='session')
-def store_template(tmp_path_factory):
-    """One migrated SQLite store per session (migrations take seconds); tests copy the file."""
-    path = tmp_path_factory.getbasetemp() / 'mlflow_template.db'
-    if not path.exists():
-        create_store(path)
-    return path
 
 
 @pytest.fixture

@@ -176,5 +176,5 @@ def test_counts_rules():
 def test_chunk_size_bounds_memory():
     assert probe_chunk_size(32, 12, 197) == 1
     small = probe_chunk_size(8, 4, 65)
-    assert small == 82
-    assert 2 * 8 * 4 * 65 ** 2 * 4 * 3 * small <= 256 * 2 ** 20
+    assert small == int(256 * 2 ** 20 // (2 * 8 * 4 * 65 ** 2 * 4 * 4))
+    assert 2 * 8 * 4 * 65 ** 2 * 4 * 4 * small <= 256 * 2 ** 20

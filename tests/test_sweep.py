@@ -14,7 +14,6 @@ import pytest
 from mlflow import MlflowClient
 
 from mlflow_runs import log_training_run
-from test_analysis import store_template  # noqa: F401  (the session's migrated store, shared)
 
 REPO = Path(__file__).resolve().parent.parent
 SWEEP_PY = REPO / 'launch' / 'sweep.py'
@@ -201,3 +200,42 @@ def test_point_index_runs_one_point_and_root_is_guarded(tmp_path, env):
     other = drive(GRID[:5] + ['2,4'] + GRID[6:] + ['--', '--output-dir', 'root'], env, tmp_path)
     assert other.returncode == 2
     assert f'holds sweep {plan.sweep_id!r}' in other.stderr and f'--sweep-id {plan.sweep_id}' in other.stderr
+
+
+def test_remedy_families_launch_their_model_and_flags(tmp_path, env):
+    os.remove(tmp_path / 'mlflow.db')
+    res = drive(['--experiment', 'e', '--families', 'vit,layerscale,talkinghead,bn_only,reattn_ln,deepvit_cosreg',
+                 '--depths', '2', '--widths', '96:6', '--num-gpus', '1', '--dry-run'], env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    cmds = {c[c.index('--sweep-point') + 1]: c for c in
+            (shlex.split(ln) for ln in res.stdout.splitlines() if not ln.startswith(('#', 'sweep ')))}
+    def flags(key):
+        c = cmds[key]
+        return c[c.index('--model'):c.index('--depth')]
+    assert flags('vit-d2-w96-h6-s0') == ['--model', 'vit_tiny_patch4_32']
+    assert flags('layerscale-d2-w96-h6-s0') == ['--model', 'layerscale_tiny_patch4_32']
+    assert flags('talkinghead-d2-w96-h6-s0') == ['--model', 'talkinghead_tiny_patch4_32']
+    assert flags('bn_only-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--reattn-init', 'identity',
+                                             '--reattn-theta', 'fixed']
+    assert flags('reattn_ln-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--reattn-norm', 'ln']
+    assert flags('deepvit_cosreg-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--cosine-reg', '0.1']
+
+
+def test_remedy_flags_are_training_flags():
+    """Every flag a remedy family adds is one train.py's parser knows (no drift between the two)."""
+    from deepvit.training import build_parser
+    known = {opt for action in build_parser()._actions for opt in action.option_strings}
+    for family, (model_family, flags) in sweep.REMEDIES.items():
+        assert all(f in known for f in flags[::2]), family
+        assert f'{model_family}_tiny_patch4_32' in __import__('deepvit').models.list_variants()
+
+
+def test_new_store_keeps_artifacts_beside_it_with_relative_paths(tmp_path, env):
+    """A store made with a relative SQLite URI names no directory of this machine and moves as one folder."""
+    env = {**env, 'MLFLOW_TRACKING_URI': 'sqlite:///study/mlflow.db'}
+    res = drive(GRID, env, tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert str(tmp_path) not in (tmp_path / 'study' / 'mlflow.db').read_bytes().decode('latin-1')
+    client = MlflowClient('sqlite:///' + str(tmp_path / 'study' / 'mlflow.db'))
+    assert client.get_experiment_by_name('study').artifact_location == 'study/artifacts/1'
+    assert client.get_experiment('0').artifact_location == 'study/artifacts/0'

@@ -64,6 +64,11 @@ def test_bad_yaml_names_the_field(tmp_path, text, needle):
     (['--lr', 'fast'], "train.lr must be a number, got 'fast'"),
     (['--smoothing', '1.5'], 'train.label_smoothing is out of range: 1.5'),
     (['--data.scale', '0.5'], 'data.scale must be 2 comma-separated numbers'),
+    (['--collapse-every', '-1'], 'train.collapse_every is out of range: -1'),
+    (['--collapse-threshold', '0'], 'train.collapse_threshold is out of range: 0.0'),
+    (['--collapse-threshold', '1.2'], 'train.collapse_threshold is out of range: 1.2'),
+    (['--collapse-permutations', '0'], 'train.collapse_permutations is out of range: 0'),
+    (['--cosine-reg', '-0.1'], 'train.cosine_reg is out of range: -0.1'),
 ])
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError) as err:
@@ -177,6 +182,11 @@ def launch_env(tmp_path, monkeypatch, data_cache):
     (['--deepspeed', ZERO2, '--depth', '2', '--reattn-blocks', '3'], 'reattn_blocks must be between 0 and depth=2'),
     (['--deepspeed', ZERO2, '--data', '/nonexistent/shards'], '/nonexistent/shards'),
     (['--deepspeed', ZERO2, '--data', 'digits', '--train-split', 'test'], "'test'"),
+    (['--deepspeed', ZERO2, '--collapse-images', '400'],
+     "train.collapse_images=400: the collapse probe needs that many validation images, but split 'val' of 'digits' "
+     "has 360"),
+    (['--deepspeed', ZERO2, '--model', 'vit_tiny_patch4_32', '--reattn-norm', 'ln'], 'reattn_norm'),
+    (['--deepspeed', ZERO2, '--reattn-theta', 'fixed'], 'reattn_theta'),
 ])
 def test_launch_script_user_errors(launch_env, capsys, argv, needle):
     assert load_launch_main()(argv) == 2

@@ -22,6 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
         '--data.num_workers', '1']
 DIGITS_VAL = 360
+STAGES = ('softmax', 'mixed')
+COLLAPSE_METRICS = tuple(f'collapse/{name}_{stage}' for stage in STAGES for name in (
+    'similar_blocks', 'calibrated_similar_blocks', 'calibrated_mean_adjacent', 'effective_keys',
+    'similar_blocks_fraction', 'calibrated_similar_adjacent', 'mean_adjacent_similarity'))
+COLLAPSE_ARRAYS = tuple(f'collapse/{stem}_{stage}.npy' for stage in STAGES for stem in (
+    'similarity', 'calibrated', 'centred', 'head_avg', 'null', 'effective_keys'))
 
 
 def free_port() -> int:
@@ -154,16 +160,37 @@ def test_zero_stages_train_and_record(stage, env, references, tmp_path):
                 'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed',
                 'system/peak_memory_mib/rank0', 'system/peak_memory_mib/rank1'):
         assert c.get_metric_history(run.info.run_id, key), key
+    for key in COLLAPSE_METRICS:  # the collapse probe: the initialised model (step 0) and the end (default cadence
+        assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [0, 66], key  # 12 > 3 epochs)
+    assert p['collapse.threshold'] == '0.9' and p['collapse.num_images'] == '256'
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)} | \
-        {a.path for a in c.list_artifacts(run.info.run_id, 'collapse')}
-    for path in ('config.yaml', 'ds_config.json', 'collapse/similarity_softmax.npy', 'collapse/similarity_mixed.npy',
-                 'collapse/similarity_softmax.png', 'collapse/similarity_mixed.png'):
-        assert path in artifacts
+        {a.path for a in c.list_artifacts(run.info.run_id, 'collapse')} | \
+        {a.path for a in c.list_artifacts(run.info.run_id, 'eval')}
+    for path in ('config.yaml', 'ds_config.json', 'collapse/similarity_softmax.png', 'collapse/similarity_mixed.png',
+                 'collapse/calibrated_softmax.png', 'eval/correct.npy') + COLLAPSE_ARRAYS:
+        assert path in artifacts, path
+    correct = np.load(c.download_artifacts(run.info.run_id, 'eval/correct.npy', str(tmp_path)))
+    valid = correct[correct >= 0]
+    assert valid.size == DIGITS_VAL and 100 * valid.mean() == pytest.approx(final_metric(c, run.info.run_id, 'val/top1'))
     sim = np.load(c.download_artifacts(run.info.run_id, 'collapse/similarity_softmax.npy', str(tmp_path)))
     assert sim.shape == (2, 2) and np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
     text = log_of(out)
     assert text.count('[deepvit] epoch 1/3') == 1  # only rank 0 prints
     assert (Path(out) / 'model.safetensors').is_file()
+
+
+def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, references, tmp_path):
+    """A 1-epoch, 1-rank ZeRO-3 run: every collapse metric at step 0 and at the end, and the step-0 numbers equal
+    the 2-rank ZeRO-3 run's of the same seed (same initial weights, same probe images, every rank probing)."""
+    two = references(3)
+    one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', ds='zero3.json', num_gpus=1)
+    c = client(env)
+    steps_per_epoch = 1437 // 32
+    for key in COLLAPSE_METRICS:
+        h1 = c.get_metric_history(run_id(one), key)
+        assert [m.step for m in h1] == [0, steps_per_epoch], key
+        h2 = c.get_metric_history(run_id(two), key)
+        assert h1[0].value == pytest.approx(h2[0].value, abs=1e-6), key
 
 
 def test_exported_weights_reload_in_plain_timm(env, reference):

@@ -14,8 +14,8 @@ Variants (each an (L, L) matrix, symmetric, diagonal 1):
 ``paper``       M[p,q] = mean_{b,h,t} cos(a^p_{b,h,t}, a^q_{b,h,t}) — Eq. 4, exactly :func:`cross_layer_similarity`.
 ``calibrated``  (M − M₀) / (1 − M₀). M₀[p,q] is the token-permutation null: the same mean cosine after one random
                 permutation π of the tokens is applied to the rows *and* columns of block q's maps,
-                A^q ↦ P_π A^q P_πᵀ, averaged over ``num_permutations`` permutations (the same π for every image and
-                head). Relabelling tokens keeps everything about a map that does not depend on which token is which —
+                A^q ↦ P_π A^q P_πᵀ, averaged over ``num_permutations`` permutations (default 2; the same π for every
+                image and head). Relabelling tokens keeps everything about a map that does not depend on which token is which —
                 its sharpness, its spread of column norms, its self-attention (diagonal) strength — and destroys the
                 token-to-token alignment between the two blocks. So M₀ is what two blocks with maps of these shapes
                 score by chance, and M − M₀ is alignment beyond it; dividing by 1 − M₀ (what identical maps would add
@@ -61,7 +61,7 @@ __all__ = ['VARIANTS', 'HEADLINE', 'CrossLayerAccumulator', 'calibrated_similari
 
 VARIANTS = ('paper', 'calibrated', 'centred', 'head_avg')
 HEADLINE = 'calibrated'
-DEFAULT_PERMUTATIONS = 4
+DEFAULT_PERMUTATIONS = 2
 _EPS = 1e-12
 
 
@@ -136,10 +136,12 @@ class CrossLayerAccumulator:
         flat = dev.reshape(L, -1)
         s = self._sums[name]
         s.raw += (flat @ flat.t()).double().cpu() + base
+        del x
         maps_2d = dev.reshape(-1, N * N)
         for index in self._flat_perms:  # relabelling tokens keeps r·ŷ summed over columns: same base
-            permuted = maps_2d[:, index.to(x.device)].reshape(L, -1)
+            permuted = maps_2d.index_select(1, index.to(dev.device)).reshape(L, -1)
             s.null += (flat @ permuted.t()).double().cpu() + base
+            del permuted
         s.count += b * H * N
 
     def result(self) -> Dict[str, np.ndarray]:
@@ -181,10 +183,13 @@ def _calibrate(raw: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
 
 
 def _row_effective_keys(a: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of every row of (..., N, N) maps → (..., N); rows of |a| normalised to sum 1."""
+    """exp(entropy) of every row of (..., N, N) maps → (..., N); rows of |a| normalised to sum 1.
+
+    With s = Σ|a| per row and p = |a|/s: H = −Σ p log p = log s − (Σ |a| log |a|) / s (two passes, no normalised copy).
+    """
     p = a.abs()
-    p = p / p.sum(dim=-1, keepdim=True).clamp_min(_EPS)
-    entropy = -(torch.special.xlogy(p, p)).sum(dim=-1)
+    total = p.sum(dim=-1).clamp_min(_EPS)
+    entropy = total.log() + torch.special.entr(p).sum(dim=-1) / total
     return entropy.exp()
 
 

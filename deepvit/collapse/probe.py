@@ -21,15 +21,16 @@ from .paper import DEFAULT_SIMILARITY_THRESHOLD, _check_threshold, similar_adjac
 __all__ = ['CollapseResult', 'collapse_probe', 'probe_chunk_size', 'DEFAULT_PROBE_BUDGET_MIB']
 
 DEFAULT_PROBE_BUDGET_MIB = 256
-_COPIES = 3  # the layers' stored maps, their stacked copy, one working copy in the accumulator
+_COPIES = 4  # measured peak (benchmarks/bench_collapse_probe.py): stored maps, stacked stage, working copies
 
 
 def probe_chunk_size(depth: int, num_heads: int, num_tokens: int, budget_mib: float = DEFAULT_PROBE_BUDGET_MIB) -> int:
     """Images per probe forward so that the float32 maps of both stages fit in ``budget_mib`` (≥ 1).
 
-    Per image: 2 stages × depth × num_heads × num_tokens² × 4 bytes, held about three times (the layers' stored
-    maps, their stacked copy, the accumulator's working copy). E.g. a 32-block, 12-head, 197-token model needs
-    ~341 MiB per image (chunk 1 at the default budget); the tiny 8-block, 4-head, 65-token model 3.1 MiB (chunk 82).
+    Per image: 2 stages × depth × num_heads × num_tokens² × 4 bytes, held about four times at the peak (the
+    layers' stored maps, the stacked stage, the accumulator's normalised and permuted working copies; measured with
+    ``benchmarks/bench_collapse_probe.py``). E.g. a 32-block, 12-head, 197-token model needs ~455 MiB per image
+    (chunk 1 at the default budget); the tiny 8-block, 4-head, 65-token model 4.1 MiB (chunk 61).
     """
     per_image = 2 * depth * num_heads * num_tokens ** 2 * 4 * _COPIES
     return max(1, int(budget_mib * 2 ** 20 // per_image))
@@ -121,7 +122,7 @@ def collapse_probe(model: nn.Module, images: Iterable[torch.Tensor], num_images:
                 chunk = chunk[:num_images - seen]
                 model(chunk)
                 for stage in MAP_STAGES:
-                    maps = torch.stack([layer.maps[stage] for layer in layers])  # (L, b, H, N, N)
+                    maps = torch.stack([layer.maps.pop(stage) for layer in layers])  # (L, b, H, N, N)
                     if stage not in accumulators:
                         accumulators[stage] = CrossLayerAccumulator(maps.shape[0], maps.shape[-1], num_permutations)
                     accumulators[stage].update(maps)

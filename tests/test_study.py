@@ -1,0 +1,111 @@
+"""The study's durable record and its statistics: a store made the way launch/study.sh makes it (relative SQLite URI,
+artifacts beside it) is copied to another checkout location and analysed there; the paired differences and the depth
+interaction are checked against a hand computation; one study per folder."""
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from mlflow_runs import log_training_run
+from analysis import analyze
+from deepvit.training.tracking import get_or_create_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+N_IMAGES = 100
+# final top-1 (%) per (family, depth) and seed 0, 1, 2 (integers: exactly that many of 100 test images right)
+TOP1 = {('vit', 2): [50, 53, 47], ('vit', 16): [52, 54, 50],
+        ('deepvit', 2): [51, 52, 49], ('deepvit', 16): [56, 57, 55]}
+T_975_2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)   # Student t quantile, df 2: t = (2p - 1) / sqrt(2 p (1 - p))
+
+
+def _correct(top1: int, seed: int) -> np.ndarray:
+    """Per-image correctness with exactly ``top1`` of 100 right, a different subset per seed."""
+    order = np.random.default_rng(seed).permutation(N_IMAGES)
+    out = np.zeros(N_IMAGES, dtype=np.int8)
+    out[order[:top1]] = 1
+    return np.concatenate([out, [-1, -1]])   # two padding positions at the end, as a padded last batch leaves
+
+
+@pytest.fixture
+def moved_study(tmp_path, monkeypatch, store_template):
+    """A study store written at checkout A with relative paths, then the folder copied to checkout B."""
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    (a / 'docs' / 'study').mkdir(parents=True)
+    shutil.copy(store_template, a / 'docs' / 'study' / 'mlflow.db')
+    monkeypatch.chdir(a)
+    uri = 'sqlite:///docs/study/mlflow.db'
+    client = MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, 'cifar10-study', uri)
+    for (family, depth), values in TOP1.items():
+        for seed, top1 in enumerate(values):
+            log_training_run(client, exp_id, family=family, depth=depth, seed=seed, top1=[top1 - 10, top1],
+                             correct=_correct(top1, 10 * seed + depth + len(family)),
+                             extra_params={'world_size': 1, 'data.num_workers': 1, 'data.source': 'runs/data/c'})
+    shutil.copytree(a / 'docs' / 'study', b / 'docs' / 'study')
+    shutil.rmtree(a)
+    monkeypatch.chdir(b)
+    return b, uri
+
+
+def test_moved_store_analyses_with_hand_computed_statistics(moved_study):
+    where, uri = moved_study
+    raw = (where / 'docs' / 'study' / 'mlflow.db').read_bytes().decode('latin-1')
+    assert str(where.parent) not in raw   # no directory of the machine that wrote it
+    result = analyze('cifar10-study', where / 'out', tracking_uri=uri, progress=False, n_boot=400)
+    diffs = pd.read_csv(where / 'out' / 'differences.csv').set_index('depth')
+    for depth in (2, 16):
+        d = np.subtract(TOP1[('deepvit', depth)], TOP1[('vit', depth)]).astype(float)
+        mean, sd = d.mean(), d.std(ddof=1)
+        half = T_975_2 * sd / math.sqrt(3)
+        row = diffs.loc[depth]
+        assert (row['n_pairs'], row['mean_diff']) == (3, pytest.approx(mean))
+        assert row['sd_diff'] == pytest.approx(sd) and row['t_low'] == pytest.approx(mean - half)
+        assert row['t_high'] == pytest.approx(mean + half)
+        assert row['boot_low'] <= mean <= row['boot_high']
+    # depth 16: differences 4, 3, 5 -> mean 4, sd 1, t interval 4 ± 2.484: resolved; depth 2: 1, -1, 2: not
+    assert bool(diffs.loc[16, 'resolved']) and not bool(diffs.loc[2, 'resolved'])
+    # interaction per seed: (dv16 - dv2) - (v16 - v2) = (5 - 2), (5 - 1), (6 - 3) = 3, 4, 3
+    report = (where / 'out' / 'report.md').read_text()
+    mean, sd = np.mean([3, 4, 3]), np.std([3, 4, 3], ddof=1)
+    half = T_975_2 * sd / math.sqrt(3)
+    assert f'| deepvit w64/h4 | 2 → 16 | 3 | +{mean:.2f} | {sd:.2f} | [+{mean - half:.2f}, +{mean + half:.2f}]' in report
+    assert 'and test images' in report               # per-image results found for every run, images resampled
+    assert 'A 1-point interaction (95 % half-width ≤ 1 pp) needs' in report
+    assert result['files'] and (where / 'out' / 'figures' / 'difference_vs_depth.png').is_file()
+
+
+def _guard(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / 'launch' / 'study_guard.py'), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_one_study_per_folder(tmp_path):
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / '_info.json').write_text('{"name": "c", "splits": {"train": {"num_samples": 5}}}')
+    (tmp_path / 'cfg.yaml').write_text('train:\n  epochs: 2\n')
+    (tmp_path / 'ds.json').write_text('{}')
+    args = ['study', 'cfg.yaml', 'ds.json', 'data']
+    assert _guard(*args, cwd=tmp_path).returncode == 0 and (tmp_path / 'study' / 'study.json').is_file()
+    assert _guard(*args, cwd=tmp_path).returncode == 0          # the same study continues
+    (tmp_path / 'cfg.yaml').write_text('train:\n  epochs: 3\n')
+    res = _guard(*args, cwd=tmp_path)
+    assert res.returncode == 2 and 'holds a study made with another config (cfg.yaml)' in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = _guard('study', 'cfg.yaml', 'ds.json', 'nodata', cwd=tmp_path)
+    assert res.returncode == 2 and 'data _info.json not found' in res.stderr
+
+
+def test_study_command_rejects_bad_arguments_before_anything_runs(tmp_path):
+    for argv, needle in ((['--stage', 'later'], '--stage must be pilot, core, controls or all'),
+                         (['--budget-min', 'x'], '--budget-min must be a positive number of minutes'),
+                         (['--bogus'], 'unknown argument --bogus')):
+        res = subprocess.run(['bash', str(ROOT / 'launch' / 'study.sh'), *argv], capture_output=True, text=True,
+                             timeout=60, env={**os.environ, 'PYTHON': sys.executable})
+        assert res.returncode == 2 and needle in res.stderr, res.stderr
