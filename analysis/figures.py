@@ -160,23 +160,27 @@ def plot_top1_vs_gmacs(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
     return save(fig, out_dir, 'top1_vs_gmacs')
 
 
+def _series_lines(ax, stats: pd.DataFrame, col: str) -> None:
+    """One line per series of ``col`` vs depth: own colour, marker and line style, offset in x."""
+    styles, offsets = _series_styles(stats), _offsets(stats)
+    for i, (series, g) in enumerate(stats.groupby('series', sort=False)):
+        g = g[g[col].notna()].sort_values('depth')
+        color, marker = styles[series]
+        ax.plot(g['depth'] * offsets[series], g[col], color=color, marker=marker,
+                linestyle=_STYLES[i % len(_STYLES)], label=series)
+
+
 def plot_similar_blocks(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
     """Similar blocks (mean over finished seeds) vs depth: rows = the paper metric and the calibrated one, columns =
     map stage (softmax, mixed). Series are offset in x and drawn with their own marker and line style, so identical
     curves stay visible; the dotted diagonal is the maximum (depth − 1)."""
     fig = Figure(figsize=(9.6, 7.2), layout='constrained')
     axes = fig.subplots(2, 2, sharey=True, sharex=True)
-    styles = _series_styles(stats)
-    offsets = _offsets(stats)
     depths = sorted(stats['depth'].unique())
     for row, (prefix, metric) in enumerate([('', 'paper metric (Eq. 4)'), ('calibrated_', 'calibrated')]):
         for ax, stage in zip(axes[row], ('softmax', 'mixed')):
             col = f'{prefix}similar_blocks_{stage}'
-            for i, (series, g) in enumerate(stats.groupby('series', sort=False)):
-                g = g[g[col].notna()].sort_values('depth')
-                color, marker = styles[series]
-                ax.plot(g['depth'] * offsets[series], g[col], color=color, marker=marker,
-                        linestyle=_STYLES[i % len(_STYLES)], label=series)
+            _series_lines(ax, stats, col)
             ax.plot(depths, [d - 1 for d in depths], color='gray', linestyle=':', lw=1, label='all blocks (L − 1)')
             _depth_axis(ax, depths)
             ax.set_title(f'similar blocks, {metric}, {stage} maps', fontsize=9)
@@ -191,15 +195,9 @@ def plot_effective_keys(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
     and the paper metric reads ≈ 1 whatever the blocks do."""
     fig = Figure(figsize=(9.6, 3.8), layout='constrained')
     axes = fig.subplots(1, 2, sharey=True)
-    styles = _series_styles(stats)
-    offsets = _offsets(stats)
     for ax, stage in zip(axes, ('softmax', 'mixed')):
         col = f'effective_keys_{stage}'
-        for i, (series, g) in enumerate(stats.groupby('series', sort=False)):
-            g = g[g[col].notna()].sort_values('depth')
-            color, marker = styles[series]
-            ax.plot(g['depth'] * offsets[series], g[col], color=color, marker=marker,
-                    linestyle=_STYLES[i % len(_STYLES)], label=series)
+        _series_lines(ax, stats, col)
         _depth_axis(ax, stats['depth'].unique())
         ax.set_title(f'effective keys per attention row, {stage} maps', fontsize=9)
     axes[0].set_ylabel('effective keys (exp entropy)')
@@ -235,7 +233,8 @@ def plot_collapse_over_training(runs: pd.DataFrame, histories: Dict[Tuple[str, s
             ax.grid(alpha=0.3)
             if i == 1:
                 ax.set_xlabel('optimizer step')
-        axes[0][j].legend(fontsize='xx-small')
+        if axes[0][j].get_legend_handles_labels()[0]:
+            axes[0][j].legend(fontsize='xx-small')
     axes[0][0].set_ylabel(metric.replace('_', ' '))
     axes[1][0].set_ylabel(metric.replace('_', ' '))
     fig.suptitle(f'collapse over training: {metric.replace("_", " ")} (0 = chance, 1 = identical maps)',

@@ -6,6 +6,7 @@ and fetches metric histories and artifacts. Nothing here writes to the store.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
@@ -119,8 +120,32 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> List[Tuple[in
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
 
+def _local_artifact_root(client: MlflowClient, run_id: str) -> Optional[Path]:
+    """The run's artifact folder on disk when the store records it as a relative path (a study folder made with a
+    relative SQLite URI, ``docs/mlflow_schema.md``): tried against the working directory, then against each folder
+    above the database file, so a moved or copied store reads from anywhere. ``None`` for every other store."""
+    uri = client.get_run(run_id).info.artifact_uri
+    if not uri or '://' in uri or ':' in uri.split('/', 1)[0] or Path(uri).is_absolute():
+        return None
+    if Path(uri).exists():
+        return Path(uri)
+    db = _sqlite_path(client.tracking_uri)
+    if db is not None:
+        for base in [db.resolve().parent, *db.resolve().parent.parents]:
+            if (base / uri).exists():
+                return base / uri
+    return None
+
+
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst_dir: Path) -> Optional[Path]:
     """Download artifact ``path`` of ``run_id`` into ``dst_dir``; ``None`` when the run has no such artifact."""
+    local = _local_artifact_root(client, run_id)
+    if local is not None:
+        src = local / path
+        if not src.is_file():
+            return None
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy(src, dst_dir / src.name))
     parent = str(Path(path).parent) if Path(path).parent != Path('.') else None
     if Path(path).name not in {Path(f.path).name for f in client.list_artifacts(run_id, parent)}:
         return None

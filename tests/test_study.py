@@ -37,10 +37,13 @@ def _correct(top1: int, seed: int) -> np.ndarray:
 def moved_study(tmp_path, monkeypatch, store_template):
     """A study store written at checkout A with relative paths, then the folder copied to checkout B."""
     a, b = tmp_path / 'a', tmp_path / 'b'
-    (a / 'docs' / 'study').mkdir(parents=True)
-    shutil.copy(store_template, a / 'docs' / 'study' / 'mlflow.db')
+    # a folder name of its own per test: MLflow caches one database engine per URI string, and a relative URI
+    # would otherwise reach the previous test's (deleted) file
+    study = Path('docs') / f'study-{tmp_path.name}'
+    (a / study).mkdir(parents=True)
+    shutil.copy(store_template, a / study / 'mlflow.db')
     monkeypatch.chdir(a)
-    uri = 'sqlite:///docs/study/mlflow.db'
+    uri = f'sqlite:///{study.as_posix()}/mlflow.db'
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(client, 'cifar10-study', uri)
     for (family, depth), values in TOP1.items():
@@ -48,15 +51,15 @@ def moved_study(tmp_path, monkeypatch, store_template):
             log_training_run(client, exp_id, family=family, depth=depth, seed=seed, top1=[top1 - 10, top1],
                              correct=_correct(top1, 10 * seed + depth + len(family)),
                              extra_params={'world_size': 1, 'data.num_workers': 1, 'data.source': 'runs/data/c'})
-    shutil.copytree(a / 'docs' / 'study', b / 'docs' / 'study')
+    shutil.copytree(a / study, b / study)
     shutil.rmtree(a)
     monkeypatch.chdir(b)
-    return b, uri
+    return b, uri, study
 
 
 def test_moved_store_analyses_with_hand_computed_statistics(moved_study):
-    where, uri = moved_study
-    raw = (where / 'docs' / 'study' / 'mlflow.db').read_bytes().decode('latin-1')
+    where, uri, study = moved_study
+    raw = (where / study / 'mlflow.db').read_bytes().decode('latin-1')
     assert str(where.parent) not in raw   # no directory of the machine that wrote it
     result = analyze('cifar10-study', where / 'out', tracking_uri=uri, progress=False, n_boot=400)
     diffs = pd.read_csv(where / 'out' / 'differences.csv').set_index('depth')
@@ -79,6 +82,17 @@ def test_moved_store_analyses_with_hand_computed_statistics(moved_study):
     assert 'and test images' in report               # per-image results found for every run, images resampled
     assert 'A 1-point interaction (95 % half-width ≤ 1 pp) needs' in report
     assert result['files'] and (where / 'out' / 'figures' / 'difference_vs_depth.png').is_file()
+
+
+def test_moved_store_reads_from_another_working_directory(moved_study, tmp_path, monkeypatch):
+    """The artifacts are found through the database's location too, not only through the working directory."""
+    where, _, study = moved_study
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    uri = f"sqlite:///{where / study / 'mlflow.db'}"
+    analyze('cifar10-study', elsewhere / 'out', tracking_uri=uri, progress=False, n_boot=100)
+    assert 'and test images' in (elsewhere / 'out' / 'report.md').read_text()   # eval/correct.npy of every run read
 
 
 def _guard(*args, cwd):

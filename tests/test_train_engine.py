@@ -121,3 +121,37 @@ def test_evaluate_excludes_padding_and_counts_samples():
     assert m['val/top5'] == pytest.approx(100.0)            # 5 classes: all in the top 5
     expected = nn.functional.cross_entropy(model(x[:3]), torch.tensor([2, 3, 0]))
     assert m['val/loss'] == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
+def test_evaluate_per_sample_correctness_marks_padding():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x = torch.randn(6, 3)
+    labels = torch.tensor([0, 1, 1, 0, -1, -1])            # the last two are padding
+    metrics, correct = evaluate(model, [(x[:3], labels[:3]), (x[3:], labels[3:])], device=torch.device('cpu'),
+                                dtype=torch.float32, per_sample=True)
+    expected = (model(x).argmax(1) == labels).to(torch.int8)
+    expected[4:] = -1
+    assert correct.dtype == torch.int8 and torch.equal(correct, expected)
+    assert metrics['val/top1'] == pytest.approx(100 * float(expected[:4].float().mean()))
+
+
+def test_cosine_regularizer_is_the_official_penalty_and_trains_through_the_maps():
+    import timm
+    import deepvit  # noqa: F401
+    import torch.nn.functional as F
+    from deepvit.training.regularizers import CosineRegularizer
+    torch.manual_seed(0)
+    model = timm.create_model('vit_tiny_patch4_32', depth=4, in_chans=1)
+    reg = CosineRegularizer(model, weight=0.1, num_pairs=2)
+    model(torch.randn(2, 1, 32, 32))
+    maps = [blk.attn.attn_for_loss for blk in model.blocks[:3]]
+    expected = 0.1 * (F.cosine_similarity(maps[0], maps[1], dim=1).mean()
+                      + F.cosine_similarity(maps[1], maps[2], dim=1).mean()) / 2
+    penalty = reg()
+    assert penalty.item() == pytest.approx(expected.item(), rel=1e-6)
+    penalty.backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0      # the maps carry their graph
+    assert model.blocks[3].attn.attn_for_loss is None                 # only the first num_pairs + 1 blocks keep maps
+    with pytest.raises(ValueError, match='cosine_reg_blocks=4 needs 5 attention blocks'):
+        CosineRegularizer(model, weight=0.1, num_pairs=4)
