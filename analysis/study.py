@@ -58,7 +58,7 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
     runs = stats.from_runs_frame(frame, metric='final')
     out = {'baseline': baseline, 'differences': pd.DataFrame(), 'interactions': [], 'saturation': [],
            'power': None, 'images_resampled': correct is not None, 'n_images': None, 'binomial_se': None,
-           'skipped': None}
+           'skipped': None, 'correct_note': None}
     if runs.duplicated(['series', 'depth', 'seed']).any():
         out['skipped'] = ('more than one finished run per (series, depth, seed): the runs cannot be paired; '
                           'analyse one sweep (--sweep ID)')
@@ -66,6 +66,13 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
     if runs.empty or baseline not in set(runs['series']):
         out['skipped'] = f'no finished run of the baseline series {baseline!r}'
         return out
+    if correct is not None:
+        try:
+            stats.paired_differences(runs, baseline, correct=correct, n_boot=1)   # validates the arrays
+        except ValueError as err:
+            out['correct_note'] = f'per-image results not used: {err}'
+            correct = None
+            out['images_resampled'] = False
     if correct is not None:
         out['n_images'] = int(len(next(iter(correct.values()))))
         out['binomial_se'] = stats.binomial_se(float(runs['top1'].median()), out['n_images'])
@@ -107,6 +114,8 @@ def statistics_markdown(result: Dict) -> List[str]:
              (' and test images (the same images for both members of a pair)' if result['images_resampled']
               else ' only (no per-image results for every run)') +
              '. "resolved": the t interval excludes 0.']
+    if result.get('correct_note'):
+        lines += ['', result['correct_note'] + '.']
     if result['binomial_se'] is not None:
         lines += ['', f"One run's top-1 carries a test-sampling standard error of ~{result['binomial_se']:.2f} pp "
                       f"({result['n_images']} test images)."]

@@ -56,7 +56,7 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
              'Similar blocks: blocks whose attention map has similarity ≥ threshold with an earlier block (paper '
              'Sec. 3.2 rule), under the paper metric (Eq. 4, "paper") and the chance-calibrated one ("cal."); '
              'cal. adj.: mean calibrated similarity of adjacent blocks (0 = chance, 1 = identical); keys: '
-             'effective keys per attention row (exp of the row entropy; 65 = uniform over 65 tokens). softmax: the '
+             'effective keys per attention row (exp of the row entropy; N = uniform over N tokens). softmax: the '
              'softmax maps; mixed: the maps that weight V (after Re-attention\'s mixing; equal to softmax in plain '
              'blocks). All means over finished seeds.']
     if note:

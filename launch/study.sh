@@ -22,10 +22,10 @@ STAGE=all
 BUDGET=
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --data) SRC=$2; shift 2 ;;
+        --data) SRC=$2; [[ "$SRC" = /* ]] || SRC="$OLDPWD/$SRC"; shift 2 ;;   # relative to where it was started
         --stage) STAGE=$2; shift 2 ;;
         --budget-min) BUDGET=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | grep '^#'; exit 0 ;;
         *) echo "launch/study.sh: error: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -67,7 +67,7 @@ sweep() {  # sweep ID FAMILIES DEPTHS
     if [[ -n "$left" ]]; then timeout --signal=TERM --kill-after=300 "$left" "${cmd[@]}" || rc=$?
     else "${cmd[@]}" || rc=$?; fi
     "$PY" -m analysis --experiment "$EXPERIMENT" --out "$STUDY_DIR/analysis" --no-progress || true
-    if (( rc == 124 || rc == 143 )); then echo "study: stopped at the time budget; rerun to continue"; exit 143; fi
+    if (( rc == 124 || rc == 137 || rc == 143 )); then echo "study: stopped at the time budget; rerun to continue"; exit 143; fi
     (( rc == 0 )) || exit "$rc"
 }
 [[ "$STAGE" == pilot || "$STAGE" == all ]] && sweep core vit,deepvit 2,16

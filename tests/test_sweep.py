@@ -237,5 +237,5 @@ def test_new_store_keeps_artifacts_beside_it_with_relative_paths(tmp_path, env):
     assert res.returncode == 0, res.stderr
     assert str(tmp_path) not in (tmp_path / 'study' / 'mlflow.db').read_bytes().decode('latin-1')
     client = MlflowClient('sqlite:///' + str(tmp_path / 'study' / 'mlflow.db'))
-    assert client.get_experiment_by_name('study').artifact_location == 'study/artifacts/1'
-    assert client.get_experiment('0').artifact_location == 'study/artifacts/0'
+    assert client.get_experiment_by_name('study').artifact_location == 'study/artifacts/study'
+    assert client.get_experiment('0').artifact_location == 'study/artifacts/Default'

@@ -43,7 +43,8 @@ Sharpness. ``effective_keys``: exp of the entropy of each row, mean over images,
 rows, 1 for one-hot rows). For maps with negative entries (BatchNorm-centred mixed maps of Re-attention) the row's
 absolute values, normalised to sum 1, are used.
 
-Cost per chunk of b images: (2 + num_permutations) Gram products of (L, b·H·N²) matrices in float32, accumulated into
+Cost per chunk of b images, for each of the three variants: (1 + num_permutations) Gram products of (L, b·H·N²)
+matrices in float32 (head_avg: H times smaller), accumulated into
 float64 (L, L) sums; no float64 copy of the maps. Cosines near 1 are accumulated as deviations from the uniform unit
 column (cos = (â − r)·(b̂ − r) + r·â + r·b̂ − 1), so fp32 rounding does not swamp the 1 − M₀ ≈ 1e-3 of diffuse maps.
 """

@@ -144,15 +144,14 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
         labels = labels.to(device, non_blocking=True)
         logits = model(images).float()
         keep = labels >= 0
+        topk = logits.topk(min(5, logits.shape[1]), dim=1).indices  # one ranking for top-1, top-5 and per-image
         if per_sample:
-            right = logits.argmax(dim=1).eq(labels).to(torch.int8)
+            right = topk[:, 0].eq(labels).to(torch.int8)
             flags.append(torch.where(keep, right, torch.full_like(right, -1)).cpu())
         if not bool(keep.any()):
             continue
-        logits, labels = logits[keep], labels[keep]
+        logits, labels, topk = logits[keep], labels[keep], topk[keep]
         loss_sum += float(F.cross_entropy(logits, labels, reduction='sum'))
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
         hit = topk.eq(labels[:, None])
         top1 += float(hit[:, 0].sum())
         top5 += float(hit.any(dim=1).sum())

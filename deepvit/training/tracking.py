@@ -147,19 +147,22 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
     if exp is not None:
         return exp.experiment_id
     root = artifact_root(uri)
+    folder = root and os.path.join(root, ''.join(c if c.isalnum() or c in '._-' else '_' for c in name))
     try:
-        exp_id = client.create_experiment(name, artifact_location=root and os.path.join(root, '{id}'))
+        exp_id = client.create_experiment(name, artifact_location=folder)
     except Exception:  # another job created it first (unique-name violation); use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
-    if root is not None:  # '{id}' was a placeholder: MLflow assigns the id inside create_experiment
-        relative = not os.path.isabs(sqlite_path(uri))
-        location = os.path.join(root, exp_id)
-        _set_artifact_location(uri, exp_id, location if relative else os.path.abspath(location))
-        if relative:  # MLflow's own 'Default' experiment (id 0) got an absolute ./mlruns/0 when the store was made
-            _set_artifact_location(uri, '0', os.path.join(root, '0'))
+    if root is not None and not os.path.isabs(sqlite_path(uri)):
+        # MLflow stored the folder made absolute: set it back (a run created by another job between the two
+        # statements would keep an absolute path: create experiments before launching jobs in parallel, as the sweep
+        # does). MLflow's own 'Default' experiment (id 0) got an absolute ./mlruns/0 when the store was made.
+        _set_artifact_location(uri, exp_id, folder)
+        default = client.get_experiment('0')
+        if default is not None and os.path.isabs(default.artifact_location.replace('file://', '')):
+            _set_artifact_location(uri, '0', os.path.join(root, 'Default'))
     return exp_id
 
 

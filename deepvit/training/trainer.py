@@ -265,7 +265,7 @@ def run(plan: Plan) -> int:
             print(f"[deepvit] resumed from {ckpt_dir / state['tag']} (epoch {start_epoch}, batch {start_batch}, "
                   f"step {engine.global_steps})", flush=True)
 
-    if state is not None and start_epoch >= cfg.train.epochs:
+    if state is not None and start_epoch >= cfg.train.epochs and (out_dir / EXPORT_FILE).is_file():
         if rank == 0:
             print(f"[deepvit] the run in {out_dir} already finished its {cfg.train.epochs} epochs; nothing to do "
                   f"(raise --epochs to train further)", flush=True)
@@ -328,14 +328,14 @@ def run(plan: Plan) -> int:
                       f"top1 {metrics['val/top1']:.2f} top5 {metrics['val/top5']:.2f} "
                       f"({int(metrics['val/num_samples'])} images) | skipped {int(skipped)} | "
                       f"{time.perf_counter() - t0:.1f}s", flush=True)
+            every = cfg.train.collapse_every  # before a preemption stop: a resume starts after this epoch
+            if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs and not result.stopped:
+                probe(engine.module, engine.global_steps)
             if preempt():
                 status, exit_code = 'KILLED', 143
                 break
             if result.stopped:  # step budget spent
                 break
-            every = cfg.train.collapse_every
-            if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs:
-                probe(engine.module, engine.global_steps)
             epoch += 1
 
         if status == 'FINISHED':
