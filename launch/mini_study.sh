@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU mini-study (docs/study.md, recipe a): ViT vs DeepViT at depths 2/4/8/16, width 64, seeds 0/1 (16 runs), on the
+# The CPU mini-study (README, "Recipe (a)"): ViT vs DeepViT at depths 2/4/8/16, width 64, seeds 0/1 (16 runs), on the
 # built-in digits, one rank each; then the analysis into docs/mini_study/. Rerunnable: finished points are skipped.
 # Budget: 2 CPU cores, under 30 minutes (time one point first; DEPTHS, SEEDS, EPOCHS override the defaults).
 # Override the store with MLFLOW_TRACKING_URI.
