@@ -2,7 +2,8 @@
 """One study per folder: ``python launch/study_guard.py STUDY_DIR CONFIG DS_CONFIG DATA_DIR``.
 
 Records in ``STUDY_DIR/study.json`` what every point of the study is paired on — the recipe file, the DeepSpeed
-config and the converted data (``_info.json``'s splits and sample counts) — by SHA-256, and refuses (exit 2, one line
+config and the converted data (``_info.json``'s splits and sample counts) — by SHA-256 of their parsed content (so a
+comment may change, a value may not), and refuses (exit 2, one line
 naming what changed) when the folder already holds a study made with anything else: runs with different data or
 schedules would otherwise be compared as if paired. Exit 0 when the folder is new (it is created) or matches.
 """
@@ -13,7 +14,10 @@ from pathlib import Path
 
 
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """SHA-256 of the file's parsed YAML/JSON content in canonical JSON (keys sorted)."""
+    import yaml
+    content = yaml.safe_load(path.read_text())   # JSON is YAML
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint(config: Path, ds_config: Path, data: Path) -> dict:

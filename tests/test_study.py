@@ -108,6 +108,8 @@ def test_one_study_per_folder(tmp_path):
     args = ['study', 'cfg.yaml', 'ds.json', 'data']
     assert _guard(*args, cwd=tmp_path).returncode == 0 and (tmp_path / 'study' / 'study.json').is_file()
     assert _guard(*args, cwd=tmp_path).returncode == 0          # the same study continues
+    (tmp_path / 'cfg.yaml').write_text('# a comment changes nothing\ntrain:\n  epochs: 2\n')
+    assert _guard(*args, cwd=tmp_path).returncode == 0
     (tmp_path / 'cfg.yaml').write_text('train:\n  epochs: 3\n')
     res = _guard(*args, cwd=tmp_path)
     assert res.returncode == 2 and 'holds a study made with another config (cfg.yaml)' in res.stderr
