@@ -58,7 +58,7 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
     runs = stats.from_runs_frame(frame, metric='final')
     out = {'baseline': baseline, 'differences': pd.DataFrame(), 'interactions': [], 'saturation': [],
            'power': None, 'images_resampled': correct is not None, 'n_images': None, 'binomial_se': None,
-           'skipped': None, 'correct_note': None}
+           'skipped': None, 'correct_note': None, 'width_note': None}
     if runs.duplicated(['series', 'depth', 'seed']).any():
         out['skipped'] = ('more than one finished run per (series, depth, seed): the runs cannot be paired; '
                           'analyse one sweep (--sweep ID)')
@@ -66,6 +66,13 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
     if runs.empty or baseline not in set(runs['series']):
         out['skipped'] = f'no finished run of the baseline series {baseline!r}'
         return out
+    width = baseline.split(' ')[1] if len(baseline.split(' ')) > 1 else None
+    if width is not None:  # pairing is by depth and seed: compare series of the baseline's width only
+        other = sorted({s for s in runs['series'] if s.split(' ')[1:2] != [width]})
+        if other:
+            out['width_note'] = (f"series of other widths not compared with `{baseline}`: {', '.join(other)} "
+                                 f"(pass --baseline for their width)")
+        runs = runs[[s.split(' ')[1:2] == [width] for s in runs['series']]]
     if correct is not None:
         try:
             stats.paired_differences(runs, baseline, correct=correct, n_boot=1)   # validates the arrays
@@ -114,6 +121,8 @@ def statistics_markdown(result: Dict) -> List[str]:
              (' and test images (the same images for both members of a pair)' if result['images_resampled']
               else ' only (no per-image results for every run)') +
              '. "resolved": the t interval excludes 0.']
+    if result.get('width_note'):
+        lines += ['', result['width_note'] + '.']
     if result.get('correct_note'):
         lines += ['', result['correct_note'] + '.']
     if result['binomial_se'] is not None:

@@ -125,3 +125,19 @@ def test_study_command_rejects_bad_arguments_before_anything_runs(tmp_path):
         res = subprocess.run(['bash', str(ROOT / 'launch' / 'study.sh'), *argv], capture_output=True, text=True,
                              timeout=60, env={**os.environ, 'PYTHON': sys.executable})
         assert res.returncode == 2 and needle in res.stderr, res.stderr
+
+
+def test_statistics_compare_series_of_the_baseline_width_only():
+    from analysis.study import study_statistics, statistics_markdown
+    rows = []
+    for width, shift in (('w64/h4', 0.0), ('w96/h6', 10.0)):
+        for family, gain in (('vit', 0.0), ('reattn', 1.0)):
+            for depth in (2, 16):
+                for seed in (0, 1):
+                    rows.append({'run_id': f'{family}{width}{depth}{seed}', 'status': 'FINISHED',
+                                 'series': f'{family} {width}', 'depth': depth, 'seed': seed,
+                                 'top1_final': 50.0 + shift + gain + seed, 'top1_best': 0.0})
+    result = study_statistics(pd.DataFrame(rows), None, 'vit w64/h4', n_boot=50)
+    assert set(result['differences']['series']) == {'reattn w64/h4'}     # never reattn w96 vs vit w64
+    assert (result['differences']['mean_diff'] == 1.0).all()
+    assert 'reattn w96/h6, vit w96/h6' in ' '.join(statistics_markdown(result))

@@ -280,7 +280,7 @@ def run(plan: Plan) -> int:
     regularizer = CosineRegularizer(engine.module, cfg.train.cosine_reg, cfg.train.cosine_reg_blocks) \
         if cfg.train.cosine_reg > 0 else None
     try:
-        if state is None:  # the initialised model (a resumed run logged it when it started)
+        if state is None and run_id is None:  # the initialised model (a continued run logged it when it started)
             probe(engine.module, engine.global_steps)
         epoch = start_epoch
         while epoch < cfg.train.epochs:
