@@ -307,11 +307,13 @@ def run(plan: Plan) -> int:
                     print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written; resume with --resume", flush=True)
                 break
             average_buffers(engine.module, device)
-            last_epoch = complete and epoch + 1 >= cfg.train.epochs
-            metrics, correct = evaluate(engine, val_loader, device=device, dtype=dtype, per_sample=True)
-            correct = gather_correct(correct, device)
-            if rank == 0 and (last_epoch or result.stopped):
-                tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
+            final_eval = result.stopped or (complete and epoch + 1 >= cfg.train.epochs)  # same on every rank
+            metrics = evaluate(engine, val_loader, device=device, dtype=dtype, per_sample=final_eval)
+            if final_eval:  # per-image results of the final evaluation only (a collective gather)
+                metrics, correct = metrics
+                correct = gather_correct(correct, device)
+                if rank == 0:
+                    tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
             skipped = _all_skipped(train_loader, val_loader, device)
             metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
             tracker.log_metrics(metrics, engine.global_steps)
