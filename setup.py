@@ -26,6 +26,8 @@ setup(
         'deepspeed>=0.19',
         'webdataset>=1.0',
         'mlflow>=3.0',
+        'psutil>=5.9',           # MLflow's system metrics (CPU, memory); the tests' process handling
+        'nvidia-ml-py>=12.0',    # MLflow's GPU system metrics (pynvml); unused without a GPU
         'numpy>=1.24',
         'pandas>=2.0',
         'matplotlib>=3.7',

@@ -28,7 +28,7 @@ peak_tflops = 989e12  # H200 dense bf16 (datasheet); the loop benchmark below me
 print('| model | precision | images/s | peak GPU MiB | MFU vs 989 TFLOP/s |\n|---|---|---|---|---|')
 for run in c.search_runs([exp.experiment_id], order_by=['attributes.start_time DESC'], max_results=2):
     ips = c.get_metric_history(run.info.run_id, 'train/samples_per_sec')[-1].value
-    mem = c.get_metric_history(run.info.run_id, 'system/peak_memory_mib/rank0')[-1].value
+    mem = c.get_metric_history(run.info.run_id, 'memory/peak_mib/rank0')[-1].value
     gmacs = float(run.data.params['model.gmacs'])
     print(f"| {run.data.params['model.name']} | {run.data.params['precision']} | {ips:.0f} | {mem:.0f} | "
           f"{100 * ips * 6 * gmacs * 1e9 / peak_tflops:.1f}% |")

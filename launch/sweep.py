@@ -231,6 +231,38 @@ def find_or_create_parent(client, exp_id: str, sweep_id: str, params: Dict[str, 
     return keep
 
 
+def summarise_parent(client, parent_id: str, experiment: str, sweep_id: str, uri: str, plan: 'Plan') -> None:
+    """Record the sweep's state on its parent run (every run of the sweep command, so a rerun refreshes it): child
+    runs by status (each planned point counted once, by its best status; ``PENDING`` for points never started), the
+    best final top-1 per remedy and depth, and the analysis outputs (depth table, saturation, statistics, figures)
+    as the parent's artifacts under ``analysis/``. The analysis needs finished runs: before any, only the counts."""
+    import tempfile
+    from analysis.report import analyze
+    from analysis.store import AnalysisError
+    from deepvit.training.tracking import record_sweep_summary
+    statuses = point_statuses(_sweep_runs(client, client.get_run(parent_id).info.experiment_id, sweep_id))
+    order = ('FINISHED', 'RUNNING', 'KILLED', 'FAILED')
+    counts = {s: 0 for s in order + ('PENDING',)}
+    for p in plan.points:
+        have = statuses.get(p.key, [])
+        key = next((s for s in order if s in have), have[0] if have else 'PENDING')
+        counts[key] = counts.get(key, 0) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        out, best, files = Path(tmp) / 'analysis', {}, []
+        if counts['FINISHED']:
+            try:
+                result = analyze(experiment, out, sweep=sweep_id, tracking_uri=uri, progress=False)
+            except (AnalysisError, ValueError) as e:
+                print(f'sweep {sweep_id}: analysis for the parent run skipped ({e})', file=sys.stderr, flush=True)
+            else:
+                runs = result['runs']
+                done = runs[(runs['status'] == 'FINISHED') & runs['top1_final'].notna()]
+                best = {(r, int(d)): float(v) for (r, d), v in
+                        done.groupby(['remedy', 'depth'])['top1_final'].max().items()}
+                files = [f for f in result['files'] if Path(f).is_file()]
+        record_sweep_summary(client, parent_id, counts, best, files, root=out)
+
+
 # ------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='launch/sweep.py', description=__doc__.split('\n')[0],
@@ -425,6 +457,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     elif failed or stop.stopped:
         client.set_terminated(parent_id, status='FAILED' if failed else 'KILLED')
     done = sum('FINISHED' in statuses.get(p.key, []) for p in plan.points)
+    summarise_parent(client, parent_id, args.experiment, plan.sweep_id, uri, plan)
     print(f'sweep {plan.sweep_id}: {done}/{len(plan.points)} points finished' +
           (f'; failed: {", ".join(failed)}' if failed else ''), flush=True)
     if stop.stopped:

@@ -167,6 +167,18 @@ def test_skips_finished_and_resumes_interrupted_points(tmp_path, env):
     assert json.loads((tmp_path / 'runs/sweeps/study' / plan.sweep_id / 'sweep.json').read_text())['sweep_id'] \
         == plan.sweep_id
 
+    # the parent summarises the sweep: children by status, best final top-1 per remedy and depth, the analysis
+    summary = client.get_run(parent).data.metrics
+    assert {k: v for k, v in summary.items() if k.startswith('sweep/children_')} == {
+        'sweep/children_finished': 3, 'sweep/children_running': 0, 'sweep/children_killed': 0,
+        'sweep/children_failed': 0, 'sweep/children_pending': 0}
+    assert (summary['sweep/best_top1/vit/d2'], summary['sweep/best_top1/vit/d4'], summary['sweep/best_top1/vit/d8']) \
+        == (60.0, 50.0, 50.0)  # d4: the FINISHED relaunch (50), not the interrupted run (40)
+    top = {a.path for a in client.list_artifacts(parent, 'analysis')}
+    figures = {a.path for a in client.list_artifacts(parent, 'analysis/figures')}
+    assert {'analysis/depth_table.md', 'analysis/saturation.json', 'analysis/report.md'} <= top
+    assert 'analysis/figures/top1_vs_depth.png' in figures
+
     again = drive(GRID, env, tmp_path)                 # idempotent: nothing left to launch
     assert again.returncode == 0 and len(launches(tmp_path)) == 2 and '3 finished, 0 to run' in again.stdout
     parents = [r for r in client.search_runs([exp_id]) if r.data.tags.get('deepvit.kind') == 'sweep']
@@ -184,6 +196,8 @@ def test_failed_point_is_reported_and_retried(tmp_path, env):
     parent = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get('deepvit.kind') == 'sweep']
     assert len(parent) == 1 and parent[0].info.status == 'FAILED' and parent[0].info.run_name == f'sweep-{plan.sweep_id}'
     assert parent[0].data.params['sweep.depths'] == '[2, 4, 8]'
+    counts = {k: v for k, v in parent[0].data.metrics.items() if k.startswith('sweep/children_')}
+    assert counts['sweep/children_finished'] == 2 and counts['sweep/children_pending'] == 1  # p4 left no run
 
     retry = drive(GRID, env, tmp_path)                 # the rerun launches only the failed point, with --resume
     assert retry.returncode == 0, retry.stderr

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
-        '--data.num_workers', '1']
+        '--data.num_workers', '1', '--log.system_metrics_interval', '1']
 DIGITS_VAL = 360
 STAGES = ('softmax', 'mixed')
 COLLAPSE_METRICS = tuple(f'collapse/{name}_{stage}' for stage in STAGES for name in (
@@ -158,7 +158,7 @@ def test_zero_stages_train_and_record(stage, env, references, tmp_path):
     assert steps == sorted(steps) and steps[-1] == 66  # 1437 // (2 × 32) = 22 steps/epoch × 3
     for key in ('train/lr', 'train/grad_norm', 'train/samples_per_sec', 'val/top5', 'val/loss',
                 'data/skipped_samples', 'collapse/similar_blocks_softmax', 'collapse/similar_blocks_mixed',
-                'system/peak_memory_mib/rank0', 'system/peak_memory_mib/rank1'):
+                'memory/peak_mib/rank0', 'memory/peak_mib/rank1'):
         assert c.get_metric_history(run.info.run_id, key), key
     for key in COLLAPSE_METRICS:  # the collapse probe: the initialised model (step 0) and the end (default cadence
         assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [0, 66], key  # 12 > 3 epochs)
@@ -177,6 +177,54 @@ def test_zero_stages_train_and_record(stage, env, references, tmp_path):
     text = log_of(out)
     assert text.count('[deepvit] epoch 1/3') == 1  # only rank 0 prints
     assert (Path(out) / 'model.safetensors').is_file()
+
+
+def test_the_record_a_researcher_reads_in_the_ui(env, reference, tmp_path):
+    """Issue 13: what MLflow's UI shows for a training run — experiment kind, tags to group and filter by, a
+    description and MLflow's source/user tags, params that mean what they say, the best top-1 as a metric, MLflow's
+    own system metrics, the datasets as inputs, the weights as a logged model, artifacts beside the store."""
+    c = client(env)
+    run = c.get_run(run_id(reference))
+    exp = c.get_experiment(run.info.experiment_id)
+    assert exp.tags['mlflow.experimentKind'] == 'custom_model_development' and exp.tags['mlflow.note.content']
+    store_dir = Path(env['MLFLOW_TRACKING_URI'][len('sqlite:///'):]).parent
+    assert Path(exp.artifact_location.replace('file://', '')).resolve().is_relative_to(store_dir / 'artifacts')
+    t, p = run.data.tags, run.data.params
+    assert {k: t[k] for k in ('family', 'remedy', 'model', 'depth', 'embed_dim', 'num_heads', 'seed', 'hardware',
+                              'deepvit.kind')} == {
+        'family': 'deepvit', 'remedy': 'reattn', 'model': 'deepvit_tiny_patch4_32', 'depth': '2', 'embed_dim': '32',
+        'num_heads': '2', 'seed': '0', 'hardware': 'cpu', 'deepvit.kind': 'train'}
+    assert t['mlflow.user'] and t['mlflow.source.name'].endswith('train.py') and t['mlflow.source.type'] == 'LOCAL'
+    note = t['mlflow.note.content']
+    assert 'deepvit_tiny_patch4_32' in note and 'depth 2' in note and '2 rank(s)' in note and 'fp32' in note
+    # params: the architecture built (mlp_ratio was never overridden), overrides apart, the rate actually used
+    assert (p['model.depth'], p['model.override.depth'], p['model.mlp_ratio']) == ('2', '2', '3.0')
+    assert 'model.override.mlp_ratio' not in p and 'model.resolved.depth' not in p
+    assert float(p['train.base_lr']) == 3.2e-2 and float(p['train.lr']) == pytest.approx(3.2e-2 * 64 / 512)
+    lrs = [m.value for m in c.get_metric_history(run.info.run_id, 'train/lr')]
+    assert 0.9 * float(p['train.lr']) < max(lrs) <= float(p['train.lr'])  # the schedule peaks at the logged rate
+    assert float(p['train.base_lr']) > 5 * max(lrs)  # (the base rate never ran: global batch 64 of 512)
+    top1 = c.get_metric_history(run.info.run_id, 'val/top1')
+    best = max(top1, key=lambda m: m.value)
+    assert run.data.metrics['val/top1_best'] == best.value
+    assert run.data.metrics['val/top1_best_step'] == best.step
+    assert [m.value for m in c.get_metric_history(run.info.run_id, 'val/top1_best')] == \
+        list(np.maximum.accumulate([m.value for m in top1]))
+    system = [k for k in run.data.metrics if k.startswith('system/')]
+    assert 'system/cpu_utilization_percentage' in system and 'system/system_memory_usage_megabytes' in system
+    assert len(c.get_metric_history(run.info.run_id, 'system/cpu_utilization_percentage')) >= 2
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {'training', 'validation'}
+    assert json.loads(inputs['training'].profile)['num_samples'] == 1437
+    assert json.loads(inputs['validation'].profile) == {'num_samples': DIGITS_VAL, 'num_classes': 10, 'split': 'val'}
+    assert inputs['training'].digest != inputs['validation'].digest and len(inputs['training'].digest) == 16
+    (output,) = run.outputs.model_outputs
+    model = c.get_logged_model(output.model_id)
+    assert model.source_run_id == run.info.run_id and str(model.status) == 'READY' and model.params['depth'] == '2'
+    files = {Path(f.path).name for f in c.list_logged_model_artifacts(model.model_id)}
+    assert {'model.safetensors', 'model.json'} <= files
+    local = Path(c.download_artifacts(run.info.run_id, 'config.yaml', str(tmp_path)))
+    assert local.is_file()
 
 
 def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, references, tmp_path):

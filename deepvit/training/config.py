@@ -101,6 +101,8 @@ class LogConfig:
     sweep_id: Optional[str] = None
     sweep_point: Optional[str] = None
     parent_run_id: Optional[str] = None
+    system_metrics_interval: float = 10.0  # s between MLflow system-metric samples (CPU, memory, GPU), rank 0; 0: off
+    log_model: bool = True               # log the exported weights as an MLflow model (false: very large models)
 
 
 @dataclass
@@ -315,6 +317,7 @@ def validate(cfg: Config) -> None:
         ('data.reprob', cfg.data.reprob, 0 <= cfg.data.reprob <= 1),
         ('data.hflip', cfg.data.hflip, 0 <= cfg.data.hflip <= 1),
         ('model.drop_path_rate', cfg.model.drop_path_rate, 0 <= cfg.model.drop_path_rate < 1),
+        ('log.system_metrics_interval', cfg.log.system_metrics_interval, cfg.log.system_metrics_interval >= 0),
     ]
     for key, value, ok in checks:
         if not ok:

@@ -8,9 +8,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from .. import schema
 
 DEFAULT_DB = 'mlflow.db'
+EXPERIMENT_DESCRIPTION = ('Training runs of the DeepViT depth study (ViT, DeepViT and remedies): group by `family` '
+                          'or `remedy`, compare by `depth`; `val/top1` is the final-epoch top-1 in percent, '
+                          '`val/top1_best` the best epoch (optimistic). Names: docs/mlflow_schema.md.')
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (longer values are cut, with a marker)
 
 
@@ -37,6 +42,10 @@ class NullTracker:
     def log_figure(self, figure, artifact_file: str) -> None: ...
     def log_numpy(self, array, artifact_file: str) -> None: ...
     def set_tags(self, tags: Dict[str, str]) -> None: ...
+    def log_datasets(self, datasets: Sequence['DatasetRecord']) -> None: ...
+    def log_model(self, files: Sequence[Path], name: str, params: Dict[str, Any], step: int) -> None: ...
+    def start_system_metrics(self, interval_s: float) -> None: ...
+    def history(self, key: str) -> list: return []
     def end(self, status: str = 'FINISHED') -> None: ...
 
 
@@ -48,7 +57,9 @@ class MlflowTracker(NullTracker):
         run_name: display name of a new run.
         tracking_uri: store URI; ``None`` → :func:`default_tracking_uri`.
         run_id: continue this run (``--resume``).
-        tags: tags of a new run (``family``, ``sweep_id``, ``mlflow.parentRunId``, ...).
+        tags: tags of a new run (``family``, ``sweep_id``, ``mlflow.parentRunId``, ...); MLflow's own context tags
+            (``mlflow.user``, ``mlflow.source.name``, ``mlflow.source.type``, ``mlflow.source.git.commit``) are added
+            as ``mlflow.start_run`` would add them.
     """
 
     def __init__(self, experiment: str, run_name: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -63,9 +74,12 @@ class MlflowTracker(NullTracker):
             self.client.update_run(run_id, status='RUNNING')
             self.run_id = run_id
         else:
+            from mlflow.tracking.context.registry import resolve_tags
             exp_id = self._experiment_id(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+            run = self.client.create_run(exp_id, run_name=run_name, tags=resolve_tags(dict(tags or {})))
             self.run_id = run.info.run_id
+        self.resumed = run_id is not None
+        self._monitor = None
         self._logged_params = set(self.client.get_run(self.run_id).data.params)
 
     def _experiment_id(self, name: str) -> str:
@@ -92,6 +106,10 @@ class MlflowTracker(NullTracker):
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def history(self, key: str) -> list:
+        """``[(step, value), ...]`` of metric ``key`` on this run (a continued run's earlier values)."""
+        return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
+
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_dict(self.run_id, data, artifact_file)
 
@@ -115,8 +133,72 @@ class MlflowTracker(NullTracker):
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def log_datasets(self, datasets: Sequence['DatasetRecord']) -> None:
+        """Record the run's datasets as MLflow dataset inputs (the runs table's Dataset column), once per run."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        if self.client.get_run(self.run_id).inputs.dataset_inputs:
+            return  # a continued run logged them when it started
+        inputs = [DatasetInput(Dataset(d.name, d.digest, 'local' if '://' not in d.source else 'url', d.source,
+                                       profile=json.dumps({'num_samples': d.num_samples, 'num_classes': d.num_classes,
+                                                           'split': d.split})),
+                               tags=[InputTag('mlflow.data.context', d.context)]) for d in datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def log_model(self, files: Sequence[Path], name: str, params: Dict[str, Any], step: int) -> None:
+        """Log ``files`` (the exported weights and their ``timm.create_model`` fields) as an MLflow logged model of
+        this run (the runs table's Models column), with ``params`` on the model, linked as the run's output at
+        ``step``."""
+        from mlflow.entities import LoggedModelOutput
+        exp_id = self.client.get_run(self.run_id).info.experiment_id
+        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
+        model = self.client.create_logged_model(exp_id, name=name, source_run_id=self.run_id, params=text,
+                                                model_type='timm')
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in files:
+                _link_or_copy(Path(f), Path(tmp) / Path(f).name)
+            self.client.log_model_artifacts(model.model_id, tmp)
+        self.client.finalize_logged_model(model.model_id, 'READY')
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, int(step))])
+
+    def start_system_metrics(self, interval_s: float) -> None:
+        """MLflow's own system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+        ``system/gpu_*`` where a GPU and ``nvidia-ml-py`` are present, ...) sampled every ``interval_s`` seconds on
+        a background thread until :meth:`end`; a continued run continues their step count."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, samples_before_logging=1,
+                                             resume_logging=self.resumed, tracking_uri=self.uri)
+        self._monitor.start()
+
     def end(self, status: str = 'FINISHED') -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         self.client.set_terminated(self.run_id, status=status)
+
+
+class DatasetRecord:
+    """One dataset input of a run: ``name`` (the ``_info.json`` name, else the source's folder name), ``split``,
+    ``context`` (``training`` | ``validation``), ``source`` (as given), ``num_samples`` (None when unknown),
+    ``num_classes`` and ``digest`` (16 hex digits of SHA-256 over the shard names, their sample counts and the class
+    names: two runs with the same digest read the same listing; the shards' bytes are not hashed)."""
+
+    def __init__(self, name: str, split: str, context: str, source: str, urls: Sequence[str],
+                 lengths: Optional[Sequence[int]], classes: Sequence[str]) -> None:
+        import hashlib
+        self.name, self.split, self.context, self.source = name, split, context, str(source)
+        self.num_samples = None if lengths is None else int(sum(lengths))
+        self.num_classes = len(classes)
+        listing = json.dumps([[os.path.basename(u) for u in urls], list(lengths or []), list(classes)])
+        self.digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link (no copy of large weights) where the file system allows it, else a copy."""
+    import shutil
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def sqlite_path(uri: str) -> Optional[str]:
@@ -145,11 +227,14 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if schema.EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag existed: let the UI open on runs
+            client.set_experiment_tag(exp.experiment_id, schema.EXPERIMENT_KIND_TAG, schema.EXPERIMENT_KIND)
         return exp.experiment_id
     root = artifact_root(uri)
     folder = root and os.path.join(root, ''.join(c if c.isalnum() or c in '._-' else '_' for c in name))
+    tags = {schema.EXPERIMENT_KIND_TAG: schema.EXPERIMENT_KIND, schema.NOTE_TAG: EXPERIMENT_DESCRIPTION}
     try:
-        exp_id = client.create_experiment(name, artifact_location=folder)
+        exp_id = client.create_experiment(name, artifact_location=folder, tags=tags)
     except Exception:  # another job created it first (unique-name violation); use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -180,3 +265,29 @@ def _set_artifact_location(uri: str, experiment_id: str, location: str) -> None:
 def create_tracker(rank: int, **kwargs) -> NullTracker:
     """:class:`MlflowTracker` on rank 0, :class:`NullTracker` elsewhere."""
     return MlflowTracker(**kwargs) if rank == 0 else NullTracker()
+
+
+def record_sweep_summary(client, parent_id: str, statuses: Dict[str, int], best_top1: Dict[Tuple[str, int], float],
+                         files: Sequence[Path], root: Optional[Path] = None) -> None:
+    """Write a sweep's summary onto its parent run: child runs by status (``sweep/children_<status>``), the best
+    final top-1 per remedy and depth (``sweep/best_top1/<remedy>/d<depth>``, percent) and the analysis outputs
+    (``files``, under ``analysis/``, keeping their paths relative to ``root``). Metrics are logged at step = the
+    number of finished children, so reruns of a growing sweep leave a history and a rerun that changes nothing
+    overwrites its own values."""
+    from mlflow.entities import Metric
+    now, step = int(time.time() * 1000), int(statuses.get('FINISHED', 0))
+    metrics = [Metric(schema.SWEEP_CHILDREN.format(status=s.lower()), float(n), now, step)
+               for s, n in sorted(statuses.items())]
+    metrics += [Metric(schema.SWEEP_BEST_TOP1.format(remedy=_metric_safe(r), depth=int(d)), float(v), now, step)
+                for (r, d), v in sorted(best_top1.items())]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(parent_id, metrics=metrics[start:start + 500])
+    for f in files:
+        f = Path(f)
+        sub = f.parent.relative_to(root).as_posix() if root is not None and f.parent != root else ''
+        client.log_artifact(parent_id, str(f), 'analysis' + (f'/{sub}' if sub else ''))
+
+
+def _metric_safe(name: str) -> str:
+    """A remedy label as a metric-key component (MLflow keys allow letters, digits, ``_ - . / space``)."""
+    return ''.join(c if c.isalnum() or c in '_-.' else '_' for c in name)

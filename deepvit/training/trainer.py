@@ -20,6 +20,8 @@ from .config import Config, ConfigError, flatten, model_overrides, to_yaml
 from .distributed import all_reduce_sum, average_buffers, env_local_rank, env_rank, env_world_size, is_dist
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
+from .. import schema
+from . import record
 
 RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
 EXPORT_FILE = 'model.safetensors'
@@ -36,6 +38,8 @@ class Plan:
     world_size: int
     model_kwargs: Dict[str, Any]
     num_classes: int
+    train_shards: Any = None   # deepvit.data.ShardSet of each split (for the run's dataset inputs)
+    val_shards: Any = None
 
 
 def _is_gray_source(source: str) -> bool:
@@ -93,7 +97,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
                               f"{ds.micro_batch_size} in {ds_path}")
     kwargs.setdefault('img_size', meta.model_cfg['img_size'])
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
-                num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes)
+                num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
+                train_shards=train_shards, val_shards=val_shards)
 
 
 class LaunchError(RuntimeError):
@@ -232,31 +237,24 @@ def run(plan: Plan) -> int:
     # ---- tracking (rank 0)
     family = model.family
     remedy = getattr(model, 'remedy', family) + ('+cosreg' if cfg.train.cosine_reg > 0 else '')
-    tags = {'family': family, 'remedy': remedy, 'deepvit.kind': 'train'}
-    if cfg.log.sweep_id:
-        tags['sweep_id'] = cfg.log.sweep_id
-    if cfg.log.sweep_point:
-        tags['sweep_point'] = cfg.log.sweep_point
-    if cfg.log.parent_run_id:
-        tags['mlflow.parentRunId'] = cfg.log.parent_run_id
+    tags = record.run_tags(cfg, model, family, remedy, device)
+    tags[schema.NOTE_TAG] = record.run_description(cfg, model, n_params, world, ds.precision,
+                                                   plan.train_shards.num_samples if plan.train_shards else None)
     tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, model),
                              tracking_uri=cfg.log.tracking_uri, run_id=run_id, tags=tags)
+    best = _Best()
     if rank == 0:
         run_file.write_text(json.dumps({'run_id': tracker.run_id}))
         (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
-        params = flatten(cfg)
-        params.update({f'ds.{k}': v for k, v in flatten(ds.config).items()})
-        params.update({'ds.zero_stage': ds.zero_stage, 'ds.global_batch_size': ds.global_batch_size,
-                       'world_size': world, 'precision': ds.precision, 'model.params': n_params,
-                       'model.gmacs': round(gmacs, 6), 'model.family': family, 'model.remedy': remedy,
-                       'train.scaled_lr': lr, 'collapse.threshold': cfg.train.collapse_threshold,
-                       'collapse.num_images': cfg.train.collapse_images,
-                       'collapse.permutations': cfg.train.collapse_permutations,
-                       'collapse.every_epochs': cfg.train.collapse_every})
-        params.update({f'model.resolved.{k}': v for k, v in model.model_cfg.items()})
-        tracker.log_params(params)
+        tracker.log_params(record.run_params(cfg, model, ds, world, n_params=n_params, gmacs=gmacs, family=family,
+                                             remedy=remedy, lr=lr))
         tracker.log_text(to_yaml(cfg), 'config.yaml')
         tracker.log_dict(ds.config, 'ds_config.json')
+        if plan.train_shards is not None:
+            tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards))
+        if cfg.log.system_metrics_interval > 0:
+            tracker.start_system_metrics(cfg.log.system_metrics_interval)
+        best.restore(tracker.history(schema.TOP1))
         print(f"[deepvit] {cfg.model.name} ({family}, {n_params / 1e6:.2f}M params, {gmacs:.3f} GMACs/img) | "
               f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
               f"lr {lr:.2e} | {steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
@@ -316,6 +314,7 @@ def run(plan: Plan) -> int:
                     tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
             skipped = _all_skipped(train_loader, val_loader, device)
             metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
+            metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
             tracker.log_metrics(metrics, engine.global_steps)
             last_val = metrics
             if complete:
@@ -346,13 +345,16 @@ def run(plan: Plan) -> int:
             peaks = _peak_memory_per_rank(device, world)
             if rank == 0:
                 log_collapse_artifacts(tracker, final, similarity_figure)
-                tracker.log_metrics({f'system/peak_memory_mib/rank{r}': m for r, m in enumerate(peaks)},
+                tracker.log_metrics({schema.PEAK_MEMORY.format(rank=r): m for r, m in enumerate(peaks)},
                                     engine.global_steps)
                 print(f"[deepvit] peak memory per rank (MiB, {'GPU allocated' if device.type == 'cuda' else 'RSS'}): "
                       f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
                 tag = latest_tag(ckpt_dir)
                 export = export_fp32(ckpt_dir, tag, out_dir / EXPORT_FILE)
                 tracker.log_params({'export.path': _display_path(Path(cfg.output_dir) / EXPORT_FILE)})
+                if cfg.log.log_model:
+                    tracker.log_model([export, out_dir / MODEL_FILE], cfg.model.name,
+                                      {'model_name': cfg.model.name, **plan.model_kwargs}, engine.global_steps)
                 print(f"[deepvit] done: val top1 {last_val.get('val/top1', float('nan')):.2f} | similar blocks "
                       f"(paper / calibrated) softmax {report['similar_blocks_softmax']} / "
                       f"{report['calibrated_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
@@ -370,6 +372,22 @@ def run(plan: Plan) -> int:
         raise
     tracker.end(status)
     return exit_code
+
+
+class _Best:
+    """Running maximum of ``val/top1`` and its step, continued across resumes from the run's metric history."""
+
+    def __init__(self) -> None:
+        self.value, self.step = float('-inf'), -1
+
+    def restore(self, history) -> None:
+        for step, value in history:
+            self.update(value, step)
+
+    def update(self, value: float, step: int) -> Dict[str, float]:
+        if value > self.value:
+            self.value, self.step = float(value), int(step)
+        return {schema.TOP1_BEST: self.value, schema.TOP1_BEST_STEP: self.step}
 
 
 def _peak_memory_per_rank(device: torch.device, world: int):
