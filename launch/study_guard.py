@@ -3,7 +3,8 @@
 
 Records in ``STUDY_DIR/study.json`` what every point of the study is paired on — the recipe file, the DeepSpeed
 config and the converted data (``_info.json``'s splits and sample counts) — by SHA-256 of their parsed content (so a
-comment may change, a value may not), and refuses (exit 2, one line
+comment may change, a value may not; the recipe's ``log`` section, which changes only what is recorded, is left
+out), and refuses (exit 2, one line
 naming what changed) when the folder already holds a study made with anything else: runs with different data or
 schedules would otherwise be compared as if paired. Exit 0 when the folder is new (it is created) or matches.
 """
@@ -13,17 +14,23 @@ import sys
 from pathlib import Path
 
 
-def _digest(path: Path) -> str:
-    """SHA-256 of the file's parsed YAML/JSON content in canonical JSON (keys sorted)."""
+RECORD_ONLY = ('log',)  # recipe sections that change what is recorded, never what is trained or measured
+
+
+def _digest(path: Path, ignore=()) -> str:
+    """SHA-256 of the file's parsed YAML/JSON content in canonical JSON (keys sorted), without the top-level
+    sections in ``ignore``."""
     import yaml
     content = yaml.safe_load(path.read_text())   # JSON is YAML
+    if isinstance(content, dict):
+        content = {k: v for k, v in content.items() if k not in ignore}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def fingerprint(config: Path, ds_config: Path, data: Path) -> dict:
     info = json.loads((data / '_info.json').read_text())
     splits = {name: split.get('num_samples') for name, split in sorted(info.get('splits', {}).items())}
-    return {'config': {'path': config.as_posix(), 'sha256': _digest(config)},
+    return {'config': {'path': config.as_posix(), 'sha256': _digest(config, RECORD_ONLY)},
             'ds_config': {'path': ds_config.as_posix(), 'sha256': _digest(ds_config)},
             'data': {'name': info.get('name'), 'splits': splits, 'classes': info.get('classes'),
                      'sha256': hashlib.sha256(json.dumps(info.get('splits'), sort_keys=True).encode()).hexdigest()}}

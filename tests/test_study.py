@@ -110,6 +110,8 @@ def test_one_study_per_folder(tmp_path):
     assert _guard(*args, cwd=tmp_path).returncode == 0          # the same study continues
     (tmp_path / 'cfg.yaml').write_text('# a comment changes nothing\ntrain:\n  epochs: 2\n')
     assert _guard(*args, cwd=tmp_path).returncode == 0
+    (tmp_path / 'cfg.yaml').write_text('train:\n  epochs: 2\nlog:\n  log_model: false\n')  # what is recorded only
+    assert _guard(*args, cwd=tmp_path).returncode == 0
     (tmp_path / 'cfg.yaml').write_text('train:\n  epochs: 3\n')
     res = _guard(*args, cwd=tmp_path)
     assert res.returncode == 2 and 'holds a study made with another config (cfg.yaml)' in res.stderr
