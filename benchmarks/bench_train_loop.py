@@ -110,7 +110,7 @@ def our_loop(args, device, dtype, precision):
                 times.append(time.perf_counter() - t0)
 
     train_one_epoch(engine, Timed(), torch.nn.CrossEntropyLoss(), device=device, dtype=dtype, scheduler=sched,
-                    log_every=10 ** 9)
+                    log_every=args.log_every)
     return times, engine.module
 
 
@@ -122,6 +122,7 @@ def main():
     parser.add_argument('--steps', type=int, default=40)
     parser.add_argument('--warmup', type=int, default=5, help='steps excluded from the timing')
     parser.add_argument('--zero-stage', type=int, default=2)
+    parser.add_argument('--log-every', type=int, default=10, help="our loop's log (and only host sync) cadence")
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'

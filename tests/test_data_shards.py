@@ -236,6 +236,30 @@ def test_resume_mid_epoch_sees_the_same_stream(cifar_shards):
     assert not torch.equal(next(iter(resumed))[0], full[0][0])                      # a new epoch, a new order
 
 
+def test_device_side_input_gives_the_same_batches(cifar_shards):
+    """With ``device`` given (the trainer passes its device), uint8 batches are normalised, erased and mixed on that
+    device: on the CPU the batches are identical to the default path, and only CUDA pins memory."""
+    out, _ = cifar_shards
+    kw = dict(batch_size=16, train=True, img_size=16, seed=1, num_workers=1, re_prob=0.5, mixup=create_mixup(10))
+    plain, on_device = create_loader(out, 'train', **kw), create_loader(out, 'train', device='cpu', **kw)
+    assert on_device.device == torch.device('cpu') and not on_device.pin_memory
+    for (xa, ya), (xb, yb) in zip(list(plain)[:4], list(on_device)[:4]):
+        assert xb.device.type == 'cpu' and xb.dtype == torch.float32
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_the_trainer_builds_its_loaders_on_its_device():
+    from deepvit.training import trainer
+    from deepvit.training.config import Config
+    import timm
+    cfg = Config()
+    cfg.data.source = 'digits'
+    plan = trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
+    model = timm.create_model(cfg.model.name, **plan.model_kwargs)
+    for loader in trainer._build_loaders(plan, model, None, torch.device('cpu')):
+        assert loader.device == torch.device('cpu')
+
+
 # --- bad input ----------------------------------------------------------------------------------------------------
 def corrupt_copy(src, dst):
     """Copy the val shards; shard 0: truncated mid-way; shard 1: a garbage image, a sample without label,

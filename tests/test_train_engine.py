@@ -65,11 +65,11 @@ def batches(n, bad_at=None):
     return out
 
 
-def run(data, control=StepControl(), grad_accum=1, logs=None):
+def run(data, control=StepControl(), grad_accum=1, logs=None, log_every=2):
     engine = Engine(nn.Linear(3, 2), grad_accum)
     sched = Sched()
     result = train_one_epoch(engine, data, nn.CrossEntropyLoss(), device=torch.device('cpu'), dtype=torch.float32,
-                             scheduler=sched, control=control, log_every=2,
+                             scheduler=sched, control=control, log_every=log_every,
                              on_log=lambda m, s: (logs if logs is not None else []).append((s, m)))
     return result, engine, sched
 
@@ -91,8 +91,11 @@ def test_gradient_accumulation_counts_optimizer_steps():
 
 
 def test_non_finite_loss_stops_with_clear_message():
-    with pytest.raises(NonFiniteLossError, match=r'non-finite training loss \(nan\) at step 3'):
+    # the loss is read at log steps only: a NaN at step 3 is caught at step 4 (log_every 2), at 3 with log_every 1
+    with pytest.raises(NonFiniteLossError, match=r'non-finite training loss \(nan\) in the 2 steps up to step 4'):
         run(batches(6, bad_at=2))
+    with pytest.raises(NonFiniteLossError, match=r'non-finite training loss \(nan\) in the 1 steps up to step 3'):
+        run(batches(6, bad_at=2), log_every=1)
 
 
 def test_stop_request_and_step_budget():
@@ -102,10 +105,36 @@ def test_stop_request_and_step_budget():
         calls.append(1)
         return len(calls) >= 2
 
+    # polled (and agreed on) at log steps 2 and 4 only; honoured at the second poll
     result, engine, _ = run(batches(6), control=StepControl(stop_requested=stop))
-    assert result.stopped and engine.global_steps == 2 and result.batches == 2
-    result, engine, _ = run(batches(6), control=StepControl(max_steps=4))
-    assert result.stopped and engine.global_steps == 4
+    assert result.stopped and engine.global_steps == 4 and result.batches == 4 and len(calls) == 2
+    result, engine, _ = run(batches(6), control=StepControl(max_steps=3))  # the budget is exact, off the cadence
+    assert result.stopped and engine.global_steps == 3
+
+
+def test_no_host_sync_between_log_steps(monkeypatch):
+    """Losses stay tensors between log steps: one all-reduce (and one read-back) per log window, no per-step
+    ``float(loss)``/``.item()``, and the epoch's mean loss equals the mean of every micro-batch loss."""
+    import deepvit.training.engine as eng
+    reductions, reads = [], []
+    real_reduce = eng.all_reduce_sum
+    monkeypatch.setattr(eng, 'all_reduce_sum', lambda v, d: reductions.append(1) or real_reduce(v, d))
+    for name in ('item', '__float__'):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, _r=real: reads.append(1) or _r(self))
+    losses = []
+    criterion = nn.CrossEntropyLoss()
+
+    def recording(logits, y):
+        loss = criterion(logits, y)
+        losses.append(loss.detach().clone())
+        return loss
+    engine = Engine(nn.Linear(3, 2))
+    result = train_one_epoch(engine, batches(9), recording, device=torch.device('cpu'), dtype=torch.float32,
+                             scheduler=Sched(), log_every=3)
+    monkeypatch.undo()
+    assert result.steps == 9 and len(reductions) == 3 and reads == []
+    assert result.loss == pytest.approx(float(torch.stack(losses).mean()), rel=1e-6)
 
 
 def test_evaluate_excludes_padding_and_counts_samples():

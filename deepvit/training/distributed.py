@@ -22,9 +22,10 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def all_reduce_sum(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    """Sum a short vector of floats over all ranks (float64, so sample counts stay exact)."""
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+def all_reduce_sum(values, device: torch.device) -> torch.Tensor:
+    """Sum a short vector over all ranks: a sequence of floats, or a float64 tensor already on ``device`` (no host
+    round trip). float64, so sample counts stay exact."""
+    t = values if isinstance(values, torch.Tensor) else torch.tensor(list(values), dtype=torch.float64, device=device)
     if is_dist():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t

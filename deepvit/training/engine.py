@@ -20,7 +20,9 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class StepControl:
-    """What the loop checks after every optimizer step (all ranks agree through one all-reduce)."""
+    """How the loop decides to stop early. ``stop_requested`` is polled, and agreed on by all ranks through one
+    all-reduce, every ``log_every`` optimizer steps (the only host synchronisation of the loop); the step budget
+    needs no collective (every rank knows the global step)."""
     stop_requested: Callable[[], bool] = lambda: False   # e.g. SIGTERM received on this rank
     max_steps: Optional[int] = None                      # global optimizer-step budget
 
@@ -34,37 +36,36 @@ class EpochResult:
 
 
 def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device, dtype: torch.dtype,
-                    scheduler, mixup_fn=None, start_batch: int = 0, control: StepControl = StepControl(),
+                    scheduler, start_batch: int = 0, control: StepControl = StepControl(),
                     log_every: int = 10, on_log: Callable[[Dict[str, float], int], None] = lambda m, s: None,
                     progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None) -> EpochResult:
     """Train over ``loader`` from micro-batch ``start_batch`` until it ends, a stop is requested or the budget is spent.
 
-    Per micro-batch: optional Mixup/CutMix, forward in ``dtype``, loss in fp32, ``engine.backward``/``engine.step``
+    Per micro-batch (Mixup/CutMix, if any, were applied by the loader, on the device): forward in ``dtype``, loss in fp32, ``engine.backward``/``engine.step``
     (DeepSpeed handles accumulation, clipping and ZeRO). After each optimizer step the per-step schedule is applied
-    (``scheduler.step_update(global_step)``) and the mean loss over ranks and a stop flag are all-reduced, so every
-    rank sees the same NaN and the same stop decision at the same step.
+    (``scheduler.step_update(global_step)``). Losses stay on the device: nothing is read back to the host between
+    log points. Every ``log_every`` optimizer steps (and at the epoch's end) one all-reduce sums the losses and the
+    stop flags of all ranks — so every rank sees the same NaN and the same stop decision at the same step, as
+    nanoGPT and timm read their losses only when they log. A stop request is therefore honoured at the next log
+    step (at most ``log_every`` steps late); the step budget is exact.
 
     ``regularizer``: a callable giving a penalty added to the loss after each forward (e.g.
     :class:`deepvit.training.regularizers.CosineRegularizer`).
 
     Raises:
-        NonFiniteLossError: the all-rank mean loss is NaN or infinite.
+        NonFiniteLossError: the all-rank mean loss of a log window is NaN or infinite.
     """
     engine.train()
     world = engine.world_size if hasattr(engine, 'world_size') else 1
     micro = engine.train_micro_batch_size_per_gpu()
     steps = batches = 0
-    loss_sum = loss_count = 0.0
-    micro_loss = micro_count = 0.0  # this rank's micro-batch losses since the last optimizer step
-    window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    window_loss, window_micro, window_steps, window_t0 = zero.clone(), 0, 0, time.perf_counter()
+    epoch_loss, epoch_micro = 0.0, 0
     stopped = False
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            images, targets = mixup_fn(images, labels)
-        else:
-            targets = labels
+        targets = labels.to(device, non_blocking=True)  # class indices, or soft targets mixed by the loader
         logits = engine(images.to(dtype))
         loss = criterion(logits.float(), targets)
         if regularizer is not None:
@@ -73,45 +74,55 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
         boundary = engine.is_gradient_accumulation_boundary()
         engine.step()
         batches += 1
-        micro_loss += float(loss.detach())
-        micro_count += 1
+        window_loss += loss.detach().float()
+        window_micro += 1
         if not boundary:
             continue
         steps += 1
+        window_steps += 1
         global_step = engine.global_steps
         scheduler.step_update(num_updates=global_step)
-        budget_spent = control.max_steps is not None and global_step >= control.max_steps
-        summed = all_reduce_sum([micro_loss / micro_count, float(control.stop_requested()), float(budget_spent)],
-                                device)
-        micro_loss = micro_count = 0.0
-        mean_loss = float(summed[0]) / world
-        if not math.isfinite(mean_loss):  # the step's loss: mean over its micro-batches and all ranks
-            raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) at step {global_step}; "
-                                     f"stopping with the last good checkpoint kept")
-        loss_sum += mean_loss
-        loss_count += 1
-        window_loss += mean_loss
-        window_n += 1
         if progress is not None:
             progress.update(1)
-        if global_step % log_every == 0 or summed[1] > 0 or summed[2] > 0:
-            _log_window(engine, window_loss, window_n, time.perf_counter() - window_t0, micro * world, global_step,
-                        on_log, progress)
-            window_loss, window_n, window_t0 = 0.0, 0, time.perf_counter()
-        if summed[1] > 0 or summed[2] > 0:
+        budget_spent = control.max_steps is not None and global_step >= control.max_steps
+        if global_step % log_every and not budget_spent:
+            continue
+        stop = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world, control,
+                            world, device, on_log, progress)
+        epoch_loss, epoch_micro = epoch_loss + stop[0] * window_micro, epoch_micro + window_micro
+        window_loss, window_micro, window_steps, window_t0 = zero.clone(), 0, 0, time.perf_counter()
+        if stop[1] or budget_spent:
             stopped = True
             break
-    if window_n:  # the epoch's last steps
-        _log_window(engine, window_loss, window_n, time.perf_counter() - window_t0, micro * world,
-                    engine.global_steps, on_log, progress)
+    if window_steps:  # the epoch's last steps (every rank ends the loop at the same micro-batch)
+        mean, _ = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world, control,
+                               world, device, on_log, progress)
+        epoch_loss, epoch_micro = epoch_loss + mean * window_micro, epoch_micro + window_micro
     return EpochResult(steps=steps, batches=batches, stopped=stopped,
-                       loss=loss_sum / loss_count if loss_count else float('nan'))
+                       loss=epoch_loss / epoch_micro if epoch_micro else float('nan'))
 
 
-def _log_window(engine, loss_total: float, steps: int, seconds: float, samples_per_micro_step: int, step: int,
+def _sync_window(engine, window_loss: torch.Tensor, window_micro: int, window_steps: int, window_t0: float,
+                 samples_per_micro_step: int, control: StepControl, world: int, device, on_log, progress):
+    """The loop's one host synchronisation: all-reduce (loss sum, stop flags), check the loss, log the window.
+    Returns ``(mean loss over the window's micro-batches and ranks, stop requested on any rank)``."""
+    local = torch.stack([window_loss.double(), torch.tensor(float(control.stop_requested()), dtype=torch.float64,
+                                                            device=device)])
+    summed = all_reduce_sum(local, device).tolist()
+    mean_loss = summed[0] / (window_micro * world)
+    step = engine.global_steps
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) in the {window_steps} steps up to step "
+                                 f"{step}; stopping with the last good checkpoint kept")
+    _log_window(engine, mean_loss, window_steps, time.perf_counter() - window_t0, samples_per_micro_step, step,
+                on_log, progress)
+    return mean_loss, summed[1] > 0
+
+
+def _log_window(engine, mean_loss: float, steps: int, seconds: float, samples_per_micro_step: int, step: int,
                 on_log, progress) -> None:
     metrics = {
-        'train/loss': loss_total / steps,
+        'train/loss': mean_loss,
         'train/lr': engine.optimizer.param_groups[0]['lr'],
         'train/samples_per_sec': steps * engine.gradient_accumulation_steps() * samples_per_micro_step / seconds,
     }

@@ -135,14 +135,16 @@ def _device(local_rank: int) -> torch.device:
     return torch.device('cpu')
 
 
-def _build_loaders(plan: Plan, model, mixup_fn):
+def _build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
+    """Train, validation and probe loaders. Batches leave the workers as uint8 and are normalised (and randomly
+    erased and mixed up, for training) on ``device``; on CUDA they are copied from pinned memory, non-blocking."""
     from ..collapse import probe_chunk_size
     from ..data import create_loader
     cfg, kwargs = plan.cfg, plan.model_kwargs
     img_size = int(kwargs['img_size'] if isinstance(kwargs['img_size'], int) else kwargs['img_size'][0])
     common = dict(img_size=img_size, in_chans=kwargs['in_chans'], num_classes=plan.num_classes,
                   seed=cfg.train.seed, rank=plan.rank, world_size=plan.world_size, num_workers=cfg.data.num_workers,
-                  interpolation=cfg.data.interpolation)
+                  interpolation=cfg.data.interpolation, device=device)
     if cfg.data.crop_pct is not None:
         common['crop_pct'] = cfg.data.crop_pct
     train = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=True,
@@ -208,7 +210,7 @@ def run(plan: Plan) -> int:
                             prob=cfg.train.mixup_prob, switch_prob=cfg.train.mixup_switch_prob,
                             label_smoothing=cfg.train.label_smoothing) \
         if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) else None
-    train_loader, val_loader, probe_loader = _build_loaders(plan, model, mixup_fn)
+    train_loader, val_loader, probe_loader = _build_loaders(plan, model, mixup_fn, device)
     if mixup_fn is not None:
         criterion = SoftTargetCrossEntropy()
     elif cfg.train.label_smoothing > 0:
