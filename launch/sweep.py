@@ -223,7 +223,9 @@ def find_or_create_parent(client, exp_id: str, sweep_id: str, params: Dict[str, 
     if parents:
         return parents[0].info.run_id
     from mlflow.entities import Param
-    run = client.create_run(exp_id, run_name=f'sweep-{sweep_id}', tags={'sweep_id': sweep_id, KIND_TAG: SWEEP_KIND})
+    from mlflow.tracking.context.registry import resolve_tags
+    run = client.create_run(exp_id, run_name=f'sweep-{sweep_id}',
+                            tags=resolve_tags({'sweep_id': sweep_id, KIND_TAG: SWEEP_KIND}))
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     keep = _parents(_sweep_runs(client, exp_id, sweep_id))[0].info.run_id
     if keep != run.info.run_id:

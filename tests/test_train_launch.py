@@ -171,7 +171,8 @@ def test_zero_stages_train_and_record(stage, env, references, tmp_path):
         assert path in artifacts, path
     correct = np.load(c.download_artifacts(run.info.run_id, 'eval/correct.npy', str(tmp_path)))
     valid = correct[correct >= 0]
-    assert valid.size == DIGITS_VAL and 100 * valid.mean() == pytest.approx(final_metric(c, run.info.run_id, 'val/top1'))
+    top1 = final_metric(c, run.info.run_id, 'val/top1')  # logged rounded to 1e-4 points
+    assert valid.size == DIGITS_VAL and 100 * valid.mean() == pytest.approx(top1, abs=5e-5)
     sim = np.load(c.download_artifacts(run.info.run_id, 'collapse/similarity_softmax.npy', str(tmp_path)))
     assert sim.shape == (2, 2) and np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
     text = log_of(out)
@@ -188,7 +189,8 @@ def test_the_record_a_researcher_reads_in_the_ui(env, reference, tmp_path):
     exp = c.get_experiment(run.info.experiment_id)
     assert exp.tags['mlflow.experimentKind'] == 'custom_model_development' and exp.tags['mlflow.note.content']
     store_dir = Path(env['MLFLOW_TRACKING_URI'][len('sqlite:///'):]).parent
-    assert Path(exp.artifact_location.replace('file://', '')).resolve().is_relative_to(store_dir / 'artifacts')
+    for e in (exp, c.get_experiment('0')):  # ours and MLflow's own Default: beside the database, not in ./mlruns
+        assert Path(e.artifact_location.replace('file://', '')).resolve().is_relative_to(store_dir / 'artifacts')
     t, p = run.data.tags, run.data.params
     assert {k: t[k] for k in ('family', 'remedy', 'model', 'depth', 'embed_dim', 'num_heads', 'seed', 'hardware',
                               'deepvit.kind')} == {

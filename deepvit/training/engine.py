@@ -14,6 +14,9 @@ import torch.nn.functional as F
 from .distributed import all_reduce_sum
 
 
+PERCENT_DIGITS = 4  # accuracies in percent, rounded to 1e-4 points (what MLflow's table shows; far below 1 image)
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
@@ -174,8 +177,8 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
         metrics = {'val/loss': float('nan'), 'val/top1': float('nan'), 'val/top5': float('nan'),
                    'val/num_samples': 0.0}
     else:
-        metrics = {'val/loss': float(total[0]) / n, 'val/top1': 100.0 * float(total[1]) / n,
-                   'val/top5': 100.0 * float(total[2]) / n, 'val/num_samples': n}
+        metrics = {'val/loss': float(total[0]) / n, 'val/top1': round(100.0 * float(total[1]) / n, PERCENT_DIGITS),
+                   'val/top5': round(100.0 * float(total[2]) / n, PERCENT_DIGITS), 'val/num_samples': n}
     if per_sample:
         return metrics, (torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
     return metrics

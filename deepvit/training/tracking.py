@@ -243,11 +243,13 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
     if root is not None and not os.path.isabs(sqlite_path(uri)):
         # MLflow stored the folder made absolute: set it back (a run created by another job between the two
         # statements would keep an absolute path: create experiments before launching jobs in parallel, as the sweep
-        # does). MLflow's own 'Default' experiment (id 0) got an absolute ./mlruns/0 when the store was made.
+        # does).
         _set_artifact_location(uri, exp_id, folder)
-        default = client.get_experiment('0')
-        if default is not None and os.path.isabs(default.artifact_location.replace('file://', '')):
-            _set_artifact_location(uri, '0', os.path.join(root, 'Default'))
+    default = client.get_experiment('0') if root is not None else None
+    wanted = root and os.path.join(root, 'Default')
+    if default is not None and default.artifact_location.replace('file://', '') not in (wanted, os.path.abspath(wanted)):
+        # MLflow's own 'Default' experiment (id 0) got ./mlruns/0 of the directory the store was made from
+        _set_artifact_location(uri, '0', wanted if not os.path.isabs(sqlite_path(uri)) else os.path.abspath(wanted))
     return exp_id
 
 
