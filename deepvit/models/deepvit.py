@@ -42,10 +42,13 @@ RNG in the same state, because remedy tensors never draw from the global RNG (:m
 """
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+import torch
+
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import Block, VisionTransformer, _cfg, checkpoint_filter_fn
 
+from .checkpointing import checkpoint_blocks
 from .attention import Attention
 from .reattention import REATTN_INITS, REATTN_NORMS, ReAttention, ReAttentionMix
 from .remedies import REATTN_THETAS, TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values
@@ -368,6 +371,17 @@ class DeepVisionTransformer(VisionTransformer):
     def remedy(self) -> str:
         """Canonical label of the exact variant, e.g. ``'reattn'``, ``'bn_only'`` (see :func:`model_remedy`)."""
         return model_remedy(self.model_cfg)
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                         is_causal: bool = False) -> torch.Tensor:
+        """timm's ``forward_features``; with ``set_grad_checkpointing(True)`` in training, each block is
+        checkpointed by :func:`~deepvit.models.checkpointing.checkpoint_blocks` (BatchNorm statistics updated once
+        per step, not again when a block is recomputed) instead of timm's ``checkpoint_seq``."""
+        if not (self.grad_checkpointing and torch.is_grad_enabled() and attn_mask is None and not is_causal
+                and not torch.jit.is_scripting()):
+            return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        return self.norm(checkpoint_blocks(self.blocks, x))
 
     def attention_layers(self) -> Iterator[Attention]:
         """The blocks' attention modules, in block order."""

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 from timm.layers import LayerNorm2d
 
 from .attention import Attention
+from .checkpointing import recomputing
 
 REATTN_NORMS = ('bn', 'ln', 'none')
 REATTN_INITS = ('random', 'identity')
@@ -145,8 +146,17 @@ class ReAttentionMix(nn.Module):
             ValueError: batch statistics from a single value per head (B * N * N == 1), as ``nn.BatchNorm2d``.
         """
         B, H, N, M = attn.shape
+        recompute = recomputing()  # a checkpoint's backward-time replay: batch statistics, running ones untouched
         if not (isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm):
             out = torch.matmul(self.weight.t(), attn.reshape(B, H, N * M)).view(B, H, N, M)
+            if recompute and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training:
+                buffers = [b for b in self.norm.buffers()]  # the same op as the first forward; buffers put back
+                kept = [b.clone() for b in buffers]
+                out = self.norm(out)
+                with torch.no_grad():
+                    for b, k in zip(buffers, kept):
+                        b.copy_(k)
+                return out
             return self.norm(out)
         bn = self.norm
         device_type = attn.device.type
@@ -156,11 +166,11 @@ class ReAttentionMix(nn.Module):
         a = attn.reshape(B, H, N * M)  # (B, H, N*N)
         # torch.nn.modules.batchnorm._BatchNorm.forward, decision for decision
         factor = 0.0 if bn.momentum is None else bn.momentum
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None and not recompute:
             bn.num_batches_tracked.add_(1)
             factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
         batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-        update = bn.training and bn.track_running_stats and bn.running_mean is not None
+        update = bn.training and bn.track_running_stats and bn.running_mean is not None and not recompute
         acc = _opmath_dtype(a, self.weight)
         weight = bn.weight if bn.affine else torch.ones(H, device=a.device, dtype=acc)
         bias = bn.bias if bn.affine else torch.zeros(H, device=a.device, dtype=acc)

@@ -6,6 +6,7 @@ It runs at step 0 (the initialised model), every ``train.collapse_every`` epochs
 are logged at its global optimizer step, the final probe also writes the matrices as artifacts. Collective under
 ZeRO-3 (parameters are gathered in forward): every rank runs the same forwards.
 """
+import contextlib
 import time
 from typing import Callable, Iterable, Optional
 
@@ -19,6 +20,21 @@ METRIC_PREFIX = 'collapse/'
 ARTIFACTS = {'paper': 'similarity', 'calibrated': 'calibrated', 'centred': 'centred', 'head_avg': 'head_avg',
              'null': 'null', 'effective_keys': 'effective_keys'}
 HEATMAPS = {'paper': 'cross-layer similarity (paper, Eq. 4)', 'calibrated': 'calibrated cross-layer similarity'}
+
+
+@contextlib.contextmanager
+def eager_forward(module: torch.nn.Module):
+    """Run ``module`` eagerly inside the block when it was compiled in place (``nn.Module.compile``): the probe's
+    map capture needs the eager forward. A no-op for an uncompiled module."""
+    compiled = module.__dict__.get('_compiled_call_impl')
+    if compiled is None:
+        yield
+        return
+    module._compiled_call_impl = None
+    try:
+        yield
+    finally:
+        module._compiled_call_impl = compiled
 
 
 class CollapseProbe:
@@ -40,7 +56,8 @@ class CollapseProbe:
 
     def __call__(self, model: torch.nn.Module, step: int) -> CollapseResult:
         t0 = time.perf_counter()
-        result = collapse_probe(model, self.images(), self.num_images, self.threshold, self.num_permutations)
+        with eager_forward(model):
+            result = collapse_probe(model, self.images(), self.num_images, self.threshold, self.num_permutations)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.count += 1

@@ -90,6 +90,9 @@ class TrainConfig:
     collapse_permutations: int = 2       # token permutations averaged in the calibrated metric's chance null
     cosine_reg: float = 0.0              # weight of the official DeepViT cosine regulariser (official: 0.1; 0: off)
     cosine_reg_blocks: int = 2           # n: consecutive-map cosines of the first n+1 blocks (official n_comn=2)
+    grad_checkpointing: bool = False     # recompute each block's activations in backward (timm's
+    #                                      set_grad_checkpointing; BatchNorm statistics kept exact): less memory, more time
+    compile: bool = False                # torch.compile the model's forward (in place; probes run eager); ZeRO 0-2
 
 
 @dataclass

@@ -91,6 +91,14 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
         raise ConfigError(f"model: {err}") from None
     except TypeError as err:
         raise ConfigError(f"model: {cfg.model.name}: {err}") from None
+    if cfg.train.grad_checkpointing and not hasattr(meta, 'set_grad_checkpointing'):
+        raise ConfigError(f"train.grad_checkpointing: model {cfg.model.name!r} has no set_grad_checkpointing")
+    if cfg.train.compile and ds.zero_stage == 3:
+        raise ConfigError(f"train.compile=true needs ZeRO stage 0-2: ZeRO-3's parameter-gathering hooks break "
+                          f"torch.compile's graphs ({ds_path} has stage 3)")
+    if cfg.train.compile and cfg.train.cosine_reg > 0:
+        raise ConfigError("train.compile=true with train.cosine_reg > 0: the regulariser reads attention maps kept "
+                          "by the eager forward; turn one off")
     if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
         if ds.micro_batch_size % 2:
             raise ConfigError(f"train.mixup/cutmix need an even train_micro_batch_size_per_gpu, got "
@@ -201,6 +209,10 @@ def run(plan: Plan) -> int:
     seed_everything(cfg.train.seed)  # identical initial weights on every rank
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
     n_params, gmacs = count_params(model), gmacs_per_image(model)
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if cfg.train.compile:
+        model.compile()  # in place: parameter names (checkpoints, exports) unchanged
     lr = cfg.train.lr * ds.global_batch_size / 512  # DeiT's linear scaling rule
     optimizer = create_optimizer_v2(model, opt=cfg.train.opt, lr=lr, weight_decay=cfg.train.weight_decay,
                                     eps=cfg.train.opt_eps)

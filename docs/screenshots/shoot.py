@@ -65,7 +65,7 @@ def main():
     child = runs(args.url, exp, "tags.`deepvit.kind` = 'train' and tags.depth = '4'")[0]['info']['run_id']
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path='/usr/bin/chromium', args=ARGS)
-        page = browser.new_page(viewport={'width': 1600, 'height': 900})
+        page = browser.new_page(viewport={'width': 1900, 'height': 900})
         page.goto(f'{args.url}/#/experiments/{exp}/runs?{ML}')
         page.wait_for_timeout(5000)
         close_assistant(page)

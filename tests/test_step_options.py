@@ -1,0 +1,108 @@
+"""Step options: activation checkpointing (the same step with and without, BatchNorm included) and torch.compile."""
+import pytest
+import torch
+
+import timm
+import deepvit  # noqa: F401
+from deepvit.models.checkpointing import recomputing
+
+
+def _step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _buffers(model):
+    return {n: b.clone() for n, b in model.named_buffers()}
+
+
+@pytest.mark.parametrize('name, kwargs', [
+    ('deepvit_tiny_patch4_32', {}),                          # Re-attention with BatchNorm (folded path)
+    ('deepvit_tiny_patch4_32', {'reattn_norm': 'ln'}),
+    ('vit_tiny_patch4_32', {'drop_path_rate': 0.2}),          # drop path: the RNG replayed by the recomputation
+    ('talkinghead_tiny_patch4_32', {}),
+    ('layerscale_tiny_patch4_32', {}),
+])
+def test_checkpointed_step_equals_the_plain_step(name, kwargs):
+    torch.manual_seed(0)
+    plain = timm.create_model(name, depth=3, **kwargs)
+    ckpt = timm.create_model(name, depth=3, **kwargs)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.set_grad_checkpointing(True)
+    plain.train(), ckpt.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    calls = []
+    for block in ckpt.blocks:  # record each run of a block's forward (module hooks do not fire in a recomputation)
+        block.forward = lambda x, _f=block.forward, **kw: calls.append(recomputing()) or _f(x, **kw)
+    torch.manual_seed(1)
+    loss_a, grads_a = _step(plain, x, y)
+    torch.manual_seed(1)
+    loss_b, grads_b = _step(ckpt, x, y)
+    assert calls == [False] * 3 + [True] * 3   # each block ran twice: forward, then the recomputation in backward
+    torch.testing.assert_close(loss_a, loss_b)
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) == len(list(plain.parameters()))
+    for k in grads_a:
+        torch.testing.assert_close(grads_a[k], grads_b[k], rtol=1e-5, atol=1e-6, msg=k)
+    ba, bb = _buffers(plain), _buffers(ckpt)
+    for k in ba:  # BatchNorm running statistics and num_batches_tracked: updated once, as without checkpointing
+        torch.testing.assert_close(ba[k], bb[k], msg=k)
+
+
+def test_unfolded_batchnorm_path_is_also_updated_once():
+    torch.manual_seed(0)
+    plain = timm.create_model('deepvit_tiny_patch4_32', depth=2)
+    ckpt = timm.create_model('deepvit_tiny_patch4_32', depth=2)
+    ckpt.load_state_dict(plain.state_dict())
+    for m in (plain, ckpt):
+        for mod in m.modules():
+            if hasattr(mod, 'fold_norm'):
+                mod.fold_norm = False
+    ckpt.set_grad_checkpointing(True)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    _step(plain, x, y), _step(ckpt, x, y)
+    for k, v in _buffers(plain).items():
+        torch.testing.assert_close(v, _buffers(ckpt)[k], msg=k)
+
+
+def test_checkpointing_is_off_in_eval_and_under_no_grad():
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2)
+    model.set_grad_checkpointing(True)
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)
+
+
+def test_the_probe_runs_a_compiled_model_eagerly_and_restores_it():
+    from deepvit.training.collapse_report import CollapseProbe, eager_forward
+    torch.manual_seed(0)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2).eval()
+    images = torch.randn(8, 3, 32, 32)
+    logged = []
+    probe = CollapseProbe(lambda: iter([images]), 8, 0.9, 2, lambda m, s: logged.append(m))
+    reference = probe(model, 0).summary()
+    model.compile(backend='eager')  # dynamo tracing without inductor's code generation (fast on CPU)
+    compiled = model.__dict__['_compiled_call_impl']
+    assert compiled is not None
+    assert probe(model, 1).summary() == reference
+    assert model.__dict__['_compiled_call_impl'] is compiled       # compiled again after the probe
+    with eager_forward(torch.nn.Linear(2, 2)):                       # an uncompiled module: nothing to do
+        pass
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--train.compile', 'true', '--deepspeed', 'ds_configs/zero3.json'], 'train.compile=true needs ZeRO stage 0-2'),
+    (['--train.compile', 'true', '--cosine-reg', '0.1'], 'train.compile=true with train.cosine_reg'),
+])
+def test_step_options_a_setup_cannot_use_are_refused_before_training(flags, message, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if '--deepspeed' not in flags:
+        flags = flags + ['--deepspeed', 'ds_configs/zero2.json']
+    res = subprocess.run([sys.executable, 'launch/train.py', *flags, '--output-dir', str(tmp_path / 'o')], cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / 'o' / 'checkpoints').exists()
