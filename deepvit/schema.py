@@ -21,6 +21,7 @@ PARENT_TAG = 'mlflow.parentRunId'
 # architecture and seed as tags, for the UI's group-by and filters (the params carry the same values)
 MODEL_TAGS = ('model', 'depth', 'embed_dim', 'num_heads', 'seed')
 HARDWARE_TAG = 'hardware'                       # e.g. 'cpu', 'NVIDIA H200'
+EPOCHS_TAG = 'epochs'                           # the run's planned length, updated when a resume changes --epochs
 
 # ---- metrics
 TOP1 = 'val/top1'                               # percent, 0-100, final-epoch value is the primary figure

@@ -23,6 +23,7 @@ A point whose run (tags ``sweep_id``, ``sweep_point``) is FINISHED is skipped; a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -395,13 +396,14 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     _claim_root(plan, write=not args.dry_run)
     client, exp_id, statuses, parent_id = None, None, {}, None
     if store_exists(uri) or not args.dry_run:           # a dry run never creates a store
-        client = _client(uri)
-        exp = client.get_experiment_by_name(args.experiment)
-        if exp is not None:
-            exp_id = exp.experiment_id
-        elif not args.dry_run:
-            from deepvit.training.tracking import get_or_create_experiment
-            exp_id = get_or_create_experiment(client, args.experiment, uri)
+        from deepvit.training.tracking import get_or_create_experiment, store_lock
+        with store_lock(uri) if not args.dry_run else contextlib.nullcontext():  # job arrays start drivers at once
+            client = _client(uri)
+            exp = client.get_experiment_by_name(args.experiment)
+            if exp is not None:
+                exp_id = exp.experiment_id
+            elif not args.dry_run:
+                exp_id = get_or_create_experiment(client, args.experiment, uri)
         if exp_id is not None:
             runs = _sweep_runs(client, exp_id, plan.sweep_id)
             statuses = point_statuses(runs)

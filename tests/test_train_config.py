@@ -136,6 +136,8 @@ def test_bf16_where_native():
     ({'train_micro_batch_size_per_gpu': 8, 'optimizer': {'type': 'AdamW'}}, 'remove the "optimizer" section'),
     ({'train_micro_batch_size_per_gpu': 8, 'zero_optimization': {'stage': 4}}, 'stage must be 0, 1, 2 or 3, got 4'),
     ({'zero_optimization': {'stage': 2}}, 'give train_micro_batch_size_per_gpu'),
+    ({'train_micro_batch_size_per_gpu': 8, 'fp16': {'enabled': True}},     # was: trained as fp32, exit 0
+     'fp16.enabled is true but there is no CUDA device'),
 ])
 def test_bad_deepspeed_configs(tmp_path, content, needle):
     path = write(tmp_path, content)
@@ -147,6 +149,8 @@ def test_bad_deepspeed_configs(tmp_path, content, needle):
 def test_missing_deepspeed_config(tmp_path):
     with pytest.raises(DeepSpeedConfigError, match='config file not found'):
         resolve_ds_config(str(tmp_path / 'nope.json'), 1)
+    with pytest.raises(DeepSpeedConfigError, match='is a directory, not a JSON file'):  # was: "not found"
+        resolve_ds_config(str(tmp_path), 1)
 
 
 # ---------------------------------------------------------------- the launch script refuses bad input early

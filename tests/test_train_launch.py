@@ -284,10 +284,58 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, referen
     assert client(env).get_run(first_id).info.status == 'FINISHED'
     for key in ('val/top1', 'val/loss'):
         assert final_metric(c, first_id, key) == pytest.approx(final_metric(c, run_id(reference), key), abs=1e-6)
+    # the replayed steps (between the last checkpoint and the kill) are not logged twice: (key, step) pairs unique
+    for key in c.get_run(first_id).data.metrics:
+        steps = [m.step for m in c.get_metric_history(first_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)
+    assert [m.step for m in c.get_metric_history(first_id, 'train/loss')] == \
+        [m.step for m in c.get_metric_history(run_id(reference), 'train/loss')]
     if stage == 2:  # resuming a finished run does nothing and says so
         run_ok(env, out, '--resume', ds=f'zero{stage}.json')
         assert 'already finished its 3 epochs' in log_of(out)
         assert_same_weights(out, reference)
+
+
+def test_resume_on_another_world_size_stops_before_loading(env, reference, tmp_path):
+    """A 2-rank ZeRO-2 checkpoint resumed by 1 rank: one paragraph before the process group starts, exit 2, the
+    MLflow run untouched (was: a DeepSpeed traceback and a run left RUNNING)."""
+    import shutil
+    copy = tmp_path / 'copy'
+    shutil.copytree(reference, copy)  # the same MLflow run (run.json), the reference's files left alone
+    before = client(env).get_run(run_id(copy)).info.status
+    proc = start(env, copy, '--resume', num_gpus=1)
+    assert finish(proc, timeout=120) == 2
+    text = log_of(copy)
+    assert 'was written by 2 rank(s), this job has 1' in text and 'ds_to_universal' in text
+    assert 'Traceback' not in text.split('was written by')[0][-2000:]
+    assert client(env).get_run(run_id(copy)).info.status == before
+
+
+def test_output_dir_under_a_file_is_refused_before_rendezvous(env, tmp_path):
+    (tmp_path / 'file').write_text('x')
+    t0 = time.time()
+    cmd = launcher_cmd() + ['--deepspeed', str(ROOT / 'ds_configs' / 'zero2.json'), '--output-dir',
+                            str(tmp_path / 'file' / 'run'), *TINY]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    code, text = res.returncode, res.stdout + res.stderr
+    assert code == 2 and 'cannot be created' in text and 'a parent is a regular file' in text
+    assert 'c10d' not in text and time.time() - t0 < 90  # no rank waited for the other at the rendezvous
+
+
+def test_resume_with_more_epochs_replans_the_schedule(env, tmp_path):
+    """--epochs 1, then --resume --epochs 2: epoch 2 follows the 2-epoch cosine plan from where the run is (was:
+    all of it at min_lr, the 1-epoch plan restored), and the run's epochs tag says 2."""
+    out = tmp_path / 'grow'
+    run_ok(env, out, '--epochs', '1', '--warmup-epochs', '0', num_gpus=1)
+    run_ok(env, out, '--resume', '--epochs', '2', '--warmup-epochs', '0', num_gpus=1)
+    c = client(env)
+    lrs = {m.step: m.value for m in c.get_metric_history(run_id(out), 'train/lr')}
+    per_epoch = 1437 // 32
+    peak = float(c.get_run(run_id(out)).data.params['train.lr'])
+    first_of_epoch2 = min(s for s in lrs if s > per_epoch)
+    assert lrs[first_of_epoch2] > 0.3 * peak          # cosine half-way, not min_lr (1e-5)
+    assert lrs[max(lrs)] < 0.05 * peak                 # and it decays to the end of the 2-epoch plan
+    assert c.get_run(run_id(out)).data.tags['epochs'] == '2'
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_path):

@@ -61,6 +61,8 @@ def _per_rank_share(where: str, total: int, field: str, value: int, world_size: 
 def load_ds_config(path: str) -> Dict[str, Any]:
     """Parse the JSON file. Raises DeepSpeedConfigError for a missing file, bad JSON or a non-object."""
     p = Path(path)
+    if p.is_dir():
+        raise DeepSpeedConfigError(f"--deepspeed: {path} is a directory, not a JSON file (e.g. ds_configs/zero2.json)")
     if not p.is_file():
         raise DeepSpeedConfigError(f"--deepspeed: config file not found: {path}")
     try:
@@ -154,7 +156,11 @@ def resolve_ds_config(path: str, world_size: int, bf16_native: bool = None) -> R
     wants_fp16 = bool((config.get('fp16') or {}).get('enabled'))
     if wants_bf16 and wants_fp16:
         raise DeepSpeedConfigError(f"{where}: bf16.enabled and fp16.enabled are both true: choose one")
-    if wants_fp16 and torch.cuda.is_available():
+    if wants_fp16 and not torch.cuda.is_available():
+        raise DeepSpeedConfigError(f"{where}: fp16.enabled is true but there is no CUDA device: fp16 with loss "
+                                   f"scaling runs on GPUs only (a CPU run would silently be fp32); set fp16.enabled "
+                                   f"false, or use bf16 (falls back to fp32 on CPUs, recorded as the run's precision)")
+    if wants_fp16:
         precision = 'fp16'
     elif wants_bf16 and native:
         precision = 'bf16'

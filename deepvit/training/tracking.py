@@ -3,6 +3,7 @@
 The record a run leaves (names of params, metrics, tags and artifacts) is specified in ``docs/mlflow_schema.md``;
 the analysis package reads exactly that.
 """
+import contextlib
 import json
 import os
 import tempfile
@@ -68,19 +69,24 @@ class MlflowTracker(NullTracker):
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(self.uri)
         self._mlflow = mlflow
-        if run_id is not None:
-            self.client.update_run(run_id, status='RUNNING')
-            self.run_id = run_id
-        else:
-            from mlflow.tracking.context.registry import resolve_tags
-            exp_id = self._experiment_id(experiment)
-            run = self.client.create_run(exp_id, run_name=run_name, tags=resolve_tags(dict(tags or {})))
-            self.run_id = run.info.run_id
+        with store_lock(self.uri):  # jobs starting together on a store that does not exist yet create it once
+            self.client = MlflowClient(self.uri)
+            if run_id is not None:
+                self.client.update_run(run_id, status='RUNNING')
+                self.run_id = run_id
+            else:
+                from mlflow.tracking.context.registry import resolve_tags
+                exp_id = self._experiment_id(experiment)
+                run = self.client.create_run(exp_id, run_name=run_name, tags=resolve_tags(dict(tags or {})))
+                self.run_id = run.info.run_id
         self.resumed = run_id is not None
         self._monitor = None
-        self._logged_params = set(self.client.get_run(self.run_id).data.params)
+        run = self.client.get_run(self.run_id)
+        self._logged_params = set(run.data.params)
+        # a continued run replays the steps between its last checkpoint and the kill: each key's last logged step,
+        # so that those (key, step) pairs are not logged a second time
+        self._logged_until = {m.key: m.step for m in run.data._metric_objs} if self.resumed else {}
 
     def _experiment_id(self, name: str) -> str:
         return get_or_create_experiment(self.client, name, self.uri)
@@ -103,8 +109,10 @@ class MlflowTracker(NullTracker):
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
+                 if int(step) > self._logged_until.get(key, -1)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
 
     def history(self, key: str) -> list:
         """``[(step, value), ...]`` of metric ``key`` on this run (a continued run's earlier values)."""
@@ -199,6 +207,30 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+
+
+STORE_LOCK_TIMEOUT_S = 600
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold ``<database>.lock`` (``filelock``, an OS file lock released even if the holder dies) while a SQLite
+    store is opened and its experiment created: MLflow's table creation and migrations are not safe when several
+    processes create the same new database at once (they fail with alembic/SQLite errors). Other stores (servers
+    serialise requests themselves): no lock. Waits at most :data:`STORE_LOCK_TIMEOUT_S` seconds.
+
+    Raises:
+        filelock.Timeout: the lock was held longer than that (a hung job holding it).
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    import filelock
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with filelock.FileLock(os.path.join(folder, os.path.basename(path) + '.lock'), timeout=STORE_LOCK_TIMEOUT_S):
+        yield
 
 
 def sqlite_path(uri: str) -> Optional[str]:

@@ -62,6 +62,22 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     if not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
         raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
                           f"another --output-dir")
+    try:  # created (or refused) here, on every rank, before any process group waits
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(out_dir)!r} cannot be created: {err.strerror}"
+                          f"{' (a parent is a regular file)' if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigError(f"output_dir {str(out_dir)!r} is not writable")
+    if cfg.resume and latest_tag(out_dir / 'checkpoints') is not None:
+        saved = _checkpoint_world_size(out_dir / 'checkpoints' / latest_tag(out_dir / 'checkpoints'))
+        if saved is not None and saved != world:
+            raise ConfigError(
+                f"--resume: the checkpoint in {str(out_dir / 'checkpoints')!r} was written by {saved} rank(s), this "
+                f"job has {world}. DeepSpeed's ZeRO checkpoints are partitioned by rank count, so it cannot be "
+                f"loaded as is. Resume with {saved} rank(s) (deepspeed --num_gpus/--num_nodes), or convert it once "
+                f"with DeepSpeed's ds_to_universal.py and resume from the universal checkpoint in a new output_dir; "
+                f"the MLflow run is left as it was")
     variants = deepvit_models.list_variants()
     if cfg.model.name not in variants:
         raise ConfigError(f"model.name: unknown model {cfg.model.name!r}; choose one of: {', '.join(variants)}")
@@ -107,6 +123,13 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards)
+
+
+def _checkpoint_world_size(tag_dir: Path) -> Optional[int]:
+    """Ranks that wrote a DeepSpeed checkpoint: its ZeRO optimizer partitions, one per data-parallel rank
+    (``zero_pp_rank_<R>_mp_rank_00_optim_states.pt``; ZeRO-3 also ``…_model_states.pt``). None for stage 0."""
+    ranks = {p.name.split('_')[3] for p in tag_dir.glob('zero_pp_rank_*_mp_rank_*_optim_states.pt')}
+    return len(ranks) or None
 
 
 class LaunchError(RuntimeError):
@@ -239,7 +262,8 @@ def run(plan: Plan) -> int:
     state: Optional[Dict[str, Any]] = None
     if cfg.resume and latest_tag(ckpt_dir) is not None:
         state = load_checkpoint(engine, ckpt_dir, rank)
-        scheduler.load_state_dict(state['scheduler'])
+        # the schedule is not restored: it is a function of the global step under *this* job's plan, so a resume
+        # with a longer --epochs re-plans from where the run is (the same plan resumes exactly as before)
     run_id = (state or {}).get('mlflow_run_id')
     run_file = out_dir / RUN_FILE
     if run_id is None and cfg.resume and run_file.is_file():
@@ -269,6 +293,7 @@ def run(plan: Plan) -> int:
         if cfg.log.system_metrics_interval > 0:
             tracker.start_system_metrics(cfg.log.system_metrics_interval)
         best.restore(tracker.history(schema.TOP1))
+        tracker.set_tags({schema.EPOCHS_TAG: str(cfg.train.epochs)})  # the planned length now (params are frozen)
         print(f"[deepvit] {cfg.model.name} ({family}, {n_params / 1e6:.2f}M params, {gmacs:.3f} GMACs/img) | "
               f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
               f"lr {lr:.2e} | {steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
