@@ -16,7 +16,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv
 for model in vit_16b_patch16_224 deepvit_16b_patch16_224; do
   deepspeed --num_gpus 1 launch/train.py --deepspeed ds_configs/zero2.json --model "$model" --data "$DATA" \
-      --img-size 224 --epochs 1 --train.max_steps "$STEPS" --train.log_every 10 --data.num_workers 8 \
+      --img-size 224 --epochs 1 --warmup-epochs 0 --train.max_steps "$STEPS" --train.log_every 10 --data.num_workers 8 \
       --output-dir "$OUT/$model" --experiment gpu-check 2>&1 | tr '\r' '\n' | grep '^\[deepvit\]'
 done
 python - <<'PY'

@@ -110,6 +110,7 @@ def test_sweep_id_is_stable_and_tracks_the_grid_not_the_launcher():
 
 
 # ------------------------------------------------------------------------------------------------ dry run
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_dry_run_prints_every_command(tmp_path, env):
     os.remove(tmp_path / 'mlflow.db')
     args = ['--experiment', 'study', '--families', 'vit,deepvit', '--depths', '2,4,8', '--widths', '64,96:6',
@@ -138,6 +139,7 @@ def test_dry_run_prints_every_command(tmp_path, env):
 
 
 # ------------------------------------------------------------------------------------------------ skip / resume
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_skips_finished_and_resumes_interrupted_points(tmp_path, env):
     plan = _plan(GRID)
     client = MlflowClient(tracking_uri=env['MLFLOW_TRACKING_URI'])
@@ -185,6 +187,7 @@ def test_skips_finished_and_resumes_interrupted_points(tmp_path, env):
     assert len(parents) == 1
 
 
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_failed_point_is_reported_and_retried(tmp_path, env):
     plan = _plan(GRID)
     p2, p4, p8 = (p.key for p in plan.points)
@@ -205,6 +208,7 @@ def test_failed_point_is_reported_and_retried(tmp_path, env):
     assert client.get_run(parent[0].info.run_id).info.status == 'FINISHED'
 
 
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_point_index_runs_one_point_and_root_is_guarded(tmp_path, env):
     plan = _plan(GRID)
     res = drive(GRID + ['--point-index', '1', '--', '--output-dir', 'root'], env, tmp_path)
@@ -216,6 +220,7 @@ def test_point_index_runs_one_point_and_root_is_guarded(tmp_path, env):
     assert f'holds sweep {plan.sweep_id!r}' in other.stderr and f'--sweep-id {plan.sweep_id}' in other.stderr
 
 
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_remedy_families_launch_their_model_and_flags(tmp_path, env):
     os.remove(tmp_path / 'mlflow.db')
     res = drive(['--experiment', 'e', '--families', 'vit,layerscale,talkinghead,bn_only,reattn_ln,deepvit_cosreg',
@@ -244,6 +249,7 @@ def test_remedy_flags_are_training_flags():
         assert f'{model_family}_tiny_patch4_32' in __import__('deepvit').models.list_variants()
 
 
+@pytest.mark.slow  # drives the sweep command in subprocesses
 def test_new_store_keeps_artifacts_beside_it_with_relative_paths(tmp_path, env):
     """A store made with a relative SQLite URI names no directory of this machine and moves as one folder."""
     env = {**env, 'MLFLOW_TRACKING_URI': 'sqlite:///study/mlflow.db'}

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +28,7 @@ def test_tiny_sweep_end_to_end(tmp_path):
     cmd = ['bash', str(REPO / 'launch' / 'sweep_depth.sh'), '--experiment', 'e2e', '--families', 'vit,deepvit',
            '--depths', '1,2', '--widths', '32', '--seeds', '0', '--num-gpus', '1',
            '--launcher-args', f'--master_port {free_port()}',
-           '--', '--output-dir', str(tmp_path / 'sweep'), '--epochs', '1']
+           '--', '--output-dir', str(tmp_path / 'sweep'), '--epochs', '1', '--warmup-epochs', '0.2']
     first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert '4/4 points finished' in first.stdout

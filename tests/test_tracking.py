@@ -3,7 +3,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
 JOB = textwrap.dedent('''
     import sys

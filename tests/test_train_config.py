@@ -61,6 +61,7 @@ def test_bad_yaml_names_the_field(tmp_path, text, needle):
 
 @pytest.mark.parametrize('argv, needle', [
     (['--epochs', '0'], 'train.epochs is out of range: 0'),
+    (['--epochs', '2'], 'train.warmup_epochs=2 is not shorter than train.epochs=2'),   # was: never decayed, silently
     (['--lr', 'fast'], "train.lr must be a number, got 'fast'"),
     (['--smoothing', '1.5'], 'train.label_smoothing is out of range: 1.5'),
     (['--data.scale', '0.5'], 'data.scale must be 2 comma-separated numbers'),

@@ -18,6 +18,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
         '--data.num_workers', '1', '--log.system_metrics_interval', '1']
@@ -233,7 +235,7 @@ def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, r
     """A 1-epoch, 1-rank ZeRO-3 run: every collapse metric at step 0 and at the end, and the step-0 numbers equal
     the 2-rank ZeRO-3 run's of the same seed (same initial weights, same probe images, every rank probing)."""
     two = references(3)
-    one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', ds='zero3.json', num_gpus=1)
+    one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', '--warmup-epochs', '0.5', ds='zero3.json', num_gpus=1)
     c = client(env)
     steps_per_epoch = 1437 // 32
     for key in COLLAPSE_METRICS:

@@ -325,6 +325,10 @@ def validate(cfg: Config) -> None:
     for key, value, ok in checks:
         if not ok:
             raise ConfigError(f"{key} is out of range: {value!r}")
+    if cfg.train.warmup_epochs >= cfg.train.epochs:
+        raise ConfigError(f"train.warmup_epochs={cfg.train.warmup_epochs:g} is not shorter than train.epochs="
+                          f"{cfg.train.epochs}: the learning rate would rise for the whole run and never decay; "
+                          f"lower --warmup-epochs (e.g. 0) or train longer")
 
 
 def model_overrides(cfg: ModelConfig) -> Dict[str, Any]:
