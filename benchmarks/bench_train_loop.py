@@ -46,7 +46,10 @@ def make_model(args, device):
     import timm
     import deepvit  # noqa: F401
     torch.manual_seed(0)
-    return timm.create_model(args.model, **({'depth': args.depth} if args.depth else {})).to(device)
+    model = timm.create_model(args.model, **({'depth': args.depth} if args.depth else {})).to(device)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
 
 
 def batches(args, model, device, dtype):
@@ -123,6 +126,9 @@ def main():
     parser.add_argument('--warmup', type=int, default=5, help='steps excluded from the timing')
     parser.add_argument('--zero-stage', type=int, default=2)
     parser.add_argument('--log-every', type=int, default=10, help="our loop's log (and only host sync) cadence")
+    parser.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing in both loops')
+    parser.add_argument('--only-ours', action='store_true', help='skip the bare loop (e.g. a model it cannot fit)')
+    parser.add_argument('--json', default=None, help='append one JSON line with the results to this file')
     args = parser.parse_args()
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
@@ -130,11 +136,19 @@ def main():
     from deepvit.models import gmacs_per_image
 
     results = {}
-    for name, fn in (('bare PyTorch', lambda: bare_loop(args, device, dtype)),
-                     ('deepvit (DeepSpeed ZeRO-%d)' % args.zero_stage, lambda: our_loop(args, device, dtype, precision))):
+    loops = [('deepvit (DeepSpeed ZeRO-%d)' % args.zero_stage, lambda: our_loop(args, device, dtype, precision))]
+    if not args.only_ours:
+        loops.insert(0, ('bare PyTorch', lambda: bare_loop(args, device, dtype)))
+    memory = {}
+    for name, fn in loops:
+        if device.type == 'cuda':
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         times, model = fn()
         step = statistics.median(times[args.warmup:])
         results[name] = (args.batch / step, gmacs_per_image(model))
+        memory[name] = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda' else None
+        del model
     peak = matmul_peak(device, dtype)
     print(f"device={device} precision={precision} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch} steps={args.steps} (median after {args.warmup} warm-up steps)")
@@ -145,6 +159,16 @@ def main():
         base = base or ips
         mfu = ips * 6 * gmacs * 1e9 / peak
         print(f"| {name} | {ips:.1f} | {ips / base:.3f}× | {100 * mfu:.1f}% |")
+    if args.json:
+        import json
+        with open(args.json, 'a') as f:
+            f.write(json.dumps({'model': args.model, 'depth': args.depth, 'batch': args.batch, 'device': str(device),
+                                'device_name': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
+                                'precision': precision, 'threads': torch.get_num_threads(),
+                                'grad_checkpointing': args.grad_checkpointing, 'matmul_peak_flops': peak,
+                                'loops': {n: {'images_per_s': ips, 'gmacs_per_image': g, 'peak_mib': memory[n],
+                                              'mfu_vs_measured_peak': ips * 6 * g * 1e9 / peak}
+                                          for n, (ips, g) in results.items()}}) + '\n')
 
 
 if __name__ == '__main__':
