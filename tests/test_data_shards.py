@@ -236,6 +236,39 @@ def test_resume_mid_epoch_sees_the_same_stream(cifar_shards):
     assert not torch.equal(next(iter(resumed))[0], full[0][0])                      # a new epoch, a new order
 
 
+def test_a_subset_keeps_the_full_class_list(tmp_path):
+    """Three CIFAR classes converted with the full 10-class list keep their 10-class labels (was: 0-2), and the list
+    reaches _info.json and the trainer's num_classes; an ImageNet subset gets its ImageNet-1k indices."""
+    src = tmp_path / 'src'
+    small_tree(src, per_class=2)
+    (src / 'train' / 'bird' / 'broken.jpg').unlink()
+    names = tmp_path / 'classes.txt'
+    names.write_text('# CIFAR-10, standard order\n' + '\n'.join(CLASSES) + '\n')
+    out = tmp_path / 'wds'
+    result = convert_image_folder(src, out, 'sub', workers=1, progress=False, classes=names)
+    assert result.info.classes == tuple(CLASSES) and read_info(out).classes == tuple(CLASSES)
+    labels = {int(m['cls']) for t in out.glob('sub-train-*.tar') for m in read_tar(t).values()}
+    assert labels == {CLASSES.index(c) for c in CLASSES[:3]}
+    from deepvit.training import trainer
+    from deepvit.training.config import Config
+    cfg = Config()
+    cfg.data.source, cfg.train.collapse_images = str(out), 4
+    assert trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')).num_classes == 10
+
+    inet = tmp_path / 'inet'
+    for synset in ('n01440764', 'n15075141'):   # ImageNet-1k indices 0 and 999
+        (inet / 'val' / synset).mkdir(parents=True)
+        shutil.copy(sorted((CIFAR / 'val' / 'cat').iterdir())[0], inet / 'val' / synset / 'a.jpg')
+    res = convert_image_folder(inet, tmp_path / 'inet-wds', 'inet', workers=1, progress=False, classes='imagenet1k')
+    assert len(res.info.classes) == 1000
+    assert sorted(int(m['cls']) for t in (tmp_path / 'inet-wds').glob('inet-val-*.tar')
+                  for m in read_tar(t).values()) == [0, 999]
+    names.write_text('cat\ndog\n')   # folders missing from the list: refused before anything is written
+    with pytest.raises(ValueError, match=r"class folder\(s\) not in the list: \['airplane', 'automobile', 'bird'\]"):
+        convert_image_folder(src, tmp_path / 'never', 'x', workers=1, progress=False, classes=names)
+    assert not (tmp_path / 'never' / '_info.json').exists()
+
+
 def test_device_side_input_gives_the_same_batches(cifar_shards):
     """With ``device`` given (the trainer passes its device), uint8 batches are normalised, erased and mixed on that
     device: on the CPU the batches are identical to the default path, and only CUDA pins memory."""

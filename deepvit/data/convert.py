@@ -158,12 +158,42 @@ def plan_shards(files: dict[str, list[tuple[str, str]]], classes: list[str], src
     return tasks
 
 
+def resolve_classes(spec: str | os.PathLike | None, found: list[str]) -> list[str]:
+    """The class list that fixes the labels: ``None`` → the class folders found (sorted), ``'imagenet1k'`` → the
+    1,000 ImageNet-1k synsets in the standard sorted order (timm's ``ImageNetInfo``, so label i is ImageNet-1k
+    index i), else a file of class names, one per line (blank lines and ``#`` comments ignored).
+
+    Raises ``ValueError`` (duplicates, or class folders missing from the list, named) or ``FileNotFoundError``.
+    """
+    if spec is None:
+        return found
+    if str(spec) == 'imagenet1k':
+        from timm.data import ImageNetInfo
+        names = list(ImageNetInfo().label_names())
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f'classes={str(spec)!r}: no such file (or give "imagenet1k")')
+        names = [line.split('#', 1)[0].strip() for line in path.read_text().splitlines()]
+        names = [n for n in names if n]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f'classes={str(spec)!r}: duplicate names {dupes[:5]}')
+    missing = sorted(set(found) - set(names))
+    if missing:
+        raise ValueError(f'classes={str(spec)!r}: {len(missing)} class folder(s) not in the list: {missing[:5]}'
+                         f'{" …" if len(missing) > 5 else ""}')
+    return names
+
+
 def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers: int | None = None,
-                         seed: int = 0, splits=None, progress: bool = True) -> ConvertResult:
+                         seed: int = 0, splits=None, progress: bool = True, classes=None) -> ConvertResult:
     """Convert ``src`` (ROOT/SPLIT/CLASS/images) into shards in ``out``; see the module docstring for the layout.
 
     Args: shard_size: files per shard (before skipped ones are removed); workers: processes (default: every core;
-    1 runs in this process); seed: shuffle seed; splits: split folder names (default: all); progress: tqdm bar.
+    1 runs in this process); seed: shuffle seed; splits: split folder names (default: all); progress: tqdm bar;
+    classes: the full class list (:func:`resolve_classes`: ``'imagenet1k'`` or a file), so that a subset of the
+    folders keeps the labels of the whole dataset; written into ``_info.json``.
     Returns a :class:`ConvertResult`. Raises ``ValueError`` for a bad name / shard_size / empty source and
     ``FileNotFoundError`` for a missing ``src``, before writing anything.
     """
@@ -171,7 +201,8 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
         raise ValueError(f'name={name!r} must be non-empty, without "/", "." or braces')
     if shard_size < 1:
         raise ValueError(f'shard_size={shard_size} must be >= 1')
-    files, classes = scan_image_folder(src, splits)
+    files, found = scan_image_folder(src, splits)
+    classes = resolve_classes(classes, found)
     out = Path(out)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f'.{name}-*.tmp'):
@@ -218,12 +249,15 @@ def main(argv=None) -> int:
     p.add_argument('--workers', type=int, default=None, help='processes (default: every core)')
     p.add_argument('--seed', type=int, default=0, help='seed of the cross-shard shuffle (default 0)')
     p.add_argument('--splits', nargs='+', default=None, help='split folders to convert (default: all)')
+    p.add_argument('--classes', default=None, metavar='FILE|imagenet1k',
+                   help='the full class list that fixes the labels: a file of names (one per line) or imagenet1k '
+                        '(the 1,000 synsets, standard order); default: the class folders found')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
     try:
         result = convert_image_folder(args.src, args.out, args.name, shard_size=args.shard_size,
                                       workers=args.workers, seed=args.seed, splits=args.splits,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, classes=args.classes)
     except (FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
