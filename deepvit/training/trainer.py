@@ -335,7 +335,7 @@ def run(plan: Plan) -> int:
             position = start_batch + result.batches  # micro-batches of this epoch consumed so far
             start_batch = 0
             complete = position >= train_loader.num_batches
-            if preempt() and not complete:  # each rank keeps its own BatchNorm statistics in its rank file
+            if _any_rank(preempt(), device) and not complete:  # each rank keeps its own BatchNorm statistics in its rank file
                 tag = f'step{engine.global_steps:08d}'
                 save_checkpoint(engine, ckpt_dir, tag, _client_state(epoch, position, engine, scheduler,
                                                                      tracker.run_id, cfg), rank)
@@ -371,7 +371,7 @@ def run(plan: Plan) -> int:
             every = cfg.train.collapse_every  # before a preemption stop: a resume starts after this epoch
             if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs and not result.stopped:
                 probe(engine.module, engine.global_steps)
-            if preempt():
+            if _any_rank(preempt(), device):  # agreed: no rank goes on into an epoch the others left
                 status, exit_code = 'KILLED', 143
                 break
             if result.stopped:  # step budget spent
@@ -446,6 +446,11 @@ def _peak_memory_per_rank(device: torch.device, world: int):
 def _client_state(epoch: int, batch_in_epoch: int, engine, scheduler, run_id, cfg: Config) -> Dict[str, Any]:
     return {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'global_step': engine.global_steps,
             'scheduler': scheduler.state_dict(), 'mlflow_run_id': run_id, 'config': flatten(cfg)}
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """True on every rank when ``flag`` is true on any (collective): stop decisions are never taken by one rank."""
+    return bool(all_reduce_sum([float(flag)], device)[0] > 0)
 
 
 def _all_skipped(train_loader, val_loader, device) -> float:
