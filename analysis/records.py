@@ -14,7 +14,7 @@ from .store import metric_history
 
 __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES']
 
-TOP1 = 'val/top1'
+from deepvit.schema import FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG, TOP1  # noqa: E402  (the names)
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
@@ -100,9 +100,9 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
     for run in tqdm(runs, desc='runs', unit='run', disable=not progress):
         p, t, m = run.data.params, run.data.tags, run.data.metrics
         row = {'run_id': run.info.run_id, 'run_name': run.info.run_name, 'status': run.info.status,
-               'sweep_id': t.get('sweep_id'), 'sweep_point': t.get('sweep_point'),
-               'family': t.get('family') or p.get('model.family'),
-               'remedy': t.get('remedy') or p.get('model.remedy') or t.get('family') or p.get('model.family'),
+               'sweep_id': t.get(SWEEP_ID_TAG), 'sweep_point': t.get(SWEEP_POINT_TAG),
+               'family': t.get(FAMILY_TAG) or p.get('model.family'),
+               'remedy': t.get(REMEDY_TAG) or p.get('model.remedy') or t.get(FAMILY_TAG) or p.get('model.family'),
                'start_time': _time(run.info.start_time), 'end_time': _time(run.info.end_time)}
         for col, (src, key, dtype) in _FIELDS.items():
             row[col] = _param(p, key, dtype) if src == 'param' else m.get(key)

@@ -16,8 +16,7 @@ from mlflow.entities import Experiment, Run
 __all__ = ['AnalysisError', 'default_tracking_uri', 'store_exists', 'open_store', 'get_experiment', 'iter_runs', 'sweep_runs',
            'metric_history', 'download_artifact', 'load_array', 'SWEEP_KIND', 'KIND_TAG']
 
-KIND_TAG = 'deepvit.kind'      # 'train' on training runs, 'sweep' on sweep parents
-SWEEP_KIND = 'sweep'
+from deepvit.schema import KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND  # the record's names: one place (deepvit/schema.py)
 
 
 class AnalysisError(RuntimeError):
@@ -106,8 +105,8 @@ def sweep_runs(client: MlflowClient, experiment: Experiment,
     train = [r for r in runs if r.data.tags.get(KIND_TAG) != SWEEP_KIND]
     where = f"experiment {experiment.name!r} (tracking URI {client.tracking_uri!r})"
     if sweep_id and not runs:
-        known = sorted({r.data.tags['sweep_id'] for r in iter_runs(client, [experiment.experiment_id])
-                        if 'sweep_id' in r.data.tags})
+        known = sorted({r.data.tags[SWEEP_ID_TAG] for r in iter_runs(client, [experiment.experiment_id])
+                        if SWEEP_ID_TAG in r.data.tags})
         raise AnalysisError(f"sweep {sweep_id!r} not found in {where}; sweeps there: {', '.join(known) or '(none)'}")
     if not train:
         what = f"sweep {sweep_id!r} of {where}" if sweep_id else where

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from deepvit.schema import KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND, SWEEP_POINT_TAG  # the record's names: one place
+
 REPO = Path(__file__).resolve().parent.parent
 # A sweep family -> (registered model family, train.py flags). The last five are controls of one harness: the same
 # DeepViT with one Re-attention part changed, or trained with the official cosine regulariser.
@@ -50,17 +52,23 @@ REMEDIES = {
     'deepvit_cosreg': ('deepvit', ('--cosine-reg', '0.1')),
 }
 FAMILIES = tuple(REMEDIES)
-SIZES = {  # size -> (model name template, default width)
-    'tiny': ('{family}_tiny_patch4_32', '64:4'),
-    'paper': ('{family}_16b_patch16_224', '384:12'),
+SIZES = {  # size -> model name template; its width and head dimension are the registered variant's
+    'tiny': '{family}_tiny_patch4_32',
+    'paper': '{family}_16b_patch16_224',
 }
-HEAD_DIM = 16
+
+
+def size_defaults(size: str) -> Tuple[int, int]:
+    """``(embed_dim, num_heads)`` of the registered ViT variant of ``size`` (built on the meta device: no memory)."""
+    import timm
+    import deepvit  # noqa: F401  (registers the variants)
+    cfg = timm.create_model(SIZES[size].format(family='vit'), device='meta').model_cfg
+    return int(cfg['embed_dim']), int(cfg['num_heads'])
 # Flags the driver sets for every point: EXTRA must not carry them.
 DRIVER_FLAGS = {'--model': '--families/--size', '--depth': '--depths', '--embed-dim': '--widths',
                 '--num-heads': '--widths', '--seed': '--seeds', '--experiment': '--experiment',
                 '--run-name': '(the point key)', '--sweep-id': '--sweep-id', '--sweep-point': '(the point key)',
                 '--parent-run-id': '(the parent run)', '--resume': '(always passed)', '--deepspeed': '--ds-config'}
-KIND_TAG, SWEEP_KIND = 'deepvit.kind', 'sweep'
 
 
 class SweepError(ValueError):
@@ -98,8 +106,9 @@ def parse_ints(field: str, text: str, minimum: int = 0) -> List[int]:
     return values
 
 
-def parse_widths(text: str) -> List[Tuple[int, int]]:
-    """``'64,96:6'`` -> ``[(64, 4), (96, 6)]``: embed_dim, with num_heads = embed_dim // 16 unless given as ``E:H``.
+def parse_widths(text: str, head_dim: int = 16) -> List[Tuple[int, int]]:
+    """``'64,96:6'`` -> ``[(64, 4), (96, 6)]``: embed_dim, with num_heads = embed_dim // head_dim unless given as
+    ``E:H`` (the sweep passes the head dimension of the size's registered variant: 16 tiny, 32 paper).
 
     Raises:
         SweepError: a malformed entry, or embed_dim not divisible by num_heads.
@@ -109,7 +118,7 @@ def parse_widths(text: str) -> List[Tuple[int, int]]:
         e, _, h = item.strip().partition(':')
         try:
             embed = int(e)
-            heads = int(h) if h else embed // HEAD_DIM
+            heads = int(h) if h else embed // head_dim
         except ValueError:
             raise SweepError(f'--widths entries must be EMBED or EMBED:HEADS, got {item!r}') from None
         if embed <= 0 or heads <= 0 or embed % heads:
@@ -198,14 +207,14 @@ def _client(uri: str):
 
 def _sweep_runs(client, exp_id: str, sweep_id: str) -> list:
     from analysis.store import iter_runs
-    return list(iter_runs(client, [exp_id], f"tags.sweep_id = '{sweep_id}'"))
+    return list(iter_runs(client, [exp_id], f"tags.{SWEEP_ID_TAG} = '{sweep_id}'"))
 
 
 def point_statuses(runs: Sequence) -> Dict[str, List[str]]:
     """``{sweep_point: [status, ...]}`` of the sweep's training runs (parents excluded)."""
     out: Dict[str, List[str]] = {}
     for r in runs:
-        key = r.data.tags.get('sweep_point')
+        key = r.data.tags.get(SWEEP_POINT_TAG)
         if key and r.data.tags.get(KIND_TAG) != SWEEP_KIND:
             out.setdefault(key, []).append(r.info.status)
     return out
@@ -226,7 +235,7 @@ def find_or_create_parent(client, exp_id: str, sweep_id: str, params: Dict[str, 
     from mlflow.entities import Param
     from mlflow.tracking.context.registry import resolve_tags
     run = client.create_run(exp_id, run_name=f'sweep-{sweep_id}',
-                            tags=resolve_tags({'sweep_id': sweep_id, KIND_TAG: SWEEP_KIND}))
+                            tags=resolve_tags({SWEEP_ID_TAG: sweep_id, KIND_TAG: SWEEP_KIND}))
     client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
     keep = _parents(_sweep_runs(client, exp_id, sweep_id))[0].info.run_id
     if keep != run.info.run_id:
@@ -316,9 +325,11 @@ def make_plan(args: argparse.Namespace, extra: Sequence[str]) -> Plan:
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families or len(set(families)) != len(families):
         raise SweepError(f'--families must be distinct names from {list(FAMILIES)}, got {args.families!r}')
-    template, default_width = SIZES[args.size]
+    template = SIZES[args.size]
+    embed, heads = size_defaults(args.size)
+    default_width = f'{embed}:{heads}'
     depths = parse_ints('--depths', args.depths, minimum=1)
-    widths = parse_widths(args.widths or default_width)
+    widths = parse_widths(args.widths or default_width, head_dim=embed // heads)
     seeds = parse_ints('--seeds', args.seeds)
     axes = [parse_grid_axis(s) for s in args.grid]
     root_arg, extra = split_output_dir(extra)

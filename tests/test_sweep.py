@@ -71,6 +71,9 @@ def _plan(args, extra=()):
 # ------------------------------------------------------------------------------------------------ pure parts
 def test_widths_and_point_keys():
     assert sweep.parse_widths('64,96:6,384') == [(64, 4), (96, 6), (384, 24)]
+    # heads from the size's registered head dimension: the paper's is 32 (was: 768 -> 48 heads, silently)
+    assert _plan(['--experiment', 'e', '--depths', '4', '--size', 'paper', '--widths', '768']).spec['widths'] == [(768, 24)]
+    assert _plan(['--experiment', 'e', '--depths', '4', '--size', 'paper']).spec['widths'] == [(384, 12)]
     point = sweep.Point('deepvit', 8, 64, 4, 0)
     assert point.key == 'deepvit-d8-w64-h4-s0'                 # the schema's example
     assert sweep.Point('vit', 2, 32, 2, 1, (('--drop-path-rate', '0.1'),)).key == 'vit-d2-w32-h2-drop-path-rate0.1-s1'
