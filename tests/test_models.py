@@ -211,3 +211,27 @@ def test_bad_input_raises_value_error_naming_field_and_value(overrides, field, v
         timm.create_model('deepvit_tiny_patch4_32', **overrides)
     message = str(err.value)
     assert field in message and value in message, message
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_patch4_32', 'deepvit_tiny_patch4_32', 'talkinghead_tiny_patch4_32',
+                                  'layerscale_tiny_patch4_32'])
+def test_fx_tracing_forward_and_backward(name):
+    """timm's fx feature extraction (``create_feature_extractor``, what timm's own model tests use) traces every
+    family: the Re-attention mix is a registered leaf (its BatchNorm mode checks are Python control flow). The
+    traced model equals the eager one in eval and trains (every parameter gets a gradient) in train mode.
+    TorchScript is not supported: ``torch.jit.script`` is deprecated in this PyTorch and cannot script the folded
+    BatchNorm's custom autograd Function."""
+    import timm
+    from timm.models import get_graph_node_names
+    from timm.models._features_fx import create_feature_extractor
+    torch.manual_seed(0)
+    model = timm.create_model(name, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    _, eval_nodes = get_graph_node_names(model)
+    traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    torch.testing.assert_close(next(iter(traced(x).values())), model(x))
+    model.train()
+    train_nodes, _ = get_graph_node_names(model)
+    traced = create_feature_extractor(model, return_nodes=[train_nodes[-1]]).train()
+    next(iter(traced(x).values())).sum().backward()
+    assert all(p.grad is not None for p in traced.parameters() if p.requires_grad)

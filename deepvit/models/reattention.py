@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from torch.autograd.function import once_differentiable
-from timm.layers import LayerNorm2d
+from timm.layers import LayerNorm2d, register_notrace_module
 
 from .attention import Attention
 from .checkpointing import recomputing
@@ -25,6 +25,7 @@ REATTN_NORMS = ('bn', 'ln', 'none')
 REATTN_INITS = ('random', 'identity')
 
 
+@register_notrace_module  # a leaf for torch.fx (timm's feature extraction): its BatchNorm mode checks are Python
 class ReAttentionMix(nn.Module):
     """Θᵀ head mixing followed by the Re-attention norm: (B, H, N, N) float maps in, same shape out.
 
