@@ -353,10 +353,36 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_p
     text = log_of(out)
     assert 'SIGTERM: checkpoint' in text and 'Traceback' not in text
     tag = (out / 'checkpoints' / 'latest').read_text()
-    assert tag.startswith('step') or tag.startswith('epoch')
+    assert tag.startswith('step')  # a mid-epoch checkpoint (an epoch tag would mean the signal was missed)
     assert client(env).get_run(run_id(out)).info.status == 'KILLED'
     run_ok(env, out, '--resume')
     assert client(env).get_run(run_id(out)).info.status == 'FINISHED'
+    assert_same_weights(out, reference)
+
+
+@pytest.mark.parametrize('target', ['runner', 'launcher'])
+def test_sigterm_to_one_process_of_the_job_stops_every_rank_at_one_step(target, env, reference, tmp_path):
+    """SIGTERM to the `deepspeed` command only (was: the ranks trained on as orphans and FINISHED) or to the
+    per-node launcher only (was: rank 1 died in an all-reduce, no checkpoint): every rank checkpoints at the same
+    step, the run ends KILLED, no process of the job is left, and the resumed run equals the uninterrupted one."""
+    import psutil
+    out = tmp_path / target
+    proc = start(env, out)
+    wait_for(out / 'checkpoints' / 'epoch0001', proc)
+    time.sleep(0.5)  # inside epoch 2
+    launcher = next(c for c in psutil.Process(proc.pid).children(recursive=True)
+                    if 'deepspeed.launcher.launch' in ' '.join(c.cmdline()))
+    job = [launcher] + launcher.children(recursive=True)
+    os.kill(proc.pid if target == 'runner' else launcher.pid, signal.SIGTERM)
+    proc.wait(timeout=120)
+    gone, alive = psutil.wait_procs(job, timeout=120)
+    assert not alive, [p.cmdline() for p in alive]
+    text = log_of(out)
+    assert 'SIGTERM: checkpoint' in text and 'Connection closed by peer' not in text
+    tag = (out / 'checkpoints' / 'latest').read_text()
+    assert tag.startswith('step') and {'rank0.pt', 'rank1.pt'} <= {p.name for p in (out / 'checkpoints' / tag).iterdir()}
+    assert client(env).get_run(run_id(out)).info.status == 'KILLED'
+    run_ok(env, out, '--resume')
     assert_same_weights(out, reference)
 
 

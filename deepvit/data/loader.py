@@ -258,9 +258,11 @@ class ShardDataset(IterableDataset):
 
 
 def _ignore_sigterm(worker_id: int) -> None:
-    """Workers ignore SIGTERM: a cluster preemption signals every process of a job, and the main process (which
-    checkpoints, then shuts its workers down) must not see them die first. Workers still exit with their parent."""
+    """Workers ignore SIGTERM and SIGINT: a cluster preemption (or Ctrl-C) signals every process of a job, and the
+    main process (which checkpoints, then shuts its workers down) must not see them die first. Workers still exit
+    with their parent."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ShardLoader:
