@@ -84,6 +84,17 @@ def test_full_epoch_steps_schedule_and_logs():
     assert math.isfinite(result.loss)
 
 
+def test_an_epoch_is_whole_optimizer_steps():
+    """7 micro-batches with accumulation 3: the trainer plans 2 steps per epoch and passes stop_batch=6, so 2 steps
+    are made (was: the 7th micro-batch opened a window that the next epoch closed: one step more than planned)."""
+    engine = Engine(nn.Linear(3, 2), grad_accum=3)
+    for epoch in range(2):
+        result = train_one_epoch(engine, batches(7), nn.CrossEntropyLoss(), device=torch.device('cpu'),
+                                 dtype=torch.float32, scheduler=Sched(), stop_batch=6)
+        assert (result.steps, result.batches) == (2, 6)
+    assert engine.global_steps == 4 and engine.micro_steps == 12
+
+
 def test_gradient_accumulation_counts_optimizer_steps():
     result, engine, sched = run(batches(6), grad_accum=3)
     assert (result.steps, result.batches, engine.global_steps) == (2, 6, 2)

@@ -39,7 +39,8 @@ class EpochResult:
 
 
 def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device, dtype: torch.dtype,
-                    scheduler, start_batch: int = 0, control: StepControl = StepControl(),
+                    scheduler, start_batch: int = 0, stop_batch: Optional[int] = None,
+                    control: StepControl = StepControl(),
                     log_every: int = 10, on_log: Callable[[Dict[str, float], int], None] = lambda m, s: None,
                     progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None) -> EpochResult:
     """Train over ``loader`` from micro-batch ``start_batch`` until it ends, a stop is requested or the budget is spent.
@@ -51,6 +52,10 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
     stop flags of all ranks — so every rank sees the same NaN and the same stop decision at the same step, as
     nanoGPT and timm read their losses only when they log. A stop request is therefore honoured at the next log
     step (at most ``log_every`` steps late); the step budget is exact.
+
+    ``stop_batch``: the epoch ends after this micro-batch index (the trainer passes steps per epoch × gradient
+    accumulation, so an epoch is whole optimizer steps and the remainder micro-batches are not trained on: the
+    planned steps are the steps made, and no accumulation window spans two epochs).
 
     ``regularizer``: a callable giving a penalty added to the loss after each forward (e.g.
     :class:`deepvit.training.regularizers.CosineRegularizer`).
@@ -67,6 +72,8 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
     epoch_loss, epoch_micro = 0.0, 0
     stopped = False
     for images, labels in loader:
+        if stop_batch is not None and start_batch + batches >= stop_batch:
+            break
         images = images.to(device, non_blocking=True)
         targets = labels.to(device, non_blocking=True)  # class indices, or soft targets mixed by the loader
         logits = engine(images.to(dtype))

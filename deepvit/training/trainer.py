@@ -283,6 +283,10 @@ def run(plan: Plan) -> int:
     else:
         criterion = torch.nn.CrossEntropyLoss()
     steps_per_epoch = train_loader.num_batches // ds.grad_accum_steps
+    if steps_per_epoch < 1:
+        raise ConfigError(f"{train_loader.num_batches} micro-batches per epoch per rank are fewer than "
+                          f"gradient_accumulation_steps={ds.grad_accum_steps}: no optimizer step would be made")
+    epoch_batches = steps_per_epoch * ds.grad_accum_steps  # whole optimizer steps; the remainder is not trained on
     scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.sched, num_epochs=cfg.train.epochs,
                                        warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
                                        min_lr=cfg.train.min_lr, step_on_epochs=False,
@@ -358,13 +362,14 @@ def run(plan: Plan) -> int:
                        desc=f"epoch {epoch + 1}/{cfg.train.epochs}", dynamic_ncols=True, leave=False)
             t0 = time.perf_counter()
             result = train_one_epoch(engine, train_loader, criterion, device=device, dtype=dtype,
-                                     scheduler=scheduler, start_batch=start_batch, control=control,
+                                     scheduler=scheduler, start_batch=start_batch, stop_batch=epoch_batches,
+                                     control=control,
                                      log_every=cfg.train.log_every, regularizer=regularizer,
                                      on_log=lambda m, s: tracker.log_metrics(m, s), progress=bar)
             bar.close()
             position = start_batch + result.batches  # micro-batches of this epoch consumed so far
             start_batch = 0
-            complete = position >= train_loader.num_batches
+            complete = position >= epoch_batches
             if _any_rank(preempt(), device) and not complete:  # each rank keeps its own BatchNorm statistics in its rank file
                 tag = f'step{engine.global_steps:08d}'
                 save_checkpoint(engine, ckpt_dir, tag, _client_state(epoch, position, engine, scheduler,
