@@ -16,7 +16,7 @@ from mlflow.entities import Experiment, Run
 __all__ = ['AnalysisError', 'default_tracking_uri', 'store_exists', 'open_store', 'get_experiment', 'iter_runs', 'sweep_runs',
            'metric_history', 'download_artifact', 'load_array', 'SWEEP_KIND', 'KIND_TAG']
 
-from deepvit.schema import KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND  # the record's names: one place (deepvit/schema.py)
+from deepvit.schema import EVAL_KIND, KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND  # the record's names: one place (deepvit/schema.py)
 
 
 class AnalysisError(RuntimeError):
@@ -102,7 +102,7 @@ def sweep_runs(client: MlflowClient, experiment: Experiment,
     flt = f'tags.sweep_id = {_quote(sweep_id)}' if sweep_id else ''
     runs = list(iter_runs(client, [experiment.experiment_id], flt))
     parents = [r for r in runs if r.data.tags.get(KIND_TAG) == SWEEP_KIND]
-    train = [r for r in runs if r.data.tags.get(KIND_TAG) != SWEEP_KIND]
+    train = [r for r in runs if r.data.tags.get(KIND_TAG) not in (SWEEP_KIND, EVAL_KIND)]  # evaluations apart
     where = f"experiment {experiment.name!r} (tracking URI {client.tracking_uri!r})"
     if sweep_id and not runs:
         known = sorted({r.data.tags[SWEEP_ID_TAG] for r in iter_runs(client, [experiment.experiment_id])

@@ -11,8 +11,8 @@ EXPERIMENT_KIND = 'custom_model_development'    # (the alternative, 'genai_devel
 NOTE_TAG = 'mlflow.note.content'                # experiment and run descriptions (MLflow's own tag)
 
 # ---- run tags
-KIND_TAG = 'deepvit.kind'                       # 'train' | 'sweep'
-TRAIN_KIND, SWEEP_KIND = 'train', 'sweep'
+KIND_TAG = 'deepvit.kind'                       # 'train' | 'sweep' | 'eval'
+TRAIN_KIND, SWEEP_KIND, EVAL_KIND = 'train', 'sweep', 'eval'
 FAMILY_TAG = 'family'
 REMEDY_TAG = 'remedy'
 SWEEP_ID_TAG = 'sweep_id'

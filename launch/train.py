@@ -4,6 +4,7 @@
     deepspeed --num_gpus 8 launch/train.py --deepspeed ds_configs/zero2.json \\
         --config launch/configs/imagenet.yaml --model deepvit_32b_patch16_224 --data /data/imagenet1k-wds
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --output-dir runs/a --resume   # continue a run
+    deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors
 
 ``--help`` lists every config field with its default. User errors (a bad config, an unknown field, missing data)
 print one paragraph and exit with status 2 before any model is built or any process group waits.
@@ -13,6 +14,7 @@ import sys
 
 def main(argv=None) -> int:
     from deepvit.training import build_parser, resolve
+    from deepvit.training.evaluation import run_eval
     from deepvit.training.trainer import LaunchError, preflight, run
 
     args = build_parser().parse_args(argv)
@@ -22,8 +24,8 @@ def main(argv=None) -> int:
         print(f"launch/train.py: error: {err}", file=sys.stderr)
         return 2
     try:
-        return run(plan)
-    except LaunchError as err:
+        return run_eval(plan) if plan.cfg.eval_only else run(plan)
+    except (LaunchError, ValueError) as err:  # ValueError: ConfigError found once the model is built
         print(f"launch/train.py: error: {err}", file=sys.stderr)
         return 2
 

@@ -298,6 +298,31 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, referen
         assert_same_weights(out, reference)
 
 
+@pytest.mark.parametrize('source', ['export', 'checkpoint'])
+def test_eval_only_scores_weights_and_records_an_eval_run(source, env, reference, tmp_path):
+    """--eval-only on the exported weights or the run's checkpoint, 1 rank: the same top-1 as the training run's
+    final evaluation (2 ranks), recorded as a run of kind 'eval' with the probe; bad weights are one-line errors."""
+    weights = str(Path(reference) / 'model.safetensors') if source == 'export' else str(reference)
+    out = tmp_path / 'eval'
+    run_ok(env, out, '--eval-only', '--eval-weights', weights, num_gpus=1)
+    c = client(env)
+    exp = c.get_experiment_by_name('launch-tests')
+    (run,) = [r for r in c.search_runs([exp.experiment_id], "tags.`deepvit.kind` = 'eval'")
+              if r.data.params.get('eval.weights') == weights]
+    assert run.info.status == 'FINISHED' and run.data.params['eval.split'] == 'val'
+    assert run.data.metrics['val/num_samples'] == DIGITS_VAL
+    trained = final_metric(c, run_id(reference), 'val/top1')
+    assert abs(run.data.metrics['val/top1'] - trained) <= 100 / DIGITS_VAL + 1e-9  # one borderline image at most
+    assert 'collapse/calibrated_mean_adjacent_softmax' in run.data.metrics
+    assert 'eval/correct.npy' in {a.path for a in c.list_artifacts(run.info.run_id, 'eval')}
+    if source == 'export':  # weights of another architecture: refused in one line, exit 2
+        bad = subprocess.run(launcher_cmd(num_gpus=1) + [
+            '--deepspeed', str(ROOT / 'ds_configs' / 'zero2.json'), '--output-dir', str(tmp_path / 'bad'), *TINY,
+            '--depth', '3', '--eval-only', '--eval-weights', weights], env=env, cwd=ROOT, capture_output=True,
+            text=True, timeout=300)
+        assert bad.returncode == 2 and 'do not fit' in bad.stdout + bad.stderr
+
+
 def test_resume_on_another_world_size_stops_before_loading(env, reference, tmp_path):
     """A 2-rank ZeRO-2 checkpoint resumed by 1 rank: one paragraph before the process group starts, exit 2, the
     MLflow run untouched (was: a DeepSpeed traceback and a run left RUNNING)."""

@@ -117,6 +117,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     output_dir: str = 'outputs/run'
     resume: bool = False
+    eval_only: bool = False              # score weights on data.val_split, no training (DeiT's --eval, timm's validate.py)
+    eval_weights: Optional[str] = None   # with eval_only: a .safetensors export, a checkpoints/ folder or a run's output_dir
 
 
 SECTIONS = ('model', 'data', 'train', 'log')

@@ -60,7 +60,9 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     rank, world = env_rank(), env_world_size()
     ds = resolve_ds_config(ds_path, world)
     out_dir = Path(cfg.output_dir)
-    if not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
+    if cfg.eval_only:
+        _check_eval_weights(cfg.eval_weights)
+    elif not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
         raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
                           f"another --output-dir")
     try:  # created (or refused) here, on every rank, before any process group waits
@@ -124,6 +126,19 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards)
+
+
+def _check_eval_weights(path: Optional[str]) -> None:
+    if not path:
+        raise ConfigError("eval_only: give the weights to score with --eval-weights (a .safetensors export, a "
+                          "checkpoints/ folder or a run's output_dir)")
+    p = Path(path)
+    if p.is_file() and p.suffix == '.safetensors':
+        return
+    if p.is_dir() and ((p / 'latest').is_file() or (p / 'checkpoints' / 'latest').is_file()):
+        return
+    raise ConfigError(f"eval_weights={path!r}: not a .safetensors file, nor a folder with a DeepSpeed checkpoint "
+                      f"('latest' in it or in its checkpoints/)")
 
 
 def _checkpoint_world_size(tag_dir: Path) -> Optional[int]:

@@ -1,0 +1,92 @@
+"""Evaluation-only runs: score exported weights or a DeepSpeed checkpoint on a split (DeiT's ``--eval``, timm's
+``validate.py``) and record top-1/top-5, the loss and the collapse probe in MLflow, as a run of kind ``eval``.
+
+    deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors \\
+        [--model NAME --data SRC --data.val_split val ...]
+
+The model is built from the config as for training (same name and fields), the weights loaded with
+``load_state_dict(strict=True)`` (a mismatch is an error naming the keys); a checkpoint is consolidated to fp32 with
+DeepSpeed's ``zero_to_fp32`` (any ZeRO stage, any world size). Every rank evaluates its share of the split (padded,
+so each image counts once), the probe runs on the fixed first ``train.collapse_images`` images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import schema
+from . import record
+from .checkpoint import latest_tag, seed_everything
+from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
+from .config import ConfigError, to_yaml
+from .engine import evaluate, gather_correct
+from .tracking import create_tracker
+
+
+def load_weights(path: str) -> dict:
+    """The fp32 state dict of a ``.safetensors`` export, a ``checkpoints/`` folder or a run's ``output_dir``."""
+    p = Path(path)
+    if p.is_file():
+        from safetensors.torch import load_file
+        return load_file(str(p))
+    ckpt = p if (p / 'latest').is_file() else p / 'checkpoints'
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=latest_tag(ckpt))
+
+
+def run_eval(plan) -> int:
+    """Evaluate on every rank; rank 0 records the run. Returns the exit status (0)."""
+    import deepspeed
+    import timm
+    from .trainer import _build_loaders, _device, _quiet_other_ranks
+
+    cfg, rank, world = plan.cfg, plan.rank, plan.world_size
+    _quiet_other_ranks(rank)
+    device = _device(plan.local_rank)
+    deepspeed.init_distributed(verbose=False)
+    seed_everything(cfg.train.seed)
+    model = timm.create_model(cfg.model.name, **plan.model_kwargs)
+    try:
+        model.load_state_dict(load_weights(cfg.eval_weights), strict=True)
+    except RuntimeError as err:
+        raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} "
+                          f"{plan.model_kwargs}: {str(err).splitlines()[0]}") from None
+    model = model.to(device).eval()
+    _, val_loader, probe_loader = _build_loaders(plan, model, None, device)
+    family, remedy = model.family, getattr(model, 'remedy', model.family)
+    tags = record.run_tags(cfg, model, family, remedy, device)
+    tags[schema.KIND_TAG] = schema.EVAL_KIND
+    tags[schema.NOTE_TAG] = f"evaluation of {cfg.eval_weights} on split {cfg.data.val_split!r} of {cfg.data.source}"
+    name = cfg.log.run_name or f"eval-{cfg.model.name}-d{model.model_cfg['depth']}"
+    tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=name, tracking_uri=cfg.log.tracking_uri,
+                             tags=tags)
+    try:
+        if rank == 0:
+            from ..models import count_params, gmacs_per_image
+            params = {k: v for k, v in record.run_params(cfg, model, plan.ds, world, n_params=count_params(model),
+                                                         gmacs=gmacs_per_image(model), family=family, remedy=remedy,
+                                                         lr=0.0).items()
+                      if not k.startswith(('train.', 'ds.')) or k.startswith('train.collapse')}
+            params.update({'eval.weights': cfg.eval_weights, 'eval.split': cfg.data.val_split})
+            tracker.log_params(params)
+            tracker.log_text(to_yaml(cfg), 'config.yaml')
+            if plan.val_shards is not None:
+                tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:])
+        metrics, correct = evaluate(model, val_loader, device=device, dtype=torch.float32, per_sample=True)
+        correct = gather_correct(correct, device)
+        probe = CollapseProbe(lambda: (x.to(device) for x, _ in probe_loader), cfg.train.collapse_images,
+                              cfg.train.collapse_threshold, cfg.train.collapse_permutations, tracker.log_metrics)
+        final = probe(model, 0)
+        if rank == 0:
+            tracker.log_metrics(metrics, 0)
+            tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
+            log_collapse_artifacts(tracker, final, similarity_figure)
+            print(f"[deepvit] eval {cfg.eval_weights}: top1 {metrics['val/top1']:.2f} top5 {metrics['val/top5']:.2f} "
+                  f"({int(metrics['val/num_samples'])} images of split {cfg.data.val_split!r}) | MLflow run "
+                  f"{tracker.run_id}", flush=True)
+    except BaseException:
+        tracker.end('FAILED')
+        raise
+    tracker.end('FINISHED')
+    return 0
