@@ -6,141 +6,19 @@ A 2-rank launch costs ~30 s (mostly imports), so the suite shares one uninterrup
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
-from safetensors.torch import load_file
+
+from launching import (COLLAPSE_ARRAYS, COLLAPSE_METRICS, DIGITS_VAL, ROOT, TINY, assert_same_weights, client,
+                       final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok, start,
+                       wait_for)
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
-        '--data.num_workers', '1', '--log.system_metrics_interval', '1']
-DIGITS_VAL = 360
-STAGES = ('softmax', 'mixed')
-COLLAPSE_METRICS = tuple(f'collapse/{name}_{stage}' for stage in STAGES for name in (
-    'similar_blocks', 'calibrated_similar_blocks', 'calibrated_mean_adjacent', 'effective_keys',
-    'similar_blocks_fraction', 'calibrated_similar_adjacent', 'mean_adjacent_similarity'))
-COLLAPSE_ARRAYS = tuple(f'collapse/{stem}_{stage}.npy' for stage in STAGES for stem in (
-    'similarity', 'calibrated', 'centred', 'head_avg', 'null', 'effective_keys'))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope='module')
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp('launch')
-    e = dict(os.environ)
-    e.update(DEEPVIT_DATA_CACHE=str(base / 'cache'), MLFLOW_TRACKING_URI=f"sqlite:///{base / 'mlflow.db'}",
-             OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
-    e.pop('RANK', None), e.pop('WORLD_SIZE', None)
-    return e
-
-
-def launcher_cmd(*, num_gpus=2, port=None, extra_launcher=()):
-    # DeepSpeed's launcher (the `deepspeed` console script) run with this interpreter, whatever PATH holds
-    return [sys.executable, '-m', 'deepspeed.launcher.runner', *extra_launcher, *(['--num_gpus', str(num_gpus)] if num_gpus else []),
-            '--master_port', str(port or free_port()), str(ROOT / 'launch' / 'train.py')]
-
-
-def start(env, out, *args, ds='zero2.json', experiment='launch-tests', **kw):
-    cmd = launcher_cmd(**kw) + ['--deepspeed', str(ROOT / 'ds_configs' / ds), '--output-dir', str(out),
-                                '--experiment', experiment, *TINY, *args]
-    log = open(Path(str(out) + '.log'), 'w')
-    return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-
-
-def finish(proc, timeout=420):
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-
-
-def log_of(out) -> str:
-    return Path(str(out) + '.log').read_text()
-
-
-def run_ok(env, out, *args, **kw):
-    code = finish(start(env, out, *args, **kw))
-    assert code == 0, log_of(out)[-4000:]
-    return out
-
-
-def run_id(out) -> str:
-    return json.loads((Path(out) / 'run.json').read_text())['run_id']
-
-
-def weights(out):
-    return load_file(str(Path(out) / 'model.safetensors'))
-
-
-def assert_same_weights(a, b):
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
-
-
-def rank_pids(launcher_pid):
-    """{local rank: pid} of the rank processes (children of deepspeed.launcher.launch, not their DataLoader workers)."""
-    import psutil
-    out = {}
-    for proc in psutil.Process(launcher_pid).children(recursive=True):
-        if 'deepspeed.launcher.launch' not in ' '.join(proc.parent().cmdline()):
-            continue
-        for arg in proc.cmdline():
-            if arg.startswith('--local_rank='):
-                out[int(arg.split('=')[1])] = proc.pid
-    assert len(out) == 2, out
-    return out
-
-
-def wait_for(path: Path, proc, timeout=300):
-    t0 = time.time()
-    while not path.exists():
-        assert proc.poll() is None, f'job ended before {path} appeared'
-        assert time.time() - t0 < timeout, f'{path} did not appear'
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope='module')
-def references(env, tmp_path_factory):
-    """Uninterrupted 2-rank runs, one per ZeRO stage, made on first use: the yardsticks for resume equivalence."""
-    made = {}
-
-    def get(stage: int):
-        if stage not in made:
-            made[stage] = run_ok(env, tmp_path_factory.mktemp('ref') / f'zero{stage}', ds=f'zero{stage}.json')
-        return made[stage]
-    return get
-
-
-@pytest.fixture(scope='module')
-def reference(references):
-    """The uninterrupted ZeRO-2 run (also the multi-node yardstick)."""
-    return references(2)
-
-
-def client(env):
-    return MlflowClient(env['MLFLOW_TRACKING_URI'])
-
-
-def final_metric(c, rid, key):
-    return c.get_metric_history(rid, key)[-1].value
-
 
 @pytest.mark.parametrize('stage', [1, 2, 3])
 def test_zero_stages_train_and_record(stage, env, references, tmp_path):

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_launch import ROOT, TINY, assert_same_weights, client, run_id
-from test_train_launch import env, reference, references  # noqa: F401  (the shared 2-rank reference run)
+from launching import ROOT, TINY, assert_same_weights, client, run_id
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
