@@ -252,7 +252,7 @@ def test_a_subset_keeps_the_full_class_list(tmp_path):
     from deepvit.training import trainer
     from deepvit.training.config import Config
     cfg = Config()
-    cfg.data.source, cfg.train.collapse_images = str(out), 4
+    cfg.data.source, cfg.train.collapse_images, cfg.output_dir = str(out), 4, str(tmp_path / 'run')
     assert trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')).num_classes == 10
 
     inet = tmp_path / 'inet'
@@ -269,6 +269,31 @@ def test_a_subset_keeps_the_full_class_list(tmp_path):
     assert not (tmp_path / 'never' / '_info.json').exists()
 
 
+def test_channels_are_recorded_and_set_in_chans(tmp_path, capsys):
+    """Grayscale PNGs convert with channels 1 in _info.json, and the trainer builds a 1-channel model from them
+    without --in-chans (was: 3 channels, silently); an explicit --in-chans 3 is kept and the mismatch reported."""
+    src = tmp_path / 'gray'
+    for split in ('train', 'val'):
+        for c in ('a', 'b'):
+            (src / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new('L', (12, 12), 40 * i).save(src / split / c / f'{i}.png')
+    out = tmp_path / 'wds'
+    assert convert_image_folder(src, out, 'gray', workers=1, progress=False).info.channels == 1
+    assert json.loads((out / '_info.json').read_text())['channels'] == 1
+    from deepvit.training import trainer
+    from deepvit.training.config import Config
+    ds = str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')
+    cfg = Config()
+    cfg.data.source, cfg.train.collapse_images, cfg.output_dir = str(out), 4, str(tmp_path / 'run')
+    assert trainer.preflight(cfg, ds).model_kwargs['in_chans'] == 1
+    cfg.model.in_chans = 3
+    assert trainer.preflight(cfg, ds).model_kwargs['in_chans'] == 3
+    assert 'recorded as grayscale (1 channel(s)) at conversion' in capsys.readouterr().out
+    colour = convert_image_folder(CIFAR, tmp_path / 'c', 'c', workers=2, progress=False, splits=['val'])
+    assert colour.info.channels == 3
+
+
 def test_device_side_input_gives_the_same_batches(cifar_shards):
     """With ``device`` given (the trainer passes its device), uint8 batches are normalised, erased and mixed on that
     device: on the CPU the batches are identical to the default path, and only CUDA pins memory."""
@@ -281,12 +306,12 @@ def test_device_side_input_gives_the_same_batches(cifar_shards):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
-def test_the_trainer_builds_its_loaders_on_its_device():
+def test_the_trainer_builds_its_loaders_on_its_device(tmp_path):
     from deepvit.training import trainer
     from deepvit.training.config import Config
     import timm
     cfg = Config()
-    cfg.data.source = 'digits'
+    cfg.data.source, cfg.output_dir = 'digits', str(tmp_path / 'run')
     plan = trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
     for loader in trainer._build_loaders(plan, model, None, torch.device('cpu')):

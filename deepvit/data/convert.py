@@ -75,16 +75,21 @@ def scan_image_folder(src: str | os.PathLike, splits=None) -> tuple[dict[str, li
     return files, classes
 
 
-def inspect_image(data: bytes) -> tuple[str, int, int]:
-    """(member extension, width, height) of encoded image bytes, after decoding them fully (JPEGs at 1/8 scale,
-    which still reads every byte of the entropy-coded data). Raises an exception when PIL cannot decode them."""
+GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'})
+
+
+def inspect_image(data: bytes) -> tuple[str, int, int, int]:
+    """(member extension, width, height, channels) of encoded image bytes, after decoding them fully (JPEGs at 1/8
+    scale, which still reads every byte of the entropy-coded data); channels is 1 for a grayscale mode, else 3
+    (palette images count as colour). Raises an exception when PIL cannot decode them."""
     with Image.open(io.BytesIO(data)) as img:
         width, height = img.size
         fmt = img.format
+        channels = 1 if img.mode in GRAY_MODES else 3
         if fmt == 'JPEG':
             img.draft(None, (max(1, width // 8), max(1, height // 8)))
         img.load()
-    return _EXT_BY_FORMAT.get(fmt, fmt.lower()), width, height
+    return _EXT_BY_FORMAT.get(fmt, fmt.lower()), width, height, channels
 
 
 @dataclass(frozen=True)
@@ -117,24 +122,25 @@ def _run_task(task: _ShardTask) -> dict:
     state = task.done()
     if state is not None:
         return state
-    skipped, count = [], 0
+    skipped, count, channels = [], 0, set()
 
     def samples():
         nonlocal count
         for index, rel, class_name, label in task.items:
             try:
                 data = (Path(task.root) / rel).read_bytes()
-                ext, width, height = inspect_image(data)
+                ext, width, height, chans = inspect_image(data)
             except Exception as e:  # noqa: BLE001 - any failure to read or decode skips this file, named in the report
                 skipped.append((rel, f'{type(e).__name__}: {e}'.replace('\t', ' ').replace('\n', ' ')))
                 continue
             meta = {'label': label, 'class_name': class_name, 'path': rel, 'width': width, 'height': height}
             count += 1
+            channels.add(chans)
             yield f'{task.split}_{index:08d}', {ext: data, 'cls': str(label).encode(),
                                                 'json': json.dumps(meta).encode()}
 
     write_shard(Path(task.out) / task.filename, samples())
-    state = {'digest': task.digest, 'count': count, 'skipped': skipped}
+    state = {'digest': task.digest, 'count': count, 'skipped': skipped, 'channels': sorted(channels)}
     state_tmp = task.state_path.with_suffix(f'.{os.getpid()}.tmp')
     state_tmp.write_text(json.dumps(state))
     os.replace(state_tmp, task.state_path)
@@ -232,7 +238,10 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
         split_infos[split] = SplitInfo(split, tuple(t.filename for t in mine),
                                        tuple(states[t.filename]['count'] for t in mine))
         skipped += [tuple(s) for t in mine for s in states[t.filename]['skipped']]
-    info = DatasetInfo(name, split_infos, tuple(classes))
+    seen = [states[t.filename].get('channels') for t in tasks]
+    union = set() if any(c is None for c in seen) else set().union(*map(set, seen))  # None: converted before
+    channels = None if not union else (1 if union == {1} else 3)
+    info = DatasetInfo(name, split_infos, tuple(classes), channels)
     report = out / SKIPPED_REPORT
     report.write_text(''.join(f'{path}\t{reason}\n' for path, reason in sorted(skipped)))
     write_info(out, info)

@@ -5,6 +5,7 @@ public ``timm/imagenet-1k-wds`` shards ship), plus the class names, which timm i
 
     {"name": "imagenet1k",
      "classes": ["n01440764", ...], "num_classes": 1000,          # our addition
+     "channels": 3,                                               # our addition: 1 if every image is grayscale
      "splits": {"train": {"name": "train", "num_samples": 1281167,
                           "filenames": ["imagenet1k-train-0000.tar", ...],   # relative to the directory
                           "shard_lengths": [1251, ...]}, ...}}
@@ -41,11 +42,14 @@ class DatasetInfo:
     name: str
     splits: dict[str, SplitInfo]
     classes: tuple[str, ...] = field(default=())
+    channels: int | None = None   # our addition: 1 when every image is grayscale, 3 otherwise; None: not recorded
 
     def to_json(self) -> dict:
         out = {'name': self.name, 'splits': {k: s.to_json() for k, s in self.splits.items()}}
         if self.classes:
             out.update(classes=list(self.classes), num_classes=len(self.classes))
+        if self.channels is not None:
+            out['channels'] = self.channels
         return out
 
     @classmethod
@@ -61,7 +65,10 @@ class DatasetInfo:
                 if 'num_samples' in s and int(s['num_samples']) != sum(lengths):
                     raise ValueError(f'split {key!r}: num_samples={s["num_samples"]} != sum(shard_lengths)={sum(lengths)}')
                 splits[key] = SplitInfo(s.get('name', key), filenames, lengths)
-            return cls(str(data.get('name', '')), splits, tuple(data.get('classes', ())))
+            channels = data.get('channels')
+            if channels is not None and channels not in (1, 3):
+                raise ValueError(f'channels must be 1 or 3, got {channels!r}')
+            return cls(str(data.get('name', '')), splits, tuple(data.get('classes', ())), channels)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f'{where}: not a valid _info.json ({type(e).__name__}: {e})') from None
 

@@ -33,6 +33,7 @@ class ShardSet:
     lengths: tuple[int, ...] | None
     classes: tuple[str, ...]
     split: str
+    channels: int | None = None   # image channels recorded at conversion (1 gray, 3 colour); None: not recorded
 
     @property
     def num_samples(self) -> int | None:
@@ -59,7 +60,7 @@ def _from_info(info: DatasetInfo, location: str, split: str, arg: str) -> ShardS
         raise ValueError(f'split={split!r} not in {arg}/{INFO_NAME} (splits: {sorted(info.splits)})')
     s = info.splits[split]
     urls = tuple(f'{location.rstrip("/")}/{f}' for f in s.filenames)
-    return ShardSet(urls, s.shard_lengths, info.classes, split)
+    return ShardSet(urls, s.shard_lengths, info.classes, split, info.channels)
 
 
 def _lengths_from_info(urls: list[str], info: DatasetInfo | None, directory: str):

@@ -102,8 +102,13 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     elif classes and cfg.model.num_classes < len(classes):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than the {len(classes)} classes "
                           f"of {cfg.data.source!r}")
+    recorded = train_shards.channels  # image channels recorded at conversion (None for older or foreign shards)
     if cfg.model.in_chans is None:
-        kwargs['in_chans'] = 1 if _is_gray_source(cfg.data.source) else 3
+        kwargs['in_chans'] = recorded or (1 if _is_gray_source(cfg.data.source) else 3)
+    elif recorded is not None and recorded != cfg.model.in_chans and rank == 0:
+        print(f"[deepvit] note: model.in_chans={cfg.model.in_chans}, but the images of {cfg.data.source!r} were "
+              f"recorded as {'grayscale' if recorded == 1 else 'colour'} ({recorded} channel(s)) at conversion: "
+              f"they are converted to {cfg.model.in_chans} channel(s)", flush=True)
     try:
         meta = timm.create_model(cfg.model.name, device='meta', **kwargs)
     except ValueError as err:
