@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
 
+from ..collapse.paper import DEFAULT_SIMILARITY_THRESHOLD
+
 import yaml
 
 
@@ -86,7 +88,7 @@ class TrainConfig:
     collapse_images: int = 256           # fixed validation images of the collapse probe (the first of the split)
     collapse_every: int = 12             # epochs between collapse probes (also at step 0 and at the end; 0: only
     #                                      those two); 12 = 3 probes in the 24-epoch digits job (README: its cost)
-    collapse_threshold: float = 0.9      # similar-block threshold of the paper and calibrated metrics (paper Fig. 3)
+    collapse_threshold: float = DEFAULT_SIMILARITY_THRESHOLD  # similar-block threshold, paper and calibrated (0.9, Fig. 3)
     collapse_permutations: int = 2       # token permutations averaged in the calibrated metric's chance null
     cosine_reg: float = 0.0              # weight of the official DeepViT cosine regulariser (official: 0.1; 0: off)
     cosine_reg_blocks: int = 2           # n: consecutive-map cosines of the first n+1 blocks (official n_comn=2)
