@@ -184,6 +184,7 @@ def test_missing_experiment_sweep_and_store_are_clear_errors(filled, tmp_path):
     assert not missing.parent.exists() and not (tmp_path / 'r').exists()
 
 
+@pytest.mark.slow  # runs the analysis CLI in a subprocess (~18 s)
 def test_cli(filled, tmp_path):
     _, uri, _ = filled
     out = tmp_path / 'cli'
