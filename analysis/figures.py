@@ -114,7 +114,7 @@ def plot_top1_vs_depth(stats: pd.DataFrame, runs: pd.DataFrame, saturation: Dict
 
 def plot_paired_differences(diffs: pd.DataFrame, baseline: str, out_dir: Path) -> List[Path]:
     """Remedy − baseline top-1 vs depth (seed-paired): mean, 95 % t interval (bars) and the seeds × images
-    bootstrap interval (shaded), one line per series; 0 marked."""
+    bootstrap interval (a wide translucent bar), one line per series; 0 marked."""
     fig = Figure(figsize=(6.8, 4.4), layout='constrained')
     ax = fig.add_subplot()
     frame = diffs
@@ -129,12 +129,14 @@ def plot_paired_differences(diffs: pd.DataFrame, baseline: str, out_dir: Path) -
         yerr = np.vstack([g['mean_diff'] - g['t_low'], g['t_high'] - g['mean_diff']]).astype(float)
         ax.errorbar(x, g['mean_diff'], yerr=np.nan_to_num(yerr), color=color, marker=marker, capsize=3,
                     label=f'{series} (pairs {int(g["n_pairs"].min())}–{int(g["n_pairs"].max())})')
-        if g['boot_low'].notna().any():
-            ax.fill_between(x, g['boot_low'].astype(float), g['boot_high'].astype(float), color=color, alpha=0.12)
+        has = g['boot_low'].notna()
+        if has.any():  # a wide translucent bar per depth: visible also where neighbouring depths have none
+            ax.vlines(x[has], g['boot_low'][has].astype(float), g['boot_high'][has].astype(float), color=color,
+                      alpha=0.25, lw=9)
     ax.axhline(0, color='k', lw=0.8)
     _depth_axis(ax, diffs['depth'].unique())
     ax.set_ylabel(f'top-1 difference vs {baseline} (pp)')
-    ax.set_title('paired difference (same seed): mean, 95 % t interval; shaded: seeds × images bootstrap',
+    ax.set_title('paired difference (same seed): mean, 95 % t interval (caps); wide bar: seeds × images bootstrap',
                  fontsize=9)
     ax.legend(fontsize='small')
     return save(fig, out_dir, 'difference_vs_depth')
