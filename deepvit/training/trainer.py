@@ -428,6 +428,9 @@ def run(plan: Plan) -> int:
                 probe(engine.module, engine.global_steps)
             if _any_rank(preempt(), device):  # agreed: no rank goes on into an epoch the others left
                 status, exit_code = 'KILLED', 143
+                if rank == 0:
+                    print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written (at the end of epoch "
+                          f"{epoch + 1}); resume with --resume", flush=True)
                 break
             if result.stopped:  # step budget spent
                 break
