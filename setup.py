@@ -34,6 +34,7 @@ setup(
         'scikit-learn>=1.3',     # the built-in `digits` sample data
         'pillow>=10.0',
         'pyyaml>=6.0',
+        'jsonargparse[signatures]>=4.40',  # the training CLI from the config dataclasses (docstrings: --help)
         'filelock>=3.12',        # one process at a time creates a new SQLite MLflow store
         'tqdm>=4.66',
     ],

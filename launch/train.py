@@ -6,7 +6,7 @@
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --output-dir runs/a --resume   # continue a run
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors
 
-``--help`` lists every config field with its default. User errors (a bad config, an unknown field, missing data)
+``--help`` explains every config field with its default; ``--print_config`` prints the resolved configuration. User errors (a bad config, an unknown field, missing data)
 print one paragraph and exit with status 2 before any model is built or any process group waits.
 """
 import sys
@@ -17,8 +17,8 @@ def main(argv=None) -> int:
     from deepvit.training.evaluation import run_eval
     from deepvit.training.trainer import LaunchError, preflight, run
 
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         plan = preflight(resolve(args), args.deepspeed)
     except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # ConfigError & DeepSpeedConfigError too
         print(f"launch/train.py: error: {err}", file=sys.stderr)

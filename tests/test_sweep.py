@@ -246,7 +246,7 @@ def test_remedy_families_launch_their_model_and_flags(tmp_path, env):
 def test_remedy_flags_are_training_flags():
     """Every flag a remedy family adds is one train.py's parser knows (no drift between the two)."""
     from deepvit.training import build_parser
-    known = {opt for action in build_parser()._actions for opt in action.option_strings}
+    known = build_parser().known_flags()
     for family, (model_family, flags) in sweep.REMEDIES.items():
         assert all(f in known for f in flags[::2]), family
         assert f'{model_family}_tiny_patch4_32' in __import__('deepvit').models.list_variants()
