@@ -15,7 +15,9 @@ import sys
 def main(argv=None) -> int:
     from deepvit.training import build_parser, resolve
     from deepvit.training.evaluation import run_eval
-    from deepvit.training.trainer import LaunchError, preflight, run
+    from deepvit.training.build import LaunchError
+    from deepvit.training.preflight import preflight
+    from deepvit.training.trainer import run
 
     try:
         args = build_parser().parse_args(argv)

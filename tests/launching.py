@@ -52,6 +52,12 @@ def finish(proc, timeout=420):
         raise
 
 
+def shm_buffers_left(proc) -> list:
+    """DeepSpeed CPU all-reduce buffers of the job ``proc`` launched still in /dev/shm (named by its master port)."""
+    port = proc.args[proc.args.index('--master_port') + 1]
+    return sorted(p.name for p in Path('/dev/shm').glob(f'deepspeed_allreduce_buffer_*_{port}_*'))
+
+
 def log_of(out) -> str:
     return Path(str(out) + '.log').read_text()
 

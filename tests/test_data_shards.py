@@ -249,11 +249,11 @@ def test_a_subset_keeps_the_full_class_list(tmp_path):
     assert result.info.classes == tuple(CLASSES) and read_info(out).classes == tuple(CLASSES)
     labels = {int(m['cls']) for t in out.glob('sub-train-*.tar') for m in read_tar(t).values()}
     assert labels == {CLASSES.index(c) for c in CLASSES[:3]}
-    from deepvit.training import trainer
+    from deepvit.training import build as trainer_build, preflight as trainer_preflight
     from deepvit.training.config import Config
     cfg = Config()
     cfg.data.source, cfg.train.collapse_images, cfg.output_dir = str(out), 4, str(tmp_path / 'run')
-    assert trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')).num_classes == 10
+    assert trainer_preflight.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')).num_classes == 10
 
     inet = tmp_path / 'inet'
     for synset in ('n01440764', 'n15075141'):   # ImageNet-1k indices 0 and 999
@@ -281,14 +281,14 @@ def test_channels_are_recorded_and_set_in_chans(tmp_path, capsys):
     out = tmp_path / 'wds'
     assert convert_image_folder(src, out, 'gray', workers=1, progress=False).info.channels == 1
     assert json.loads((out / '_info.json').read_text())['channels'] == 1
-    from deepvit.training import trainer
+    from deepvit.training import build as trainer_build, preflight as trainer_preflight
     from deepvit.training.config import Config
     ds = str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json')
     cfg = Config()
     cfg.data.source, cfg.train.collapse_images, cfg.output_dir = str(out), 4, str(tmp_path / 'run')
-    assert trainer.preflight(cfg, ds).model_kwargs['in_chans'] == 1
+    assert trainer_preflight.preflight(cfg, ds).model_kwargs['in_chans'] == 1
     cfg.model.in_chans = 3
-    assert trainer.preflight(cfg, ds).model_kwargs['in_chans'] == 3
+    assert trainer_preflight.preflight(cfg, ds).model_kwargs['in_chans'] == 3
     assert 'recorded as grayscale (1 channel(s)) at conversion' in capsys.readouterr().out
     colour = convert_image_folder(CIFAR, tmp_path / 'c', 'c', workers=2, progress=False, splits=['val'])
     assert colour.info.channels == 3
@@ -307,14 +307,14 @@ def test_device_side_input_gives_the_same_batches(cifar_shards):
 
 
 def test_the_trainer_builds_its_loaders_on_its_device(tmp_path):
-    from deepvit.training import trainer
+    from deepvit.training import build as trainer_build, preflight as trainer_preflight
     from deepvit.training.config import Config
     import timm
     cfg = Config()
     cfg.data.source, cfg.output_dir = 'digits', str(tmp_path / 'run')
-    plan = trainer.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
+    plan = trainer_preflight.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
-    for loader in trainer._build_loaders(plan, model, None, torch.device('cpu')):
+    for loader in trainer_build.build_loaders(plan, model, None, torch.device('cpu')):
         assert loader.device == torch.device('cpu')
 
 

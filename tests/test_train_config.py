@@ -205,7 +205,9 @@ def launch_env(tmp_path, monkeypatch, data_cache):
 
 @pytest.mark.parametrize('argv, needle', [
     (['--deepspeed', 'missing.json'], 'config file not found: missing.json'),
-    (['--deepspeed', ZERO2, '--model', 'resnet50'], "model.name: unknown model 'resnet50'"),
+    (['--deepspeed', ZERO2, '--model', 'no_such_net'], "model.name: unknown model 'no_such_net'"),
+    (['--deepspeed', ZERO2, '--model', 'resnet50'], "model.name: 'resnet50' is a timm ResNet, which this trainer "
+                                                    "cannot drive"),
     (['--deepspeed', ZERO2, '--embed-dim', '30'], 'embed_dim must be divisible by num_heads=4, got embed_dim=30'),
     (['--deepspeed', ZERO2, '--reattn-norm', 'group'], "reattn_norm must be one of ('bn', 'ln', 'none'), got 'group'"),
     (['--deepspeed', ZERO2, '--depth', '2', '--reattn-blocks', '3'], 'reattn_blocks must be between 0 and depth=2'),
@@ -255,3 +257,23 @@ def test_user_error_from_the_command_line_has_no_traceback(tmp_path):
 def test_shipped_yaml_configs_load(path):
     cfg = parse('--config', str(path))
     assert cfg.train.epochs >= 1
+
+
+def test_any_registered_deepvit_model_is_accepted(launch_env):
+    """A variant the user registers in timm's registry (here a 3-block DeepViT under a new name) trains like ours;
+    the old trainer accepted only the names of deepvit.models.list_variants()."""
+    import timm
+    from timm.models import build_model_with_cfg, register_model
+    from deepvit.models import DeepVisionTransformer
+    from deepvit.training.preflight import preflight
+
+    name = 'user_deepvit_3b_patch4_32'
+    if name not in timm.list_models():
+        @register_model
+        def user_deepvit_3b_patch4_32(pretrained=False, **kwargs):
+            defaults = dict(img_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, reattn_blocks='all')
+            return build_model_with_cfg(DeepVisionTransformer, name, pretrained, **{**defaults, **kwargs})
+    plan = preflight(parse('--model', name, '--output-dir', str(launch_env / 'u')), ZERO2)
+    assert plan.model_kwargs['num_classes'] == 10 and plan.model_kwargs['img_size'] == 32
+    model = timm.create_model(name, **plan.model_kwargs)
+    assert model.model_cfg['depth'] == 3 and model.family == 'deepvit'

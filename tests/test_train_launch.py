@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from launching import (COLLAPSE_ARRAYS, COLLAPSE_METRICS, DIGITS_VAL, ROOT, TINY, assert_same_weights, client,
-                       final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok, start,
+                       final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok, shm_buffers_left,
+                       start,
                        wait_for)
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
@@ -153,6 +154,7 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, referen
     wait_for(out / 'checkpoints' / 'latest', proc)
     os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
     assert finish(proc) != 0
+    assert shm_buffers_left(proc) == []   # was: 2 × 66 MiB of /dev/shm (RAM) left by every CPU job, killed or not
     assert not (out / 'model.safetensors').exists()
     first_id = run_id(out)
     assert client(env).get_run(first_id).info.status in ('RUNNING', 'FAILED')
@@ -201,9 +203,10 @@ def test_eval_only_scores_weights_and_records_an_eval_run(source, env, reference
         assert bad.returncode == 2 and 'do not fit' in bad.stdout + bad.stderr
 
 
-def test_resume_on_another_world_size_stops_before_loading(env, reference, tmp_path):
-    """A 2-rank ZeRO-2 checkpoint resumed by 1 rank: one paragraph before the process group starts, exit 2, the
-    MLflow run untouched (was: a DeepSpeed traceback and a run left RUNNING)."""
+def test_resume_on_another_world_size_with_another_global_batch_stops_before_loading(env, reference, tmp_path):
+    """A 2-rank ZeRO-2 checkpoint (global batch 64) resumed by 1 rank with the same DeepSpeed config (global batch
+    32): one paragraph before the process group starts naming the accumulation that keeps the run one run, exit 2,
+    the MLflow run untouched (was: a DeepSpeed traceback and a run left RUNNING)."""
     import shutil
     copy = tmp_path / 'copy'
     shutil.copytree(reference, copy)  # the same MLflow run (run.json), the reference's files left alone
@@ -212,8 +215,51 @@ def test_resume_on_another_world_size_stops_before_loading(env, reference, tmp_p
     assert finish(proc, timeout=120) == 2
     text = log_of(copy)
     assert 'was written by 2 rank(s), this job has 1' in text and 'ds_to_universal' in text
+    assert 'global batch would change from 64 to 32' in text and 'gradient_accumulation_steps to 2' in text
     assert 'Traceback' not in text.split('was written by')[0][-2000:]
     assert client(env).get_run(run_id(copy)).info.status == before
+
+
+def test_resume_on_another_world_size_through_a_universal_checkpoint(env, reference, tmp_path):
+    """The reference's epoch-2 checkpoint (2 ranks, ZeRO-2, global batch 64) continued by 1 rank with accumulation 2
+    (global batch 64): DeepSpeed's universal checkpoint is made once and loaded, epoch 3 trains from the saved
+    weights and optimizer (the loss goes on from where it was, not from a fresh model's), the same MLflow run ends
+    FINISHED and its steps stay unique. Was: refused (before that, a DeepSpeed traceback)."""
+    import shutil
+    copy = tmp_path / 'copy'
+    shutil.copytree(reference, copy)
+    (copy / 'checkpoints' / 'latest').write_text('epoch0002')
+    shutil.rmtree(copy / 'checkpoints' / 'epoch0003')
+    (copy / 'model.safetensors').unlink()
+    ds = tmp_path / 'zero2_accum2.json'
+    ds.write_text(json.dumps({**json.loads((ROOT / 'ds_configs' / 'zero2.json').read_text()),
+                              'gradient_accumulation_steps': 2}))
+    c = client(env)
+    ref_loss = {m.step: m.value for m in c.get_metric_history(run_id(reference), 'train/loss')}
+    steps_before = {m.step for m in c.get_metric_history(run_id(copy), 'train/loss')}
+    cmd = launcher_cmd(num_gpus=1) + ['--deepspeed', str(ds), '--output-dir', str(copy), '--experiment',
+                                      'launch-tests', *TINY, '--resume']
+    with open(str(copy) + '.log', 'w') as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                start_new_session=True)
+    assert finish(proc) == 0, log_of(copy)[-3000:]
+    text = log_of(copy)
+    assert 'world size 2 -> 1: resuming through DeepSpeed\'s universal checkpoint epoch0002_universal' in text
+    assert (copy / 'checkpoints' / 'epoch0002_universal' / '.complete').is_file()
+    assert (copy / 'checkpoints' / 'latest').read_text() == 'epoch0003' and (copy / 'model.safetensors').is_file()
+    run = c.get_run(run_id(copy))
+    assert run.info.status == 'FINISHED'
+    history = c.get_metric_history(run_id(copy), 'train/loss')
+    steps = [m.step for m in history]
+    assert len(steps) == len(set(steps))
+    resumed = sorted((m.step, m.value) for m in history if m.step not in steps_before)
+    assert resumed and resumed[0][0] > max(s for s in ref_loss if s <= 2 * 22)   # the step count continues
+    first_epoch3_ref = min(s for s in ref_loss if s > 2 * 22)
+    assert resumed[0][1] == pytest.approx(ref_loss[first_epoch3_ref], abs=0.25)   # the trained weights, not fresh
+    assert abs(ref_loss[first_epoch3_ref] - ref_loss[min(ref_loss)]) > 0.3          # (which would be far off)
+    top1 = {m.step: m.value for m in c.get_metric_history(run_id(copy), 'val/top1')}
+    ref_top1 = final_metric(c, run_id(reference), 'val/top1')
+    assert top1[max(top1)] == pytest.approx(ref_top1, abs=8.0)
 
 
 def test_output_dir_under_a_file_is_refused_before_rendezvous(env, tmp_path):

@@ -72,13 +72,14 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: i
         dist.barrier()
 
 
-def load(engine, ckpt_dir: Path, rank: int) -> Optional[Dict[str, Any]]:
-    """Collective: load the latest checkpoint into ``engine`` (weights, optimizer, …), this rank's RNG and buffers.
+def load(engine, ckpt_dir: Path, rank: int, tag: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """Collective: load checkpoint ``tag`` (default: the latest) into ``engine`` (weights, optimizer, …), this rank's
+    RNG and buffers.
 
     Returns:
         The client state saved with it (plus ``'tag'``), or ``None`` when there is no checkpoint.
     """
-    tag = latest_tag(ckpt_dir)
+    tag = tag or latest_tag(ckpt_dir)
     if tag is None:
         return None
     _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)

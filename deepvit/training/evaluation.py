@@ -39,11 +39,11 @@ def run_eval(plan) -> int:
     """Evaluate on every rank; rank 0 records the run. Returns the exit status (0)."""
     import deepspeed
     import timm
-    from .trainer import _build_loaders, _device, _quiet_other_ranks
+    from .build import build_loaders, device_for, quiet_other_ranks
 
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
-    _quiet_other_ranks(rank)
-    device = _device(plan.local_rank)
+    quiet_other_ranks(rank)
+    device = device_for(plan.local_rank)
     deepspeed.init_distributed(verbose=False)
     seed_everything(cfg.train.seed)
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
@@ -53,7 +53,7 @@ def run_eval(plan) -> int:
         raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} "
                           f"{plan.model_kwargs}: {str(err).splitlines()[0]}") from None
     model = model.to(device).eval()
-    _, val_loader, probe_loader = _build_loaders(plan, model, None, device)
+    _, val_loader, probe_loader = build_loaders(plan, model, None, device)
     family, remedy = model.family, getattr(model, 'remedy', model.family)
     tags = record.run_tags(cfg, model, family, remedy, device)
     tags[schema.KIND_TAG] = schema.EVAL_KIND

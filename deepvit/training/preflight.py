@@ -1,0 +1,173 @@
+"""Everything that can be wrong with a job's input, checked before any process group waits or any model is built.
+
+:func:`preflight` resolves a config and a DeepSpeed config into a :class:`Plan` on every rank; ``launch/train.py``
+prints its :class:`ConfigError` as one line and exits with status 2.
+"""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from .checkpoint import latest_tag
+from .config import Config, ConfigError, model_overrides
+from .distributed import env_local_rank, env_rank, env_world_size
+from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
+from .universal import WorldChange, refuse_reason, saved_batch
+
+RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
+
+
+@dataclass
+class Plan:
+    """What preflight resolved: everything needed to build the run, nothing built yet."""
+    cfg: Config
+    ds: ResolvedDeepSpeedConfig
+    rank: int
+    local_rank: int
+    world_size: int
+    model_kwargs: Dict[str, Any]
+    num_classes: int
+    train_shards: Any = None   # deepvit.data.ShardSet of each split (for the run's dataset inputs)
+    val_shards: Any = None
+    world_change: Optional[WorldChange] = None   # resume on another world size, through a universal checkpoint
+
+
+def _is_gray_source(source: str) -> bool:
+    return source == 'digits'
+
+
+def preflight(cfg: Config, ds_path: str) -> Plan:
+    """Check the DeepSpeed config, the model name and fields, and the data source. Raises ConfigError & co.
+
+    Cheap: the model is built on the ``meta`` device (no memory, no init) only to run its own field checks; the
+    data source is resolved to shard lists (``_info.json``), nothing is decoded.
+    """
+    import timm
+    from ..data import resolve_shards
+
+    rank, world = env_rank(), env_world_size()
+    ds = resolve_ds_config(ds_path, world)
+    out_dir = Path(cfg.output_dir)
+    if cfg.eval_only:
+        _check_eval_weights(cfg.eval_weights)
+    elif not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
+        raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
+                          f"another --output-dir")
+    try:  # created (or refused) here, on every rank, before any process group waits
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(out_dir)!r} cannot be created: {err.strerror}"
+                          f"{' (a parent is a regular file)' if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigError(f"output_dir {str(out_dir)!r} is not writable")
+    world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
+    _check_model_name(cfg.model.name)
+    train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
+    val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
+    for what, shards in (('train', train_shards), ('val', val_shards)):
+        if shards.num_samples == 0:
+            raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
+    if val_shards.num_samples is not None and val_shards.num_samples < cfg.train.collapse_images:
+        raise ConfigError(f"train.collapse_images={cfg.train.collapse_images}: the collapse probe needs that many "
+                          f"validation images, but split {val_shards.split!r} of {cfg.data.source!r} has "
+                          f"{val_shards.num_samples}; lower train.collapse_images")
+    kwargs = model_overrides(cfg.model)
+    classes = train_shards.classes
+    if cfg.model.num_classes is None:
+        if not classes:
+            raise ConfigError(f"model.num_classes: the data {cfg.data.source!r} lists no classes; set it")
+        kwargs['num_classes'] = len(classes)
+    elif classes and cfg.model.num_classes < len(classes):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} is smaller than the {len(classes)} classes "
+                          f"of {cfg.data.source!r}")
+    recorded = train_shards.channels  # image channels recorded at conversion (None for older or foreign shards)
+    if cfg.model.in_chans is None:
+        kwargs['in_chans'] = recorded or (1 if _is_gray_source(cfg.data.source) else 3)
+    elif recorded is not None and recorded != cfg.model.in_chans and rank == 0:
+        print(f"[deepvit] note: model.in_chans={cfg.model.in_chans}, but the images of {cfg.data.source!r} were "
+              f"recorded as {'grayscale' if recorded == 1 else 'colour'} ({recorded} channel(s)) at conversion: "
+              f"they are converted to {cfg.model.in_chans} channel(s)", flush=True)
+    try:
+        meta = timm.create_model(cfg.model.name, device='meta', **kwargs)
+    except ValueError as err:
+        raise ConfigError(f"model: {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"model: {cfg.model.name}: {err}") from None
+    if cfg.train.grad_checkpointing and not hasattr(meta, 'set_grad_checkpointing'):
+        raise ConfigError(f"train.grad_checkpointing: model {cfg.model.name!r} has no set_grad_checkpointing")
+    if cfg.train.compile and ds.zero_stage == 3:
+        raise ConfigError(f"train.compile=true needs ZeRO stage 0-2: ZeRO-3's parameter-gathering hooks break "
+                          f"torch.compile's graphs ({ds_path} has stage 3)")
+    if cfg.train.compile and cfg.train.cosine_reg > 0:
+        raise ConfigError("train.compile=true with train.cosine_reg > 0: the regulariser reads attention maps kept "
+                          "by the eager forward; turn one off")
+    if cfg.train.mixup > 0 or cfg.train.cutmix > 0:
+        if ds.micro_batch_size % 2:
+            raise ConfigError(f"train.mixup/cutmix need an even train_micro_batch_size_per_gpu, got "
+                              f"{ds.micro_batch_size} in {ds_path}")
+    kwargs.setdefault('img_size', meta.model_cfg['img_size'])
+    return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
+                num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
+                train_shards=train_shards, val_shards=val_shards, world_change=world_change)
+
+
+def _check_eval_weights(path: Optional[str]) -> None:
+    if not path:
+        raise ConfigError("eval_only: give the weights to score with --eval-weights (a .safetensors export, a "
+                          "checkpoints/ folder or a run's output_dir)")
+    p = Path(path)
+    if p.is_file() and p.suffix == '.safetensors':
+        return
+    if p.is_dir() and ((p / 'latest').is_file() or (p / 'checkpoints' / 'latest').is_file()):
+        return
+    raise ConfigError(f"eval_weights={path!r}: not a .safetensors file, nor a folder with a DeepSpeed checkpoint "
+                      f"('latest' in it or in its checkpoints/)")
+
+
+def _world_change(cfg: Config, ckpt_dir: Path, world: int, ds, ds_path: str) -> Optional[WorldChange]:
+    """None when the latest checkpoint was written by this job's world size (or there is none); a WorldChange when
+    it can continue through a universal checkpoint (the global batch unchanged); else ConfigError, before loading."""
+    tag = latest_tag(ckpt_dir)
+    if tag is None:
+        return None
+    saved = _checkpoint_world_size(ckpt_dir / tag)
+    if saved is None or saved == world:
+        return None
+    saved_global, saved_accum = saved_batch(ckpt_dir / tag)
+    reason = refuse_reason(saved, saved_global, world, ds)
+    if reason:
+        raise ConfigError(f"--resume: the checkpoint in {str(ckpt_dir)!r} was written by {saved} rank(s), this job "
+                          f"has {world}. A ZeRO checkpoint is partitioned by rank count; the trainer converts it "
+                          f"with DeepSpeed's universal checkpoint (ds_to_universal) when the run can stay one run, "
+                          f"but {reason} ({ds_path}); the MLflow run is left as it was")
+    return WorldChange(tag=tag, saved_world=saved, saved_grad_accum=saved_accum)
+
+
+def _checkpoint_world_size(tag_dir: Path) -> Optional[int]:
+    """Ranks that wrote a DeepSpeed checkpoint: its ZeRO optimizer partitions, one per data-parallel rank
+    (``zero_pp_rank_<R>_mp_rank_00_optim_states.pt``; ZeRO-3 also ``…_model_states.pt``). None for stage 0."""
+    ranks = {p.name.split('_')[3] for p in tag_dir.glob('zero_pp_rank_*_mp_rank_*_optim_states.pt')}
+    return len(ranks) or None
+
+
+def _check_model_name(name: str) -> None:
+    """Any model in timm's registry whose builder returns a :class:`deepvit.models.DeepVisionTransformer` (our
+    ViT / DeepViT / remedy variants, or one a user registers with ``timm.register_model``) can be trained: the loop
+    needs its ``model_cfg``, ``family`` and attention maps (the collapse probe). Checked on the meta device."""
+    import timm
+    import torch
+    from .. import models as deepvit_models
+    if name not in timm.list_models():
+        raise ConfigError(f"model.name: unknown model {name!r}; choose one of: "
+                          f"{', '.join(deepvit_models.list_variants())}")
+    try:
+        with torch.device('meta'):
+            meta = timm.create_model(name)
+    except Exception as err:   # a model that cannot be built with its defaults is not ours to drive
+        raise ConfigError(f"model.name: {name!r} cannot be built on the meta device ({err})") from None
+    if not isinstance(meta, deepvit_models.DeepVisionTransformer):
+        raise ConfigError(f"model.name: {name!r} is a timm {type(meta).__name__}, which this trainer cannot drive: "
+                          f"it trains deepvit.models.DeepVisionTransformer variants (their model_cfg, family and "
+                          f"attention maps feed the record and the collapse probe); choose one of: "
+                          f"{', '.join(deepvit_models.list_variants())}, or register your own with "
+                          f"timm.register_model")
