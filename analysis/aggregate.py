@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .records import COLLAPSE, STAGES
+from .records import COLLAPSE_COLUMNS
 
 __all__ = ['METRICS', 'depth_stats']
 
@@ -44,7 +44,7 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     col = METRICS[metric]
-    collapse_cols = [f'{c}_{s}' for c in COLLAPSE for s in STAGES]
+    collapse_cols = COLLAPSE_COLUMNS
     rows = []
     known = runs[runs['depth'].notna()]
     for (series, depth), g in known.groupby(['series', 'depth'], sort=False):

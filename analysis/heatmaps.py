@@ -16,11 +16,11 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from .figures import save
+from .records import STAGES
 from .store import download_artifact
 
 __all__ = ['STAGES', 'artifact_path', 'load_similarities', 'plot_similarity_grid']
 
-STAGES = ('softmax', 'mixed')
 VARIANTS = {'paper': 'similarity', 'calibrated': 'calibrated'}   # variant -> artifact stem
 TITLES = {'paper': 'cross-layer similarity (paper metric, Eq. 4)',
           'calibrated': 'calibrated cross-layer similarity (0 = chance, 1 = identical)'}

@@ -5,6 +5,7 @@ cells, so a partial sweep shows every run with its status.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import pandas as pd
@@ -12,7 +13,8 @@ from tqdm.auto import tqdm
 
 from .store import metric_history
 
-__all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES']
+__all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES',
+           'COLLAPSE_COLUMNS']
 
 from deepvit.schema import FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG, TOP1  # noqa: E402  (the names)
 FAMILY_ORDER = ('vit', 'deepvit')
@@ -43,14 +45,14 @@ COLLAPSE = ('similar_blocks',              # the paper metric's similar-block co
             'mean_adjacent_similarity',    # the same for the paper metric
             'effective_keys')              # attention sharpness: exp(row entropy), mean over blocks
 STAGES = ('softmax', 'mixed')
-for _name in COLLAPSE:
-    for _stage in STAGES:
-        _FIELDS[f'{_name}_{_stage}'] = ('metric', f'collapse/{_name}_{_stage}', 'Float64')
+COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)]
+for _col in COLLAPSE_COLUMNS:
+    _FIELDS[_col] = ('metric', f'collapse/{_col}', 'Float64')
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
-           'top1_best', 'top1_best_step', 'top1_final', 'last_step'] + \
-          [f'{c}_{s}' for c in COLLAPSE for s in STAGES] + ['series', 'start_time', 'end_time']
+           'top1_best', 'top1_best_step', 'top1_final', 'last_step'] + COLLAPSE_COLUMNS + \
+          ['series', 'start_time', 'end_time']
 
 
 def series_label(remedy: str, embed_dim, num_heads, extra: Sequence[Tuple[str, object]] = ()) -> str:

@@ -2,6 +2,7 @@
 figures and a ``report.md`` index out."""
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -95,7 +96,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         for stage in STAGES:
             figures += plot_similarity_grid(runs, matrices, stage, fig_dir, variant=variant)
     histories = {(r, st): metric_history(client, r, f'collapse/{TRAJECTORY}_{st}')
-                 for r in runs['run_id'] for st in STAGES}
+                 for r, st in itertools.product(runs['run_id'], STAGES)}
     figures += plot_collapse_over_training(runs, histories, TRAJECTORY, fig_dir)
     figures += plot_training_curves(runs, curves, fig_dir)
     if baseline is None:

@@ -17,24 +17,16 @@ __all__ = ['AnalysisError', 'default_tracking_uri', 'store_exists', 'open_store'
            'metric_history', 'download_artifact', 'load_array', 'SWEEP_KIND', 'KIND_TAG']
 
 from deepvit.schema import EVAL_KIND, KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND  # the record's names: one place (deepvit/schema.py)
+from deepvit.tracking_uri import default_tracking_uri, sqlite_path  # the one default store (training's too)
 
 
 class AnalysisError(RuntimeError):
     """A user-facing error: the store, experiment or sweep asked for is not there. The message says what exists."""
 
 
-def default_tracking_uri() -> str:
-    """The tracking URI training uses: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///<absolute path of ./mlflow.db>``.
-
-    The path is made absolute here because a relative SQLite URI resolves against each process's working directory.
-    """
-    return os.environ.get('MLFLOW_TRACKING_URI') or f"sqlite:///{Path('mlflow.db').resolve()}"
-
-
 def _sqlite_path(uri: str) -> Optional[Path]:
-    if not uri.startswith('sqlite:///'):
-        return None
-    return Path(uri[len('sqlite:///'):].split('?', 1)[0])
+    path = sqlite_path(uri)
+    return None if path is None else Path(path)
 
 
 def store_exists(uri: str) -> bool:
@@ -99,7 +91,7 @@ def sweep_runs(client: MlflowClient, experiment: Experiment,
         AnalysisError: ``sweep_id`` given but no run carries it (the message lists the sweeps there), or the
         experiment holds no training run.
     """
-    flt = f'tags.sweep_id = {_quote(sweep_id)}' if sweep_id else ''
+    flt = f'tags.{SWEEP_ID_TAG} = {_quote(sweep_id)}' if sweep_id else ''
     runs = list(iter_runs(client, [experiment.experiment_id], flt))
     parents = [r for r in runs if r.data.tags.get(KIND_TAG) == SWEEP_KIND]
     train = [r for r in runs if r.data.tags.get(KIND_TAG) not in (SWEEP_KIND, EVAL_KIND)]  # evaluations apart

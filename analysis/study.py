@@ -17,7 +17,7 @@ from .store import load_array
 
 __all__ = ['CORRECT_ARTIFACT', 'load_correct', 'study_statistics', 'statistics_markdown']
 
-CORRECT_ARTIFACT = 'eval/correct.npy'   # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
+from deepvit.schema import CORRECT_ARTIFACT  # noqa: E402  (the record's names: one place)
 
 
 def load_correct(client, frame: pd.DataFrame, progress: bool = True) -> Optional[Dict[str, np.ndarray]]:

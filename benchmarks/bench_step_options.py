@@ -14,6 +14,7 @@ that trains at batch 32 in 80 GB: (80 GB − 16 bytes/parameter of fp32 weights,
 (saved bytes per block per image × 32), halved bytes for bf16 activations.
 """
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -104,12 +105,10 @@ def checkpointing(args) -> list:
 
 def compile_rows(args) -> list:
     rows = []
-    for family in ('vit', 'deepvit'):
-        for width, heads in ((64, 4), (384, 6)):
-            base = {'model': f'{family}_tiny_patch4_32', 'kwargs': {'embed_dim': width, 'num_heads': heads,
-                                                                   'depth': 6}, 'batch': 64, 'warmup': 3,
-                    'steps': args.steps}
-            rows += [_run({**base, 'compile': False}), _run({**base, 'compile': True})]
+    for family, (width, heads) in itertools.product(('vit', 'deepvit'), ((64, 4), (384, 6))):
+        base = {'model': f'{family}_tiny_patch4_32', 'kwargs': {'embed_dim': width, 'num_heads': heads, 'depth': 6},
+                'batch': 64, 'warmup': 3, 'steps': args.steps}
+        rows += [_run({**base, 'compile': False}), _run({**base, 'compile': True})]
     return rows
 
 

@@ -26,20 +26,14 @@ def free_port() -> int:
 
 
 def matmul_peak(device, dtype, n=2048, repeats=10) -> float:
+    """Matmul peak (FLOP/s): the fastest of ``repeats`` timings of one (n, n) @ (n, n) product, each after
+    ``torch.utils.benchmark.Timer``'s own two warm-up runs (it synchronises the device around each timing), on all of
+    this process's threads (Timer's default is one)."""
+    from torch.utils.benchmark import Timer
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times)
+    timer = Timer('a @ b', globals={'a': a, 'b': b}, num_threads=torch.get_num_threads())
+    return 2 * n ** 3 / min(timer.timeit(1).times[0] for _ in range(repeats))
 
 
 def make_model(args, device):

@@ -34,5 +34,8 @@ SYSTEM_PREFIX = 'system/'
 SWEEP_CHILDREN = 'sweep/children_{status}'      # number of child runs by status (lower case)
 SWEEP_BEST_TOP1 = 'sweep/best_top1/{remedy}/d{depth}'  # best final top-1 (percent) over seeds and widths
 
+# ---- artifacts
+CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
+
 # ---- dataset inputs (``mlflow.log_input`` contexts)
 TRAIN_CONTEXT, VAL_CONTEXT = 'training', 'validation'

@@ -85,24 +85,30 @@ def test_overrides_reach_the_architecture():
     assert model(torch.randn(2, 1, 24, 24)).shape == (2, 4)
 
 
+def on_meta(name: str, **kwargs):
+    """A paper-size model built on the meta device: the same parameters and config, no memory, no weight init."""
+    with torch.device('meta'):
+        return timm.create_model(name, **kwargs)
+
+
 @pytest.mark.parametrize('name, params', [
     ('vit_16b_patch16_224', 24_423_784),   # official 24.42M
     ('vit_24b_patch16_224', 36_257_128),   # official 36.26M
     ('vit_32b_patch16_224', 48_090_472),   # official 48.09M
 ])
 def test_official_parameter_counts(name, params):
-    vit = timm.create_model(name)
+    vit = on_meta(name)
     assert count_params(vit) == params
     assert round(count_params(vit) / 1e6, 2) == round(params / 1e6, 2)
-    deep = timm.create_model(name.replace('vit_', 'deepvit_'))
+    deep = on_meta(name.replace('vit_', 'deepvit_'))
     depth, heads = vit.model_cfg['depth'], vit.model_cfg['num_heads']
     # DeepViT adds only Θ (H×H) and its BatchNorm affine (2H) per block
     assert count_params(deep) - params == depth * (heads * heads + 2 * heads)
 
 
 def test_deepvit_s_l_sizes():
-    s = timm.create_model('deepvit_s_patch16_224')
-    l = timm.create_model('deepvit_l_patch16_224')
+    s = on_meta('deepvit_s_patch16_224')
+    l = on_meta('deepvit_l_patch16_224')
     assert s.reattn_block_indices == tuple(range(11, 16))
     assert l.reattn_block_indices == tuple(range(20, 32))
     assert s.model_cfg['stem'] == 'conv' and s.patch_embed.num_patches == 196

@@ -1,6 +1,7 @@
 """Data: ImageFolder → WebDataset shards, built-in ``digits``, and a multi-rank streaming loader.
 
-Imports nothing else from the project. Main entry points:
+Imports nothing else from the project but two one-job modules, :mod:`deepvit.atomic` (atomic file writes) and
+:mod:`deepvit.ranks` (``$RANK`` / ``$WORLD_SIZE``). Main entry points:
   * :func:`create_loader` → :class:`ShardLoader` yielding ``(images float (B, C, H, W), labels int64 (B,))``;
   * :func:`convert_image_folder` (CLI: ``python -m deepvit.data.convert``);
   * :func:`digits_dir` (the built-in ``digits`` shards; ``source='digits'`` in :func:`create_loader`);

@@ -80,7 +80,9 @@ def digits_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     try:
         os.chmod(tmp, 0o755)
         _build(tmp)
-        os.rename(tmp, final)            # atomic; fails if another process renamed its copy first
+        # a whole directory, not one file (deepvit.atomic is for files): rename(2) of a directory onto a
+        # non-empty one fails, so the first process to publish wins and the others discard their copy
+        os.rename(tmp, final)
     except OSError:
         if not (final / '_info.json').is_file():
             raise

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import atomic
 from .info import DatasetInfo, SplitInfo, write_info
 from .shards import write_shard
 
@@ -141,9 +142,7 @@ def _run_task(task: _ShardTask) -> dict:
 
     write_shard(Path(task.out) / task.filename, samples())
     state = {'digest': task.digest, 'count': count, 'skipped': skipped, 'channels': sorted(channels)}
-    state_tmp = task.state_path.with_suffix(f'.{os.getpid()}.tmp')
-    state_tmp.write_text(json.dumps(state))
-    os.replace(state_tmp, task.state_path)
+    atomic.write_text(task.state_path, json.dumps(state))
     return state
 
 

@@ -94,7 +94,7 @@ def read_info(location: str | os.PathLike) -> DatasetInfo:
 
 def write_info(directory: str | os.PathLike, info: DatasetInfo) -> Path:
     """Write ``DIRECTORY/_info.json`` atomically (temporary file, fsync, rename). Returns its path."""
-    from .shards import atomic_file
+    from ..atomic import atomic_file
     path = Path(directory) / INFO_NAME
     with atomic_file(path) as f:
         f.write((json.dumps(info.to_json(), indent=1) + '\n').encode())

@@ -76,7 +76,12 @@ def seeded(*parts: int):
 
 
 def shuffle(samples, bufsize: int, rng: random.Random):
-    """Buffer shuffle (webdataset's ``shuffle``): hold ``bufsize`` samples, emit a random one per new one, drain."""
+    """Buffer shuffle: hold ``bufsize`` samples, emit a random one per new one, then drain in a shuffled order.
+
+    Not ``webdataset.filters.shuffle``: seeded (``rng=``/``seed=``) it is as deterministic and a resume that replays
+    the epoch would see the same order, but its algorithm (yields once 100 samples are held, reads two per step,
+    picks by swap-with-last) gives another permutation for the same seed: every training batch would change, and the
+    recorded study's runs (docs/study) could no longer be reproduced from their configs."""
     buf = []
     for sample in samples:
         if len(buf) < bufsize:

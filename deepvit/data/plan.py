@@ -19,11 +19,12 @@ split over the rank's workers: every sample is read by exactly one (rank, worker
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+
+from ..ranks import env_rank, env_world_size
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,11 @@ def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tupl
     if rank is None or world_size is None:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
-            env_rank, env_world = dist.get_rank(), dist.get_world_size()
+            found_rank, found_world = dist.get_rank(), dist.get_world_size()
         else:
-            env_rank, env_world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
-        rank = env_rank if rank is None else rank
-        world_size = env_world if world_size is None else world_size
+            found_rank, found_world = env_rank(), env_world_size()
+        rank = found_rank if rank is None else rank
+        world_size = found_world if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f'rank={rank} must be in [0, world_size={world_size})')
     return rank, world_size

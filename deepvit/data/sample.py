@@ -40,10 +40,6 @@ class BadSample(Exception):
         self.reason = reason
 
 
-def is_image_ext(ext: str) -> bool:
-    return ext.lower() in IMAGE_EXTS
-
-
 def to_mode(img: Image.Image, mode: str) -> Image.Image:
     """Apply the EXIF orientation, then convert to ``mode`` (``'RGB'`` or ``'L'``).
 

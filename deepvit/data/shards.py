@@ -4,7 +4,7 @@ Reading is ``webdataset.tariterators``: ``url_opener`` (``webdataset.gopen``: lo
 → ``tar_file_expander`` (tarfile in stream mode ``r|*``, so ``.tar.gz`` shards work too) → ``group_by_keys``
 (samples by ``base_plus_ext``: the key is the member path up to the first dot of its basename, so keys never
 contain dots). Writing is ``webdataset.TarWriter`` / ``ShardWriter``, into a temporary file that is fsynced and
-renamed into place. What this module adds:
+renamed into place (:mod:`deepvit.atomic`). What this module adds:
 
 * ``select_files``: only the members whose extension the caller asks for are read into memory (the loader: image
   and ``.cls``); tarfile passes over the others (``.json``, ``.pkl``, ``.pth``…) unread and nothing is decoded here.
@@ -23,11 +23,12 @@ import contextlib
 import logging
 import os
 from collections import deque
-from pathlib import Path
 from typing import Iterator
 
 from webdataset import ShardWriter, TarWriter
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander, url_opener
+
+from ..atomic import atomic_file, commit, tmp_path
 
 _logger = logging.getLogger(__name__)
 
@@ -134,36 +135,6 @@ def count_samples(url: str) -> tuple[int, str | None]:
 
 
 # --- writing ---------------------------------------------------------------------------------------------------------
-def tmp_path(path: str | os.PathLike) -> Path:
-    """The hidden temporary name a file is written under before it is renamed to ``path``."""
-    path = Path(path)
-    return path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-
-
-def _commit(f, path) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.replace(f.name, path)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Open ``path`` for writing (binary) under its temporary name; on success fsync and rename it into place.
-
-    A crash leaves at most the hidden ``.NAME.PID.tmp`` file, never a partial file under the final name; an
-    exception removes the temporary file.
-    """
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, 'wb') as f:
-            yield f
-            _commit(f, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _tar_writer(fileobj) -> TarWriter:
     """webdataset's TarWriter for payloads that are already bytes, reproducibly (fixed mtime, owner, mode)."""
     return TarWriter(fileobj, encoder=False, mtime=0, user='', group='', format='PAX_FORMAT')
@@ -176,7 +147,7 @@ def _sample(key: str, members: dict[str, bytes]) -> dict:
 
 
 def write_shard(path: str | os.PathLike, samples) -> None:
-    """Write ``samples`` (iterable of (key, {ext: bytes})) as one shard at ``path``, atomically (:func:`atomic_file`).
+    """Write ``samples`` (iterable of (key, {ext: bytes})) as one shard at ``path``, atomically (:func:`deepvit.atomic.atomic_file`).
 
     Members are written in sorted extension order, the payload bytes unchanged. Raises ``ValueError`` for a key
     with a dot.
@@ -188,7 +159,7 @@ def write_shard(path: str | os.PathLike, samples) -> None:
 
 class AtomicShardWriter(ShardWriter):
     """webdataset's ``ShardWriter`` (``pattern % shard_number``, ``maxcount`` samples a shard), every shard written
-    atomically (:func:`atomic_file`) and reproducibly. ``write(key, members)``; ``counts``: samples per shard,
+    atomically (:func:`deepvit.atomic.atomic_file`) and reproducibly. ``write(key, members)``; ``counts``: samples per shard,
     ``filenames``: the shards' paths, both in order."""
 
     def __init__(self, pattern: str, maxcount: int):
@@ -203,7 +174,7 @@ class AtomicShardWriter(ShardWriter):
         return f
 
     def _post(self, fname: str) -> None:
-        _commit(self._files.pop(fname), fname)
+        commit(self._files.pop(fname), fname)
         self.filenames.append(fname)
         self.counts.append(self.count)
 

@@ -6,7 +6,6 @@ each tag folder ``rank<R>.pt`` with that rank's RNG states and module buffers (D
 module state are written by rank 0 only, but each rank's BatchNorm running statistics differ inside an epoch). A tag becomes ``latest`` only after every rank has written its files, so a crash mid-save leaves the previous
 checkpoint as the latest.
 """
-import os
 import random
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -14,6 +13,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .. import atomic
 
 LATEST = 'latest'
 
@@ -65,9 +66,7 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: i
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:
-        tmp = ckpt_dir / f'.{LATEST}.tmp'
-        tmp.write_text(tag)
-        os.replace(tmp, ckpt_dir / LATEST)
+        atomic.write_text(ckpt_dir / LATEST, tag)
     if dist.is_initialized():
         dist.barrier()
 
@@ -111,7 +110,6 @@ def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:
     state = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype).contiguous().clone()
              for k, v in state.items()}
     out_file = Path(out_file)
-    tmp = out_file.with_suffix('.tmp')
-    save_file(state, str(tmp))
-    os.replace(tmp, out_file)
+    with atomic.atomic_path(out_file) as tmp:
+        save_file(state, str(tmp))
     return out_file

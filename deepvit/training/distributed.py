@@ -1,21 +1,9 @@
 """Rank/world-size helpers and the few collectives the loop needs (work with or without a process group)."""
-import os
-from typing import Sequence
 
 import torch
 import torch.distributed as dist
 
-
-def env_rank() -> int:
-    return int(os.environ.get('RANK', 0))
-
-
-def env_world_size() -> int:
-    return int(os.environ.get('WORLD_SIZE', 1))
-
-
-def env_local_rank() -> int:
-    return int(os.environ.get('LOCAL_RANK', 0))
+from ..ranks import env_local_rank, env_rank, env_world_size  # noqa: F401  (the trainer imports them from here)
 
 
 def is_dist() -> bool:

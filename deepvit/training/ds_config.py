@@ -4,14 +4,17 @@ Checks (each raises :class:`DeepSpeedConfigError` naming the file, the field and
 - the file exists and is valid JSON (with line and column of a syntax error);
 - no ``"auto"`` values (a Hugging Face Trainer convention that raw DeepSpeed drops or crashes on);
 - no ``optimizer`` / ``scheduler`` sections: the optimizer (timm's AdamW) and the per-step schedule (timm's cosine)
-  are driven by the trainer (DeepSpeed would retry a timm scheduler with ``step(train_batch_size)``, FACTS.md);
+  are driven by the trainer (``DeepSpeedEngine._take_model_step`` in ``deepspeed/runtime/engine.py`` calls
+  ``lr_scheduler.step()`` and, on ``TypeError``, retries ``step(self.train_batch_size())``, which a timm scheduler
+  would take for an epoch number);
 - the batch triple is consistent with the world size:
   ``train_batch_size = train_micro_batch_size_per_gpu × gradient_accumulation_steps × world_size``
   (any two given; the third derived, as DeepSpeed's ``_configure_train_batch_size`` does).
 
-Precision: bf16 runs where the accelerator supports it natively (CUDA GPUs with bf16); elsewhere (CPU: bf16 matmul
-is ~40× slower than fp32 on AVX2 CPUs, FACTS.md) the run is fp32 and the config's ``bf16``/``fp16`` sections are
-turned off. The resolved precision is returned and recorded with the run.
+Precision: bf16 runs where the accelerator supports it natively (CUDA GPUs with bf16); elsewhere (CPU: native bf16
+matmul needs AVX512-BF16 or AMX, which many CPUs lack; on the project's AVX2/FMA machine without them a bf16 matmul
+measured ~40× slower than fp32) the run is fp32 and the config's ``bf16``/``fp16`` sections are turned off. The
+resolved precision is returned and recorded with the run.
 """
 import copy
 import json
@@ -170,7 +173,9 @@ def resolve_ds_config(path: str, world_size: int, bf16_native: bool = None) -> R
     config.setdefault('bf16', {})['enabled'] = precision == 'bf16'
     config.setdefault('fp16', {})['enabled'] = precision == 'fp16'
     for key, default in (('gradient_clipping', 1.0), ('steps_per_print', 10 ** 9)):
-        config.setdefault(key, default)  # set explicitly: 0.19.3 changed the clipping default (FACTS.md)
+        # set explicitly: DeepSpeed's own default (GRADIENT_CLIPPING_DEFAULT, deepspeed/runtime/constants.py; 1.0 in
+        # 0.19.8) has changed between releases, and the run must not depend on the installed version
+        config.setdefault(key, default)
     return ResolvedDeepSpeedConfig(config=config, path=str(Path(path).resolve()), precision=precision,
                                    zero_stage=int(stage), micro_batch_size=mbs, grad_accum_steps=gas,
                                    global_batch_size=mbs * gas * world_size, world_size=world_size)

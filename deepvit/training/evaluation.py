@@ -80,7 +80,7 @@ def run_eval(plan) -> int:
         final = probe(model, 0)
         if rank == 0:
             tracker.log_metrics(metrics, 0)
-            tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
+            tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
             log_collapse_artifacts(tracker, final, similarity_figure)
             print(f"[deepvit] eval {cfg.eval_weights}: top1 {metrics['val/top1']:.2f} top5 {metrics['val/top5']:.2f} "
                   f"({int(metrics['val/num_samples'])} images of split {cfg.data.val_split!r}) | MLflow run "

@@ -12,23 +12,12 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .. import schema
+from ..tracking_uri import default_tracking_uri, sqlite_path
 
-DEFAULT_DB = 'mlflow.db'
 EXPERIMENT_DESCRIPTION = ('Training runs of the DeepViT depth study (ViT, DeepViT and remedies): group by `family` '
                           'or `remedy`, compare by `depth`; `val/top1` is the final-epoch top-1 in percent, '
                           '`val/top1_best` the best epoch (optimistic). Names: docs/mlflow_schema.md.')
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value (longer values are cut, with a marker)
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<absolute path of ./mlflow.db>``.
-
-    The path is made absolute here: a relative SQLite URI resolves against each process's working directory.
-    """
-    uri = os.environ.get('MLFLOW_TRACKING_URI')
-    if uri:
-        return uri
-    return f"sqlite:///{Path(DEFAULT_DB).resolve()}"
 
 
 class NullTracker:
@@ -231,13 +220,6 @@ def store_lock(uri: str):
     os.makedirs(folder, exist_ok=True)
     with filelock.FileLock(os.path.join(folder, os.path.basename(path) + '.lock'), timeout=STORE_LOCK_TIMEOUT_S):
         yield
-
-
-def sqlite_path(uri: str) -> Optional[str]:
-    """The database path of a ``sqlite:///PATH`` URI as written (relative or absolute), else ``None``."""
-    if not uri.startswith('sqlite:///'):
-        return None
-    return uri[len('sqlite:///'):].split('?', 1)[0]
 
 
 def artifact_root(uri: str) -> Optional[str]:
