@@ -262,6 +262,36 @@ class ShardDataset(IterableDataset):
             yield self._flush(batch)
 
 
+_CONTEXT = None
+
+
+def worker_context():
+    """The multiprocessing context of the loader's workers: ``forkserver``, its server started once per process with
+    SIGTERM and SIGINT ignored (an ignored disposition survives the server's exec, and its forked workers inherit it).
+
+    Why not ``fork`` (DataLoader's default on Linux): forking a process that runs other threads can deadlock the
+    child for good. Seen here: a rank's validation worker stuck in CPython 3.11's after-fork cleanup
+    (``PyOS_AfterFork_Child`` → ``_PyThreadState_DeleteExcept``, waiting on a lock another thread held at the
+    fork — the training loader's ending queue-feeder thread, MLflow's system-metrics monitor, the launcher
+    watchdog), its rank waiting on it and the other rank in an all-reduce: the job hung without a message. The
+    forkserver is a fresh single-threaded interpreter (``deepvit.data.loader`` preloaded), so its forks are safe; it
+    exits with the process that started it. PyTorch's docs on DataLoader worker start methods name the same hazard."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+        ctx = multiprocessing.get_context('forkserver')
+        ctx.set_forkserver_preload([__name__])
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            from multiprocessing import forkserver
+            forkserver.ensure_running()
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        _CONTEXT = ctx
+    return _CONTEXT
+
+
 def _ignore_sigterm(worker_id: int) -> None:
     """Workers ignore SIGTERM and SIGINT: a cluster preemption (or Ctrl-C) signals every process of a job, and the
     main process (which checkpoints, then shuts its workers down) must not see them die first. Workers still exit
@@ -337,7 +367,8 @@ class ShardLoader:
         workers = ds.num_workers
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch_factor if workers else None,
-                            worker_init_fn=_ignore_sigterm if workers else None)
+                            worker_init_fn=_ignore_sigterm if workers else None,
+                            multiprocessing_context=worker_context() if workers else None)
         n = ds.start_batch
         for images, labels, counts in loader:
             for reason, c in zip(REASONS, counts):

@@ -12,7 +12,8 @@ import torch
 
 from .checkpoint import seed_everything
 from .config import ConfigError
-from .distributed import env_local_rank, is_dist
+from ..ranks import env_local_rank
+from .distributed import is_dist
 from .preflight import Plan
 
 

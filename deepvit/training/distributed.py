@@ -3,7 +3,6 @@
 import torch
 import torch.distributed as dist
 
-from ..ranks import env_local_rank, env_rank, env_world_size  # noqa: F401  (the trainer imports them from here)
 
 
 def is_dist() -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 
 from .checkpoint import latest_tag
 from .config import Config, ConfigError, model_overrides
-from .distributed import env_local_rank, env_rank, env_world_size
+from ..ranks import env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .universal import WorldChange, refuse_reason, saved_batch
 

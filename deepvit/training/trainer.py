@@ -15,7 +15,8 @@ from . import record, universal
 from .build import Job, build_job, start_process_group
 from .checkpoint import export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
 from .config import Config, flatten, to_yaml
-from .distributed import all_reduce_sum, average_buffers, env_rank, is_dist
+from ..ranks import env_rank
+from .distributed import all_reduce_sum, average_buffers, is_dist
 from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
 from .preemption import Preemption, any_rank
 from .preflight import RUN_FILE, Plan
@@ -220,7 +221,7 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
         metrics, correct = metrics
         correct = gather_correct(correct, job.device)
         if plan.rank == 0:
-            tracker.log_numpy(correct.numpy(), 'eval/correct.npy')
+            tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
     skipped = _all_skipped(job.train_loader, job.val_loader, job.device)
     metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
     metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
