@@ -38,6 +38,13 @@ setup(
         'filelock>=3.12',        # one process at a time creates a new SQLite MLflow store
         'tqdm>=4.66',
     ],
+    entry_points={
+        'console_scripts': [
+            'deepvit-convert = deepvit.data.convert:main',       # = python -m deepvit.data.convert
+            'deepvit-sweep = deepvit.sweep.cli:console_main',    # = python -m deepvit.sweep = launch/sweep.py
+            'deepvit-analyze = analysis.__main__:main',          # = python -m analysis
+        ],
+    },
     extras_require={
         'dev': [
             'pytest>=8.0',

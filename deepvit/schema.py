@@ -1,6 +1,6 @@
 """Names in the MLflow record (tags, params, metrics, artifacts): the single place they are spelled.
 
-The training writer (``deepvit/training/tracking.py``, ``trainer.py``), the sweep (``launch/sweep.py``) and the
+The training writer (``deepvit/training/tracking.py``, ``trainer.py``), the sweep (``deepvit/sweep/``) and the
 analysis reader (``analysis/``) import them from here; ``docs/mlflow_schema.md`` documents them (a test checks that
 every name below appears there). Plain constants: importing this module imports nothing.
 """
@@ -30,7 +30,9 @@ TOP1_BEST_STEP = 'val/top1_best_step'           # the optimizer step of that max
 PEAK_MEMORY = 'memory/peak_mib/rank{rank}'      # MiB; MLflow's own system metrics use the 'system/' prefix
 SYSTEM_PREFIX = 'system/'
 
-# ---- sweep parent metrics
+# ---- sweep parent runs: name, params and metrics
+SWEEP_RUN_NAME = 'sweep-{sweep_id}'             # the parent's run name
+SWEEP_PARAM = 'sweep.{field}'                   # the grid, one param per field (JSON text), num_points, output_dir
 SWEEP_CHILDREN = 'sweep/children_{status}'      # number of child runs by status (lower case)
 SWEEP_BEST_TOP1 = 'sweep/best_top1/{remedy}/d{depth}'  # best final top-1 (percent) over seeds and widths
 

@@ -1,6 +1,6 @@
-"""The sweep driver: grid parsing, sweep id, dry run, and skip/resume against a store with finished and interrupted
-runs, using a fake launcher that records its argv and logs a FINISHED run as train.py would."""
-import importlib.util
+"""The sweep driver (``deepvit.sweep``, run as ``launch/sweep.py``): grid parsing, sweep id, dry run, and skip/resume
+against a store with finished and interrupted runs, using a fake launcher that records its argv and logs a FINISHED
+run as train.py would."""
 import json
 import os
 import shlex
@@ -15,11 +15,10 @@ from mlflow import MlflowClient
 
 from mlflow_runs import log_training_run
 
+from deepvit import sweep
+
 REPO = Path(__file__).resolve().parent.parent
-SWEEP_PY = REPO / 'launch' / 'sweep.py'
-_spec = importlib.util.spec_from_file_location('sweep_driver', SWEEP_PY)
-sweep = sys.modules['sweep_driver'] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+SWEEP_PY = REPO / 'launch' / 'sweep.py'   # the shim the shell scripts run: the subprocess tests drive it
 
 FAKE_LAUNCHER = textwrap.dedent('''
     """Stands in for `deepspeed`: records argv, then logs a FINISHED run for the point (or fails on request)."""
@@ -250,6 +249,48 @@ def test_remedy_flags_are_training_flags():
     for family, (model_family, flags) in sweep.REMEDIES.items():
         assert all(f in known for f in flags[::2]), family
         assert f'{model_family}_tiny_patch4_32' in __import__('deepvit').models.list_variants()
+
+
+def test_driver_flags_are_training_flags():
+    """Every flag the driver reserves (DRIVER_FLAGS) is one train.py's parser accepts, spelled exactly, and lands in
+    the field the driver means: a point's real command, after the launcher, parsed by the training parser."""
+    from deepvit.training import build_parser as train_parser, resolve
+    plan = _plan(['--experiment', 'e', '--families', 'bn_only', '--depths', '3', '--widths', '96:6', '--seeds', '7',
+                  '--grid', 'drop-path=0.1'], ['--epochs', '3'])
+    point = plan.points[0]
+    cmd = sweep.point_command(point, launcher=['deepspeed'], launcher_flags=['--num_gpus', '1'],
+                              train_script=REPO / 'launch' / 'train.py', ds_config='ds_configs/zero2.json',
+                              model=plan.model(point), root=plan.root, experiment='e', sweep_id=plan.sweep_id,
+                              parent_run_id='abc123', extra=plan.extra)
+    assert cmd[3].endswith('launch/train.py')
+    argv = cmd[4:]
+    assert set(sweep.DRIVER_FLAGS) <= set(argv)          # the argv carries every reserved flag
+    parser = train_parser()
+    parser.allow_abbrev = False                           # a renamed flag must not pass as an abbreviation
+    cfg = resolve(parser.parse_args(argv))                # SystemExit on a flag the parser does not know
+    assert (cfg.model.name, cfg.model.depth, cfg.model.embed_dim, cfg.model.num_heads, cfg.train.seed) == \
+        ('deepvit_tiny_patch4_32', 3, 96, 6, 7)
+    assert (cfg.log.experiment, cfg.log.run_name, cfg.log.sweep_id, cfg.log.sweep_point, cfg.log.parent_run_id) == \
+        ('e', point.key, plan.sweep_id, point.key, 'abc123')
+    assert cfg.resume is True and cfg.output_dir == argv[argv.index('--output-dir') + 1]
+    assert (cfg.model.reattn_init, cfg.model.reattn_theta, cfg.model.drop_path_rate, cfg.train.epochs) == \
+        ('identity', 'fixed', 0.1, 3)                     # the remedy's flags, the --grid axis and EXTRA
+
+
+def test_sizes_come_from_the_registered_variants():
+    """A size's default width and head dimension are its registered variant's, the same for every family."""
+    import timm
+    for size, template in sweep.SIZES.items():
+        embed, heads = sweep.size_defaults(size)
+        for family in {model_family for model_family, _ in sweep.REMEDIES.values()}:
+            cfg = timm.create_model(template.format(family=family), device='meta').model_cfg
+            assert (cfg['embed_dim'], cfg['num_heads']) == (embed, heads), (size, family)
+        plan = _plan(['--experiment', 'e', '--depths', '2', '--size', size])
+        assert plan.spec['widths'] == [(embed, heads)]
+        assert _plan(['--experiment', 'e', '--depths', '2', '--size', size, '--widths', str(4 * embed)]
+                     ).spec['widths'] == [(4 * embed, 4 * heads)]
+    with pytest.raises(sweep.SweepError, match="--size must be one of .*, got 'huge'"):
+        sweep.size_defaults('huge')
 
 
 @pytest.mark.slow  # drives the sweep command in subprocesses

@@ -1,4 +1,5 @@
 """MLflow tracking — the only training module that imports mlflow. Rank 0 only; other ranks get a no-op tracker.
+Also the writer of a sweep's parent run (``deepvit/sweep/`` writes to MLflow only through the functions here).
 
 The record a run leaves (names of params, metrics, tags and artifacts) is specified in ``docs/mlflow_schema.md``;
 the analysis package reads exactly that.
@@ -281,6 +282,63 @@ def _set_artifact_location(uri: str, experiment_id: str, location: str) -> None:
 def create_tracker(rank: int, **kwargs) -> NullTracker:
     """:class:`MlflowTracker` on rank 0, :class:`NullTracker` elsewhere."""
     return MlflowTracker(**kwargs) if rank == 0 else NullTracker()
+
+
+# ------------------------------------------------------------------------------------------ sweep parent runs
+RUN_STATUSES = ('RUNNING', 'FINISHED', 'FAILED', 'KILLED')  # what set_run_status accepts (MLflow's run statuses)
+
+
+def tracking_client(uri: str):
+    """An ``MlflowClient`` on ``uri`` (a SQLite file is created on first use: hold :func:`store_lock` around it)."""
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_sweep_parent(client, experiment_id: str, sweep_id: str, grid: Dict[str, str]) -> str:
+    """Create a sweep's parent run and return its id: run name ``sweep-<sweep_id>`` (``schema.SWEEP_RUN_NAME``),
+    tags ``sweep_id`` and ``deepvit.kind=sweep`` plus MLflow's own context tags (user, source, git commit, as
+    ``mlflow.start_run`` adds them), and ``grid`` as params ``sweep.<field>`` (``schema.SWEEP_PARAM``; values are
+    strings, cut at :data:`MAX_PARAM_LENGTH`). The run is left RUNNING. Finding an existing parent is the caller's
+    read (two drivers may race: see :func:`discard_run`).
+
+    Raises:
+        ValueError: ``sweep_id`` is empty, or a grid value is not a string (names the field).
+    """
+    from mlflow.entities import Param
+    from mlflow.tracking.context.registry import resolve_tags
+    if not sweep_id:
+        raise ValueError(f'sweep_id must be a non-empty string, got {sweep_id!r}')
+    for field, value in grid.items():
+        if not isinstance(value, str):
+            raise ValueError(f'sweep grid param {field!r} must be a string, got {value!r}')
+    run = client.create_run(experiment_id, run_name=schema.SWEEP_RUN_NAME.format(sweep_id=sweep_id),
+                            tags=resolve_tags({schema.SWEEP_ID_TAG: sweep_id, schema.KIND_TAG: schema.SWEEP_KIND}))
+    params = [Param(schema.SWEEP_PARAM.format(field=k), v if len(v) <= MAX_PARAM_LENGTH else
+                    v[:MAX_PARAM_LENGTH - 3] + '...') for k, v in grid.items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    return run.info.run_id
+
+
+def discard_run(client, run_id: str) -> None:
+    """Delete run ``run_id`` (MLflow's soft delete): the loser of two drivers that created the same sweep parent."""
+    client.delete_run(run_id)
+
+
+def set_run_status(client, run_id: str, status: str) -> None:
+    """Set run ``run_id``'s status: ``RUNNING`` (re)opens it, unless it already is; ``FINISHED``, ``FAILED`` or
+    ``KILLED`` ends it (end time now).
+
+    Raises:
+        ValueError: ``status`` is not one of :data:`RUN_STATUSES`.
+    """
+    if status not in RUN_STATUSES:
+        raise ValueError(f'status must be one of {RUN_STATUSES}, got {status!r}')
+    if status == 'RUNNING':
+        if client.get_run(run_id).info.status != 'RUNNING':
+            client.update_run(run_id, status='RUNNING')
+    else:
+        client.set_terminated(run_id, status=status)
 
 
 def record_sweep_summary(client, parent_id: str, statuses: Dict[str, int], best_top1: Dict[Tuple[str, int], float],
