@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from .. import atomic
 from ..schema import KIND_TAG, SWEEP_ID_TAG, SWEEP_KIND, SWEEP_POINT_TAG  # the record's names: one place
 from .plan import Plan, SweepError, make_plan, point_command, short_path
 
@@ -136,9 +136,7 @@ def claim_root(plan: Plan, write: bool) -> None:
                              f'{plan.sweep_id!r}: choose another --output-dir, or pass --sweep-id {owner} to continue it')
     elif write:
         plan.root.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_suffix(f'.{os.getpid()}.tmp')
-        tmp.write_text(json.dumps({'sweep_id': plan.sweep_id, **plan.spec}, indent=2) + '\n')
-        tmp.replace(marker)
+        atomic.write_text(marker, json.dumps({'sweep_id': plan.sweep_id, **plan.spec}, indent=2) + '\n')
 
 
 def action(statuses: List[str]) -> Optional[str]:
@@ -184,7 +182,8 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if not (args.dry_run or args.prepare or train_script.is_file()):
         raise SweepError(f'--train-script {train_script} is not a file: the sweep launches launch/train.py of a '
                          f'source checkout of this repository')
-    from analysis.store import default_tracking_uri, store_exists
+    from analysis.store import store_exists
+    from ..tracking_uri import default_tracking_uri
     from ..training import tracking
     uri = default_tracking_uri()
     claim_root(plan, write=not args.dry_run)

@@ -63,7 +63,7 @@ def size_defaults(size: str) -> Tuple[int, int]:
     if size not in SIZES:
         raise SweepError(f'--size must be one of {sorted(SIZES)}, got {size!r}')
     import timm
-    import deepvit  # noqa: F401  (registers the variants)
+    import deepvit  # noqa: F401  (registers the variants in timm)
     cfg = timm.create_model(SIZES[size].format(family='vit'), device='meta').model_cfg
     return int(cfg['embed_dim']), int(cfg['num_heads'])
 
