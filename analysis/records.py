@@ -16,7 +16,8 @@ from .store import metric_history
 __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES',
            'COLLAPSE_COLUMNS']
 
-from deepvit.schema import FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG, TOP1  # noqa: E402  (the names)
+from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG,  # noqa: E402
+                            TOP1)  # (the record's names)
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
@@ -47,7 +48,7 @@ COLLAPSE = ('similar_blocks',              # the paper metric's similar-block co
 STAGES = ('softmax', 'mixed')
 COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)]
 for _col in COLLAPSE_COLUMNS:
-    _FIELDS[_col] = ('metric', f'collapse/{_col}', 'Float64')
+    _FIELDS[_col] = ('metric', COLLAPSE_PREFIX + _col, 'Float64')
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',

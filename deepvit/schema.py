@@ -23,8 +23,20 @@ MODEL_TAGS = ('model', 'depth', 'embed_dim', 'num_heads', 'seed')
 HARDWARE_TAG = 'hardware'                       # e.g. 'cpu', 'NVIDIA H200'
 EPOCHS_TAG = 'epochs'                           # the run's planned length, updated when a resume changes --epochs
 
-# ---- metrics
+# ---- metrics: the training loop, every train.log_every optimizer steps
+TRAIN_LOSS = 'train/loss'                       # mean loss of the window's micro-batches
+TRAIN_LR = 'train/lr'
+TRAIN_THROUGHPUT = 'train/samples_per_sec'      # images per second, all ranks
+TRAIN_GRAD_NORM = 'train/grad_norm'             # DeepSpeed's global gradient norm (when it computes one)
+# ---- metrics: every evaluation (end of epoch)
+VAL_LOSS = 'val/loss'
 TOP1 = 'val/top1'                               # percent, 0-100, final-epoch value is the primary figure
+TOP5 = 'val/top5'                               # percent, 0-100
+VAL_SAMPLES = 'val/num_samples'                 # images scored (each once, padding excluded)
+SKIPPED = 'data/skipped_samples'                # bad samples skipped so far, train and val, all ranks
+EPOCH = 'epoch'                                 # epochs completed
+# ---- metrics: the collapse probe (deepvit.collapse), at step 0, every train.collapse_every epochs and at the end
+COLLAPSE_PREFIX = 'collapse/'                   # + '<name>_<stage>' (stage 'softmax' | 'mixed') or 'probe_seconds'
 TOP1_BEST = 'val/top1_best'                     # running maximum over evaluations (optimistic)
 TOP1_BEST_STEP = 'val/top1_best_step'           # the optimizer step of that maximum
 PEAK_MEMORY = 'memory/peak_mib/rank{rank}'      # MiB; MLflow's own system metrics use the 'system/' prefix
@@ -36,7 +48,15 @@ SWEEP_PARAM = 'sweep.{field}'                   # the grid, one param per field 
 SWEEP_CHILDREN = 'sweep/children_{status}'      # number of child runs by status (lower case)
 SWEEP_BEST_TOP1 = 'sweep/best_top1/{remedy}/d{depth}'  # best final top-1 (percent) over seeds and widths
 
+# ---- params (besides every config field as '<section>.<field>', e.g. 'train.seed', 'data.source')
+MODEL_PARAM = 'model.{field}'                   # the architecture built (model.model_cfg)
+MODEL_OVERRIDE_PARAM = 'model.override.{field}' # a model field the user gave
+DS_PARAM = 'ds.{field}'                         # the resolved DeepSpeed config, flattened
+EXPORT_PATH_PARAM = 'export.path'               # the fp32 safetensors export
+EVAL_WEIGHTS_PARAM, EVAL_SPLIT_PARAM = 'eval.weights', 'eval.split'   # eval runs
+
 # ---- artifacts
+COLLAPSE_ARRAY = 'collapse/{stem}_{stage}.npy'  # the final probe's matrices (float32)
 CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
 
 # ---- dataset inputs (``mlflow.log_input`` contexts)

@@ -13,9 +13,9 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from .. import schema
 from ..collapse import MAP_STAGES, CollapseResult, collapse_probe
 
-METRIC_PREFIX = 'collapse/'
 # artifact stem per matrix: 'paper' keeps the name the first schema gave it
 ARTIFACTS = {'paper': 'similarity', 'calibrated': 'calibrated', 'centred': 'centred', 'head_avg': 'head_avg',
              'null': 'null', 'effective_keys': 'effective_keys'}
@@ -61,8 +61,8 @@ class CollapseProbe:
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.count += 1
-        metrics = {METRIC_PREFIX + k: v for k, v in result.summary().items()}
-        metrics[METRIC_PREFIX + 'probe_seconds'] = seconds
+        metrics = {schema.COLLAPSE_PREFIX + k: v for k, v in result.summary().items()}
+        metrics[schema.COLLAPSE_PREFIX + 'probe_seconds'] = seconds
         self.log_metrics(metrics, step)
         return result
 
@@ -72,7 +72,7 @@ def log_collapse_artifacts(tracker, result: CollapseResult, figure_fn: Optional[
     matrices as PNG when ``figure_fn(matrix, title)`` is given)."""
     for stage in MAP_STAGES:
         for key, stem in ARTIFACTS.items():
-            tracker.log_numpy(np.asarray(result.matrices[stage][key]), f'collapse/{stem}_{stage}.npy')
+            tracker.log_numpy(np.asarray(result.matrices[stage][key]), schema.COLLAPSE_ARRAY.format(stem=stem, stage=stage))
         if figure_fn is None:
             continue
         for key, title in HEATMAPS.items():

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 import torch.nn.functional as F
 
+from .. import schema
 from .distributed import all_reduce_sum
 
 
@@ -132,17 +133,17 @@ def _sync_window(engine, window_loss: torch.Tensor, window_micro: int, window_st
 def _log_window(engine, mean_loss: float, steps: int, seconds: float, samples_per_micro_step: int, step: int,
                 on_log, progress) -> None:
     metrics = {
-        'train/loss': mean_loss,
-        'train/lr': engine.optimizer.param_groups[0]['lr'],
-        'train/samples_per_sec': steps * engine.gradient_accumulation_steps() * samples_per_micro_step / seconds,
+        schema.TRAIN_LOSS: mean_loss,
+        schema.TRAIN_LR: engine.optimizer.param_groups[0]['lr'],
+        schema.TRAIN_THROUGHPUT: steps * engine.gradient_accumulation_steps() * samples_per_micro_step / seconds,
     }
     grad_norm = engine.get_global_grad_norm()
     if grad_norm is not None:
-        metrics['train/grad_norm'] = float(grad_norm)
+        metrics[schema.TRAIN_GRAD_NORM] = float(grad_norm)
     on_log(metrics, step)
     if progress is not None:
-        progress.set_postfix(loss=f"{metrics['train/loss']:.3f}", lr=f"{metrics['train/lr']:.2e}",
-                             img_s=f"{metrics['train/samples_per_sec']:.0f}", refresh=False)
+        progress.set_postfix(loss=f"{metrics[schema.TRAIN_LOSS]:.3f}", lr=f"{metrics[schema.TRAIN_LR]:.2e}",
+                             img_s=f"{metrics[schema.TRAIN_THROUGHPUT]:.0f}", refresh=False)
 
 
 @torch.no_grad()
@@ -181,11 +182,11 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
     n = float(total[3])
     model.train()
     if n == 0:
-        metrics = {'val/loss': float('nan'), 'val/top1': float('nan'), 'val/top5': float('nan'),
-                   'val/num_samples': 0.0}
+        metrics = {schema.VAL_LOSS: float('nan'), schema.TOP1: float('nan'), schema.TOP5: float('nan'),
+                   schema.VAL_SAMPLES: 0.0}
     else:
-        metrics = {'val/loss': float(total[0]) / n, 'val/top1': round(100.0 * float(total[1]) / n, PERCENT_DIGITS),
-                   'val/top5': round(100.0 * float(total[2]) / n, PERCENT_DIGITS), 'val/num_samples': n}
+        metrics = {schema.VAL_LOSS: float(total[0]) / n, schema.TOP1: round(100.0 * float(total[1]) / n, PERCENT_DIGITS),
+                   schema.TOP5: round(100.0 * float(total[2]) / n, PERCENT_DIGITS), schema.VAL_SAMPLES: n}
     if per_sample:
         return metrics, (torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
     return metrics

@@ -68,7 +68,7 @@ def run_eval(plan) -> int:
                                                          gmacs=gmacs_per_image(model), family=family, remedy=remedy,
                                                          lr=0.0).items()
                       if not k.startswith(('train.', 'ds.')) or k.startswith('train.collapse')}
-            params.update({'eval.weights': cfg.eval_weights, 'eval.split': cfg.data.val_split})
+            params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split})
             tracker.log_params(params)
             tracker.log_text(to_yaml(cfg), 'config.yaml')
             if plan.val_shards is not None:
@@ -82,8 +82,8 @@ def run_eval(plan) -> int:
             tracker.log_metrics(metrics, 0)
             tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
             log_collapse_artifacts(tracker, final, similarity_figure)
-            print(f"[deepvit] eval {cfg.eval_weights}: top1 {metrics['val/top1']:.2f} top5 {metrics['val/top5']:.2f} "
-                  f"({int(metrics['val/num_samples'])} images of split {cfg.data.val_split!r}) | MLflow run "
+            print(f"[deepvit] eval {cfg.eval_weights}: top1 {metrics[schema.TOP1]:.2f} top5 {metrics[schema.TOP5]:.2f} "
+                  f"({int(metrics[schema.VAL_SAMPLES])} images of split {cfg.data.val_split!r}) | MLflow run "
                   f"{tracker.run_id}", flush=True)
     except BaseException:
         tracker.end('FAILED')

@@ -192,9 +192,9 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
                         rank)
         if rank == 0:
             print(f"[deepvit] epoch {epoch + 1}/{cfg.train.epochs} step {engine.global_steps} | "
-                  f"train loss {result.loss:.4f} | val loss {last_val['val/loss']:.4f} "
-                  f"top1 {last_val['val/top1']:.2f} top5 {last_val['val/top5']:.2f} "
-                  f"({int(last_val['val/num_samples'])} images) | skipped {int(last_val['data/skipped_samples'])} | "
+                  f"train loss {result.loss:.4f} | val loss {last_val[schema.VAL_LOSS]:.4f} "
+                  f"top1 {last_val[schema.TOP1]:.2f} top5 {last_val[schema.TOP5]:.2f} "
+                  f"({int(last_val[schema.VAL_SAMPLES])} images) | skipped {int(last_val[schema.SKIPPED])} | "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
         every = cfg.train.collapse_every  # before a preemption stop: a resume starts after this epoch
         if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs and not result.stopped:
@@ -223,7 +223,7 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
         if plan.rank == 0:
             tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
     skipped = _all_skipped(job.train_loader, job.val_loader, job.device)
-    metrics.update({'data/skipped_samples': skipped, 'epoch': epoch + 1})
+    metrics.update({schema.SKIPPED: skipped, schema.EPOCH: epoch + 1})
     metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
     tracker.log_metrics(metrics, engine.global_steps)
     return metrics
@@ -244,11 +244,11 @@ def finish(plan: Plan, job: Job, tracker, probe, last_val: Dict[str, float], out
         print(f"[deepvit] peak memory per rank (MiB, {'GPU allocated' if job.device.type == 'cuda' else 'RSS'}): "
               f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
         export = export_fp32(ckpt_dir, latest_tag(ckpt_dir), out_dir / EXPORT_FILE)
-        tracker.log_params({'export.path': _display_path(Path(cfg.output_dir) / EXPORT_FILE)})
+        tracker.log_params({schema.EXPORT_PATH_PARAM: _display_path(Path(cfg.output_dir) / EXPORT_FILE)})
         if cfg.log.log_model:
             tracker.log_model([export, out_dir / MODEL_FILE], cfg.model.name,
                               {'model_name': cfg.model.name, **plan.model_kwargs}, engine.global_steps)
-        print(f"[deepvit] done: val top1 {last_val.get('val/top1', float('nan')):.2f} | similar blocks "
+        print(f"[deepvit] done: val top1 {last_val.get(schema.TOP1, float('nan')):.2f} | similar blocks "
               f"(paper / calibrated) softmax {report['similar_blocks_softmax']} / "
               f"{report['calibrated_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
               f"{report['calibrated_similar_blocks_mixed']} | effective keys softmax "
