@@ -8,7 +8,7 @@ from timm.layers import LayerScale
 
 import deepvit
 from deepvit.models import DeepVisionTransformer, ReAttention, TalkingHeadAttention, count_params, list_variants
-from deepvit.models.attention import Attention
+from deepvit.models.attention import MAP_STAGES, Attention
 
 VARIANTS = list_variants()
 # Tiny overrides that keep each variant's depth, stem and Re-attention layout but make it CPU-cheap.
@@ -219,25 +219,129 @@ def test_bad_input_raises_value_error_naming_field_and_value(overrides, field, v
     assert field in message and value in message, message
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_patch4_32', 'deepvit_tiny_patch4_32', 'talkinghead_tiny_patch4_32',
-                                  'layerscale_tiny_patch4_32'])
-def test_fx_tracing_forward_and_backward(name):
-    """timm's fx feature extraction (``create_feature_extractor``, what timm's own model tests use) traces every
-    family: the Re-attention mix is a registered leaf (its BatchNorm mode checks are Python control flow). The
-    traced model equals the eager one in eval and trains (every parameter gets a gradient) in train mode.
-    TorchScript is not supported: ``torch.jit.script`` is deprecated in this PyTorch and cannot script the folded
-    BatchNorm's custom autograd Function."""
-    import timm
-    from timm.models import get_graph_node_names
-    from timm.models._features_fx import create_feature_extractor
+# One tiny model of each family (ViT, DeepViT and the two remedies) for the TorchScript / fx checks.
+TRACED = ['vit_tiny_patch4_32', 'deepvit_tiny_patch4_32', 'talkinghead_tiny_patch4_32', 'layerscale_tiny_patch4_32']
+TRACED_SIZE = dict(depth=2, embed_dim=32, num_heads=4)
+
+
+def _fx_tracer_kwargs():
+    """The tracer settings of timm's own fx model tests (timm ``tests/test_models.py``, ``_create_fx_model``)."""
+    from timm.models import get_notrace_functions, get_notrace_modules
+    return dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(),
+                param_shapes_constant=True)
+
+
+def _assert_same_grads(model, other):
+    """Every parameter of ``other`` (a scripted or traced copy of ``model``) has ``model``'s gradient, to 1e-3 of
+    the gradient's largest entry (float32 rounding: e.g. the folded vs. unfolded Re-attention BatchNorm)."""
+    params = dict(other.named_parameters())
+    assert params.keys() == dict(model.named_parameters()).keys()
+    for name, p in model.named_parameters():
+        assert params[name].grad is not None, name
+        scale = p.grad.abs().max().item()
+        torch.testing.assert_close(params[name].grad, p.grad, rtol=1e-4, atol=1e-3 * scale + 1e-8, msg=name)
+
+
+@pytest.mark.parametrize('name', TRACED)
+def test_torchscript_matches_eager_forward_and_backward(name):
+    """``torch.jit.script`` (timm's ``test_model_forward_torchscript``, built under ``set_scriptable(True)``) gives
+    the eager model's outputs in eval and train mode, its gradients for every parameter, its Re-attention
+    BatchNorm running statistics after a training step, and its probed attention maps (``keep_maps``).
+
+    DeepViT's scripted Re-attention is the unfolded ``BatchNorm2d(Θᵀ a)`` (equal to the folded eager path up to
+    rounding, hence allclose). Fails on the original code for every family: TorchScript could not see
+    Attention's class flags (``uses_reattention``), nor compile ReAttentionMix's custom autograd Function and
+    thread-local checkpoint state, nor the ``super()`` call in ``forward_features``."""
+    import copy
+    from timm import set_scriptable
     torch.manual_seed(0)
-    model = timm.create_model(name, depth=2).eval()
+    with set_scriptable(True):
+        model = timm.create_model(name, **TRACED_SIZE)
+    model.blocks[1].attn.keep_maps = True
+    scripted = torch.jit.script(copy.deepcopy(model))
     x = torch.randn(2, 3, 32, 32)
-    _, eval_nodes = get_graph_node_names(model)
-    traced = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
-    torch.testing.assert_close(next(iter(traced(x).values())), model(x))
-    model.train()
-    train_nodes, _ = get_graph_node_names(model)
-    traced = create_feature_extractor(model, return_nodes=[train_nodes[-1]]).train()
-    next(iter(traced(x).values())).sum().backward()
-    assert all(p.grad is not None for p in traced.parameters() if p.requires_grad)
+    for train in (False, True):
+        model.train(train)
+        scripted.train(train)
+        model.zero_grad()
+        scripted.zero_grad()
+        out, out_s = model(x), scripted(x)
+        torch.testing.assert_close(out_s, out, rtol=1e-5, atol=1e-5)
+        out.square().sum().backward()
+        out_s.square().sum().backward()
+        _assert_same_grads(model, scripted)
+        maps = getattr(scripted.blocks, '1').attn.maps
+        for stage in MAP_STAGES:
+            torch.testing.assert_close(maps[stage], model.blocks[1].attn.maps[stage], rtol=1e-5, atol=1e-6)
+    buffers = dict(scripted.named_buffers())
+    assert len(buffers) == len(dict(model.named_buffers()))
+    for key, buf in model.named_buffers():
+        torch.testing.assert_close(buffers[key], buf, rtol=1e-5, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize('name', TRACED)
+def test_fx_tracing_forward_and_backward(name):
+    """torchvision's fx feature extraction with timm's leaf modules (timm's own fx model tests) traces every
+    family: the Re-attention mix is a registered leaf (its BatchNorm mode checks are Python control flow). The
+    traced model equals the eager one in eval; in train mode its outputs and the gradients of every parameter
+    equal the eager model's. Scripting the traced eval graph (timm's ``test_model_forward_fx_torchscript``) gives
+    the same outputs; that part fails on the original code for DeepViT (the leaf ReAttentionMix was not
+    scriptable)."""
+    import copy
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    torch.manual_seed(0)
+    model = timm.create_model(name, **TRACED_SIZE).eval()
+    x = torch.randn(2, 3, 32, 32)
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=_fx_tracer_kwargs())
+    traced = create_feature_extractor(model, train_return_nodes=[train_nodes[-1]], eval_return_nodes=[eval_nodes[-1]],
+                                      tracer_kwargs=_fx_tracer_kwargs())
+    expected = model(x)
+    torch.testing.assert_close(next(iter(traced.eval()(x).values())), expected)
+    torch.testing.assert_close(next(iter(torch.jit.script(traced)(x).values())), expected, rtol=1e-5, atol=1e-5)
+
+    eager, traced = copy.deepcopy(model).train(), copy.deepcopy(traced).train()
+    out, out_fx = eager(x), next(iter(traced(x).values()))
+    torch.testing.assert_close(out_fx, out)
+    out.square().sum().backward()
+    out_fx.square().sum().backward()
+    _assert_same_grads(eager, traced)
+
+
+@pytest.mark.parametrize('name', VARIANTS)
+def test_default_cfg_describes_the_model(name):
+    """Each variant's ``pretrained_cfg`` has timm's fields (timm ``vision_transformer._cfg``) and they match the
+    model built from it, as timm's ``test_model_default_cfgs_non_std`` checks (built on the meta device)."""
+    model = timm.create_model(name, device='meta')
+    cfg = model.pretrained_cfg
+    assert cfg['architecture'] == name
+    assert cfg['url'] == '' and cfg['license'] == 'apache-2.0'
+    assert cfg['num_classes'] == model.num_classes
+    assert tuple(cfg['input_size']) == (model.in_chans, *model.patch_embed.img_size)
+    assert cfg['pool_size'] is None and cfg['fixed_input_size'] is True
+    assert cfg['interpolation'] == 'bicubic' and 0. < cfg['crop_pct'] <= 1.
+    assert tuple(cfg['mean']) == tuple(cfg['std']) == (0.5, 0.5, 0.5)
+    state = model.state_dict()
+    first_conv, classifier = state[cfg['first_conv'] + '.weight'], state[cfg['classifier'] + '.weight']
+    assert first_conv.shape[1] == cfg['input_size'][0]
+    assert classifier.shape == (cfg['num_classes'], model.num_features)
+
+
+def test_conv_stem_set_input_size():
+    """timm's ``VisionTransformer.set_input_size`` (called by timm's default-cfg test) works with the conv stem:
+    a new image size changes the token grid and resamples the position embedding; a new patch size resamples the
+    projection; odd sizes raise as at construction. Fails on the original code (``ConvPatchEmbed`` had no
+    ``set_input_size``)."""
+    model = timm.create_model('deepvit_s_patch16_224', **small_overrides('deepvit_s_patch16_224'), depth=2,
+                              reattn_blocks=1)
+    model.set_input_size(img_size=(96, 96))
+    stem = model.patch_embed
+    assert (stem.img_size, stem.grid_size, stem.num_patches) == ((96, 96), (6, 6), 36)
+    assert model.pos_embed.shape == (1, 37, SMALL['embed_dim'])
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, SMALL['num_classes'])
+    model.set_input_size(patch_size=(8, 8))
+    assert stem.patch_size == (8, 8) and stem.proj_embed.proj.kernel_size == (4, 4) and stem.grid_size == (12, 12)
+    assert model(torch.randn(2, 3, 96, 96)).shape == (2, SMALL['num_classes'])
+    with pytest.raises(ValueError, match='img_size'):
+        model.set_input_size(img_size=(95, 95))
+    with pytest.raises(ValueError, match='patch_size'):
+        model.set_input_size(patch_size=(5, 5))

@@ -12,7 +12,7 @@ Subclasses change the maps through two hooks: :meth:`Attention.mix_logits` (befo
 
 Shapes: tokens ``x`` (B, N, C); ``q, k, v`` (B, H, N, D) with C = H * D; attention maps (B, H, N, N).
 """
-from typing import Dict, Optional
+from typing import Dict, Final, Optional
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +51,17 @@ class Attention(TimmAttention):
         dropout_before_mix: class flag: attention dropout on the softmax maps before :meth:`mix_maps` (true:
             Re-attention, official DeepViT code) or on the mixed maps after it (false: talking heads, timm
             ``cait.py``).
+
+    TorchScript: the class flags are ``Final`` constants; ``fused_attn`` (timm's ``Final``) is declared again here
+    because TorchScript reads only the nearest class's annotations, which subclasses without annotations inherit.
     """
 
-    uses_reattention = False
-    uses_talking_heads = False
-    dropout_before_mix = True
+    fused_attn: Final[bool]
+    uses_reattention: Final[bool] = False
+    uses_talking_heads: Final[bool] = False
+    dropout_before_mix: Final[bool] = True
+    maps: Optional[Dict[str, torch.Tensor]]
+    attn_for_loss: Optional[torch.Tensor]
 
     def __init__(self, dim: int, num_heads: int = 8, **kwargs) -> None:
         super().__init__(dim, num_heads=num_heads, **kwargs)

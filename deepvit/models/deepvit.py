@@ -362,6 +362,8 @@ class DeepVisionTransformer(VisionTransformer):
                              f"a block mixes heads by Re-attention or by talking heads, not both (set "
                              f"reattn_blocks='none' for a talking-heads model)")
 
+    __jit_unused_properties__ = ['family', 'remedy']  # Python-only (they read the model_cfg dict)
+
     @property
     def family(self) -> str:
         """One of :data:`FAMILIES` (see :func:`model_family`)."""
@@ -374,14 +376,25 @@ class DeepVisionTransformer(VisionTransformer):
 
     def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                          is_causal: bool = False) -> torch.Tensor:
-        """timm's ``forward_features``; with ``set_grad_checkpointing(True)`` in training, each block is
-        checkpointed by :func:`~deepvit.models.checkpointing.checkpoint_blocks` (BatchNorm statistics updated once
-        per step, not again when a block is recomputed) instead of timm's ``checkpoint_seq``."""
-        if not (self.grad_checkpointing and torch.is_grad_enabled() and attn_mask is None and not is_causal
-                and not torch.jit.is_scripting()):
-            return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
-        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
-        return self.norm(checkpoint_blocks(self.blocks, x))
+        """timm's ``VisionTransformer.forward_features`` (timm ``models/vision_transformer.py``): images
+        (B, in_chans, H, W) → tokens (B, N, embed_dim). With ``set_grad_checkpointing(True)`` and gradients enabled,
+        each block is checkpointed by :func:`~deepvit.models.checkpointing.checkpoint_blocks` (BatchNorm statistics
+        updated once per step, not again when a block is recomputed) instead of timm's ``checkpoint_seq``.
+
+        timm's body is repeated rather than called through ``super()``, which TorchScript cannot compile; under
+        TorchScript the blocks are never checkpointed, as in timm."""
+        x = self.patch_embed(x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        x = self.norm_pre(x)
+        if attn_mask is not None or is_causal:
+            for blk in self.blocks:
+                x = blk(x, attn_mask=attn_mask, is_causal=is_causal)
+        elif self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x = checkpoint_blocks(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
 
     def attention_layers(self) -> Iterator[Attention]:
         """The blocks' attention modules, in block order."""

@@ -143,13 +143,29 @@ class ReAttentionMix(nn.Module):
         differ from the exact one by a per-head constant, which the softmax's backward removes exactly
         (d softmax ⟂ constants), so gradients of everything before the softmax are unchanged.
 
+        TorchScript (``torch.jit.script``) compiles the unfolded path, ``norm(Θᵀ a)`` as ``fold_norm=False`` computes
+        it (the same function as the folded path up to rounding; ``rows_sum_to_one`` is not needed there); the folded
+        path's custom autograd Function and the checkpoint-recomputation state are Python-only.
+
         Raises:
             ValueError: batch statistics from a single value per head (B * N * N == 1), as ``nn.BatchNorm2d``.
         """
+        if torch.jit.is_scripting():
+            return self.norm(self._mix(attn))
+        return self._forward_eager(attn, rows_sum_to_one)
+
+    def _mix(self, attn: torch.Tensor) -> torch.Tensor:
+        """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M), one matmul over the flattened maps."""
+        B, H, N, M = attn.shape
+        return torch.matmul(self.weight.t(), attn.reshape(B, H, N * M)).view(B, H, N, M)
+
+    @torch.jit.unused
+    def _forward_eager(self, attn: torch.Tensor, rows_sum_to_one: bool) -> torch.Tensor:
+        """:meth:`forward` outside TorchScript: the folded BatchNorm path and checkpoint-recomputation handling."""
         B, H, N, M = attn.shape
         recompute = recomputing()  # a checkpoint's backward-time replay: batch statistics, running ones untouched
         if not (isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm):
-            out = torch.matmul(self.weight.t(), attn.reshape(B, H, N * M)).view(B, H, N, M)
+            out = self._mix(attn)
             if recompute and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training:
                 buffers = [b for b in self.norm.buffers()]  # the same op as the first forward; buffers put back
                 kept = [b.clone() for b in buffers]

@@ -62,6 +62,30 @@ class ConvPatchEmbed(nn.Module):
         self.flatten = self.proj_embed.flatten
         self.output_fmt = self.proj_embed.output_fmt
 
+    def set_input_size(
+            self,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
+            patch_size: Optional[Union[int, Tuple[int, int]]] = None,
+    ) -> None:
+        """Change the image size and/or patch size in place, as timm's ``PatchEmbed.set_input_size`` (called by
+        ``VisionTransformer.set_input_size``): the projection gets half of each (the stem halves the image), and a
+        new patch size resamples the projection's kernel as timm does. ``None`` keeps the current value.
+
+        Raises:
+            ValueError: an odd ``img_size`` or ``patch_size``, as at construction.
+        """
+        img_size = to_2tuple(img_size) if img_size is not None else self.img_size
+        patch_size = to_2tuple(patch_size) if patch_size is not None else self.patch_size
+        if any(p % 2 for p in patch_size):
+            raise ValueError(f"patch_size must be even for stem='conv', got {patch_size!r}")
+        if any(s % 2 for s in img_size):
+            raise ValueError(f"img_size must be even for stem='conv', got {img_size!r}")
+        self.proj_embed.set_input_size(img_size=tuple(s // 2 for s in img_size),
+                                       patch_size=tuple(p // 2 for p in patch_size))
+        self.img_size, self.patch_size = tuple(img_size), tuple(patch_size)
+        self.grid_size = self.proj_embed.grid_size
+        self.num_patches = self.proj_embed.num_patches
+
     def feat_ratio(self, as_scalar: bool = True):
         return max(self.patch_size) if as_scalar else self.patch_size
 
