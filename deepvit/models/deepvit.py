@@ -21,7 +21,7 @@ deepvit_32b_patch16_224      32     384        12     3    reattn, all   patch  
 layerscale_16b_patch16_224   16     384        12     3    layerscale    patch  24.42M + 16 × 768
 talkinghead_16b_patch16_224  16     384        12     3    talkinghead   patch  24.42M + 16 × 300
 deepvit_s_patch16_224        16     396        12     3    reattn, 5     conv   27.31M
-deepvit_l_patch16_224        32     420        12     3    reattn, 12    conv   58.94M
+deepvit_l_patch16_224        32     420        12     3    reattn, 12    conv   58.88M
 vit_tiny_patch4_32           6      64         4      3    none          patch  32 px, 10 classes
 deepvit_tiny_patch4_32       6      64         4      3    reattn, all   patch  32 px, 10 classes
 layerscale_tiny_patch4_32    6      64         4      3    layerscale    patch  32 px, 10 classes
