@@ -7,6 +7,7 @@ import os
 import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -414,3 +415,25 @@ def test_clear_errors_before_training(cifar_shards, tmp_path):
         plan.check_enough_shards(2, 4)
     shards = resolve_shards([str(out / 'cifar10-val-0000.tar')])
     assert shards.lengths == (700,)    # lengths found in the _info.json next to the shard
+
+
+def test_workers_come_from_a_forkserver_that_a_job_signal_leaves_alive(cifar_shards):
+    """Workers are forked from a single-threaded forkserver, not from the (threaded) training process: a fork of the
+    latter deadlocked a validation worker in CPython's after-fork cleanup and hung a 2-rank job. A SIGTERM to every
+    process of the job (a cluster's preemption) leaves the server alive, so the epoch-end evaluation that follows a
+    stop request still gets its workers from it; the batches do not change."""
+    import multiprocessing.forkserver as forkserver
+    import signal as signals
+    from deepvit.data.loader import worker_context
+    out, _ = cifar_shards
+    loader = create_loader(out, 'val', batch_size=16, train=False, img_size=16, num_workers=1)
+    first = [x for x, _ in loader]
+    assert worker_context().get_start_method() == 'forkserver'
+    server = forkserver._forkserver._forkserver_pid
+    assert server is not None
+    os.kill(server, signals.SIGTERM)
+    time.sleep(0.5)
+    assert open(f'/proc/{server}/stat').read().split(') ')[1][0] != 'Z'   # alive, not a zombie
+    again = [x for x, _ in loader]
+    assert forkserver._forkserver._forkserver_pid == server             # the same server made the new workers
+    assert len(first) == len(again) and all(torch.equal(a, b) for a, b in zip(first, again))
