@@ -1,6 +1,9 @@
 """What a few-seed depth study can and cannot resolve: paired differences against the baseline, the depth
 interaction, a bootstrap interval for the saturation depth, and how many seeds a target precision needs.
 
+Over 400 lines: the three estimators (paired differences, interaction, saturation bootstrap) and the power
+functions share one data model and its checks, resampling and interval helpers; split, each would import them all.
+
 Data model
 ----------
 ``runs``: a ``pandas.DataFrame``, one row per FINISHED run, with columns

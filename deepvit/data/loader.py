@@ -1,5 +1,8 @@
 """Multi-rank streaming loader over WebDataset shards: shards → plan → read → shuffle → make_sample → batch.
 
+Over 400 lines: the iterable dataset (plan, read, shuffle, decode) and the loader around it (batching on the
+device, erasing/mixup, padding, skip counts) are one stream whose resume position both must agree on.
+
 ``create_loader(...)`` returns a :class:`ShardLoader`; iterating it yields ``(images, labels)``:
 images float32 (B, C, H_img, W_img), normalised with ``mean``/``std``; labels int64 (B,) (float (B, num_classes)
 after Mixup/CutMix; -1 marks a padding sample in ``pad=True`` evaluation).

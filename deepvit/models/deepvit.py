@@ -1,6 +1,9 @@
 """ViT, DeepViT (Re-attention), LayerScale and talking-heads families on timm's VisionTransformer, registered in
 timm's model registry.
 
+Over 400 lines: one model class (timm's VisionTransformer with per-block attention choices), its field checks
+and the registry entries of every variant; the remedies' layers live in their own modules.
+
 After ``import deepvit``, ``timm.create_model(name, **overrides)`` builds every variant below, and any field can be
 overridden (``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``, ``img_size``, ``patch_size``, ``in_chans``,
 ``num_classes``, ``drop_path_rate``, ``reattn_*``, ``init_values``, ``talkinghead_*``, ``stem``). All families are

@@ -1,5 +1,8 @@
 """Re-attention (Zhou et al., 2021, "DeepViT: Towards Deeper Vision Transformer", arXiv 2103.11886, Sec. 4.1, Eq. 5).
 
+Over 400 lines: Re-attention's module, its folded-BatchNorm fast path (forward and the custom backward)
+and the scripted fallback are one computation, checked against each other in tests/test_reattention*.py.
+
     Re-Attention(Q, K, V) = Norm(Θᵀ · Softmax(Q Kᵀ / sqrt(d))) · V
 
 Θ is a learnable (H, H) matrix that mixes the H heads' attention maps after the softmax: the mixed map of head h
