@@ -85,6 +85,8 @@ def test_widths_and_point_keys():
     (['--widths', '60:8'], "--widths '60:8': embed_dim 60 must be a positive multiple of num_heads 8"),
     (['--seeds', '0,0'], '--seeds must be distinct'),
     (['--grid', 'depth=2,4'], '--depth is set by the sweep (use --depths)'),
+    (['--grid', 'drop-path-rat=0,0.1'], "--grid 'drop-path-rat=0,0.1': --drop-path-rat is not a flag of "
+                                         "launch/train.py"),   # was: every point failed at its launch
     (['--point-index', '9'], '--point-index 9 out of range: the grid has 6 points'),
 ])
 def test_bad_requests_name_the_field(args, message):

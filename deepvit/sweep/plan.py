@@ -137,7 +137,7 @@ def parse_grid_axis(spec: str) -> Tuple[str, List[str]]:
     """``'drop-path=0,0.1'`` -> ``('--drop-path', ['0', '0.1'])``: any train.py flag as a grid axis.
 
     Raises:
-        SweepError: not ``FLAG=V1,V2,...``, or FLAG is one of :data:`DRIVER_FLAGS`.
+        SweepError: not ``FLAG=V1,V2,...``, FLAG is one of :data:`DRIVER_FLAGS` or not a flag of train.py.
     """
     name, sep, values = spec.partition('=')
     name = '--' + name.strip().lstrip('-')
@@ -146,6 +146,9 @@ def parse_grid_axis(spec: str) -> Tuple[str, List[str]]:
         raise SweepError(f'--grid takes FLAG=V1,V2,..., got {spec!r}')
     if name in DRIVER_FLAGS:
         raise SweepError(f'--grid {spec!r}: {name} is set by the sweep (use {DRIVER_FLAGS[name]})')
+    from ..training.config import build_parser
+    if name not in build_parser().known_flags():   # before any point launches (each would fail at its start)
+        raise SweepError(f'--grid {spec!r}: {name} is not a flag of launch/train.py (see its --help)')
     return name, vals
 
 
