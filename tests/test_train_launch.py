@@ -5,6 +5,7 @@ A 2-rank launch costs ~30 s (mostly imports), so the suite shares one uninterrup
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -15,9 +16,8 @@ import pytest
 import torch
 
 from launching import (COLLAPSE_ARRAYS, COLLAPSE_METRICS, DIGITS_VAL, ROOT, TINY, assert_same_weights, client,
-                       final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok, shm_buffers_left,
-                       start,
-                       wait_for)
+                       final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok,
+                       shm_buffers_left, start, wait_for, weights)
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
@@ -223,8 +223,8 @@ def test_resume_on_another_world_size_with_another_global_batch_stops_before_loa
 def test_resume_on_another_world_size_through_a_universal_checkpoint(env, reference, tmp_path):
     """The reference's epoch-2 checkpoint (2 ranks, ZeRO-2, global batch 64) continued by 1 rank with accumulation 2
     (global batch 64): DeepSpeed's universal checkpoint is made once and loaded, epoch 3 trains from the saved
-    weights and optimizer (the loss goes on from where it was, not from a fresh model's), the same MLflow run ends
-    FINISHED and its steps stay unique. Was: refused (before that, a DeepSpeed traceback)."""
+    weights and optimizer state to what the 2-rank run reached, and the same MLflow run ends FINISHED. Was: refused
+    (before that, a DeepSpeed traceback)."""
     import shutil
     copy = tmp_path / 'copy'
     shutil.copytree(reference, copy)
@@ -234,9 +234,6 @@ def test_resume_on_another_world_size_through_a_universal_checkpoint(env, refere
     ds = tmp_path / 'zero2_accum2.json'
     ds.write_text(json.dumps({**json.loads((ROOT / 'ds_configs' / 'zero2.json').read_text()),
                               'gradient_accumulation_steps': 2}))
-    c = client(env)
-    ref_loss = {m.step: m.value for m in c.get_metric_history(run_id(reference), 'train/loss')}
-    steps_before = {m.step for m in c.get_metric_history(run_id(copy), 'train/loss')}
     cmd = launcher_cmd(num_gpus=1) + ['--deepspeed', str(ds), '--output-dir', str(copy), '--experiment',
                                       'launch-tests', *TINY, '--resume']
     with open(str(copy) + '.log', 'w') as log:
@@ -245,21 +242,21 @@ def test_resume_on_another_world_size_through_a_universal_checkpoint(env, refere
     assert finish(proc) == 0, log_of(copy)[-3000:]
     text = log_of(copy)
     assert 'world size 2 -> 1: resuming through DeepSpeed\'s universal checkpoint epoch0002_universal' in text
+    assert '(epoch 2, batch 0, step 44)' in text
     assert (copy / 'checkpoints' / 'epoch0002_universal' / '.complete').is_file()
     assert (copy / 'checkpoints' / 'latest').read_text() == 'epoch0003' and (copy / 'model.safetensors').is_file()
-    run = c.get_run(run_id(copy))
-    assert run.info.status == 'FINISHED'
-    history = c.get_metric_history(run_id(copy), 'train/loss')
-    steps = [m.step for m in history]
-    assert len(steps) == len(set(steps))
-    resumed = sorted((m.step, m.value) for m in history if m.step not in steps_before)
-    assert resumed and resumed[0][0] > max(s for s in ref_loss if s <= 2 * 22)   # the step count continues
-    first_epoch3_ref = min(s for s in ref_loss if s > 2 * 22)
-    assert resumed[0][1] == pytest.approx(ref_loss[first_epoch3_ref], abs=0.25)   # the trained weights, not fresh
-    assert abs(ref_loss[first_epoch3_ref] - ref_loss[min(ref_loss)]) > 0.3          # (which would be far off)
-    top1 = {m.step: m.value for m in c.get_metric_history(run_id(copy), 'val/top1')}
-    ref_top1 = final_metric(c, run_id(reference), 'val/top1')
-    assert top1[max(top1)] == pytest.approx(ref_top1, abs=8.0)
+    assert client(env).get_run(run_id(copy)).info.status == 'FINISHED'
+    # epoch 3 ran on one rank from the saved weights and optimizer state: the same step count, loss and accuracy
+    # as the 2-rank run to within the other batch composition, and weights within a few percent of it
+    line = re.compile(r'epoch 3/3 step (\d+) \| train loss ([\d.]+) \| val loss [\d.]+ top1 ([\d.]+)')
+    (step, loss, top1), = line.findall(text)
+    (ref_step, ref_loss, ref_top1), = line.findall(log_of(reference))
+    assert step == ref_step == '66'
+    assert float(loss) == pytest.approx(float(ref_loss), abs=0.1) and float(top1) == pytest.approx(float(ref_top1), abs=5)
+    mine, ref = weights(copy), weights(reference)
+    diff = torch.cat([(mine[k] - ref[k]).flatten() for k in ref if ref[k].is_floating_point()]).norm()
+    size = torch.cat([ref[k].flatten() for k in ref if ref[k].is_floating_point()]).norm()
+    assert diff / size < 0.05, float(diff / size)
 
 
 def test_output_dir_under_a_file_is_refused_before_rendezvous(env, tmp_path):

@@ -40,12 +40,16 @@ class WorldChange:
 
 
 def saved_batch(tag_dir: Path) -> tuple[int, int]:
-    """``(train_batch_size, gradient_accumulation_steps)`` of the DeepSpeed config that wrote checkpoint ``tag_dir``,
-    read from its ``mp_rank_00_model_states.pt`` (memory-mapped: the weights are not read)."""
+    """``(global batch, gradient_accumulation_steps)`` of the job that wrote checkpoint ``tag_dir``: its DeepSpeed
+    config's ``train_batch_size``, else micro-batch × accumulation × ``dp_world_size``, read from the checkpoint's
+    ``mp_rank_00_model_states.pt`` (memory-mapped: the weights are not read)."""
     state = torch.load(Path(tag_dir) / 'mp_rank_00_model_states.pt', map_location='cpu', mmap=True,
                        weights_only=False)
-    ds = state.get('ds_config') or {}
-    return int(ds['train_batch_size']), int(ds.get('gradient_accumulation_steps', 1))
+    ds, world = state.get('ds_config') or {}, int(state['dp_world_size'])
+    accum = int(ds.get('gradient_accumulation_steps', 1))
+    if 'train_batch_size' in ds:
+        return int(ds['train_batch_size']), accum
+    return int(ds['train_micro_batch_size_per_gpu']) * accum * world, accum
 
 
 def convert(ckpt_dir: Path, change: WorldChange) -> Path:
