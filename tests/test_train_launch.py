@@ -220,19 +220,21 @@ def test_resume_on_another_world_size_with_another_global_batch_stops_before_loa
     assert client(env).get_run(run_id(copy)).info.status == before
 
 
-def test_resume_on_another_world_size_through_a_universal_checkpoint(env, reference, tmp_path):
-    """The reference's epoch-2 checkpoint (2 ranks, ZeRO-2, global batch 64) continued by 1 rank with accumulation 2
+@pytest.mark.parametrize('stage', [2, 3])
+def test_resume_on_another_world_size_through_a_universal_checkpoint(stage, env, references, tmp_path):
+    """A reference's epoch-2 checkpoint (2 ranks, ZeRO-2/3, global batch 64) continued by 1 rank with accumulation 2
     (global batch 64): DeepSpeed's universal checkpoint is made once and loaded, epoch 3 trains from the saved
     weights and optimizer state to what the 2-rank run reached, and the same MLflow run ends FINISHED. Was: refused
     (before that, a DeepSpeed traceback)."""
     import shutil
+    reference = references(stage)
     copy = tmp_path / 'copy'
     shutil.copytree(reference, copy)
     (copy / 'checkpoints' / 'latest').write_text('epoch0002')
     shutil.rmtree(copy / 'checkpoints' / 'epoch0003')
     (copy / 'model.safetensors').unlink()
-    ds = tmp_path / 'zero2_accum2.json'
-    ds.write_text(json.dumps({**json.loads((ROOT / 'ds_configs' / 'zero2.json').read_text()),
+    ds = tmp_path / f'zero{stage}_accum2.json'
+    ds.write_text(json.dumps({**json.loads((ROOT / 'ds_configs' / f'zero{stage}.json').read_text()),
                               'gradient_accumulation_steps': 2}))
     cmd = launcher_cmd(num_gpus=1) + ['--deepspeed', str(ds), '--output-dir', str(copy), '--experiment',
                                       'launch-tests', *TINY, '--resume']

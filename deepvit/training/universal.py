@@ -42,9 +42,11 @@ class WorldChange:
 def saved_batch(tag_dir: Path) -> tuple[int, int]:
     """``(global batch, gradient_accumulation_steps)`` of the job that wrote checkpoint ``tag_dir``: its DeepSpeed
     config's ``train_batch_size``, else micro-batch × accumulation × ``dp_world_size``, read from the checkpoint's
-    ``mp_rank_00_model_states.pt`` (memory-mapped: the weights are not read)."""
-    state = torch.load(Path(tag_dir) / 'mp_rank_00_model_states.pt', map_location='cpu', mmap=True,
-                       weights_only=False)
+    model-states file (ZeRO-3: rank 0's; memory-mapped: the weights are not read)."""
+    tag_dir = Path(tag_dir)
+    name = next(n for n in ('mp_rank_00_model_states.pt', 'zero_pp_rank_0_mp_rank_00_model_states.pt')  # ZeRO-3
+                if (tag_dir / n).is_file())
+    state = torch.load(tag_dir / name, map_location='cpu', mmap=True, weights_only=False)
     ds, world = state.get('ds_config') or {}, int(state['dp_world_size'])
     accum = int(ds.get('gradient_accumulation_steps', 1))
     if 'train_batch_size' in ds:
