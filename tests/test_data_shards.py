@@ -437,3 +437,29 @@ def test_workers_come_from_a_forkserver_that_a_job_signal_leaves_alive(cifar_sha
     again = [x for x, _ in loader]
     assert forkserver._forkserver._forkserver_pid == server             # the same server made the new workers
     assert len(first) == len(again) and all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+def test_workers_and_their_server_exit_when_the_loader_process_is_killed(cifar_shards):
+    """SIGKILL of a process mid-epoch (a rank killed by the OOM killer or a scheduler) ends its loader workers, their
+    forkserver and its resource tracker within seconds (was: all three left running for good, the worker keeping
+    the server alive and the server being the parent DataLoader's own check watches)."""
+    import psutil
+    import subprocess
+    import sys
+    out, _ = cifar_shards
+    code = ("import sys, multiprocessing.forkserver as fs, psutil\n"
+            "from deepvit.data import create_loader\n"
+            f"loader = create_loader({str(out)!r}, 'train', batch_size=8, train=True, img_size=16, num_workers=1)\n"
+            "it = iter(loader); next(it)\n"
+            "server = psutil.Process(fs._forkserver._forkserver_pid)\n"
+            "mine = psutil.Process().children()\n"
+            "print(' '.join(str(p.pid) for p in [server, *server.children(), *mine]), flush=True)\n"
+            "import time; time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    helpers = [psutil.Process(p) for p in pids]
+    assert len(helpers) >= 3   # the server, its worker, the resource tracker
+    proc.kill()
+    proc.wait(timeout=30)
+    gone, alive = psutil.wait_procs(helpers, timeout=20)
+    assert not alive, [p.cmdline()[-1][:80] for p in alive]

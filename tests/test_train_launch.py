@@ -152,9 +152,13 @@ def test_sigkill_of_a_rank_then_resume_matches_uninterrupted(stage, env, referen
     proc = start(env, out, ds=f'zero{stage}.json')
     wait_for(out / 'checkpoints' / 'epoch0001', proc)
     wait_for(out / 'checkpoints' / 'latest', proc)
-    os.kill(rank_pids(proc.pid)[1], signal.SIGKILL)
+    import psutil
+    victim = psutil.Process(rank_pids(proc.pid)[1])
+    helpers = victim.children(recursive=True)   # its loader's forkserver, worker, resource tracker
+    victim.kill()
     assert finish(proc) != 0
     assert shm_buffers_left(proc) == []   # was: 2 × 66 MiB of /dev/shm (RAM) left by every CPU job, killed or not
+    assert not psutil.wait_procs(helpers, timeout=30)[1]   # nothing of the killed rank is left running
     assert not (out / 'model.safetensors').exists()
     first_id = run_id(out)
     assert client(env).get_run(first_id).info.status in ('RUNNING', 'FAILED')

@@ -18,11 +18,16 @@ with each batch to the main process and add up in ``loader.skipped``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import itertools
 import logging
+import os
 import random
+import select
 import signal
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -295,12 +300,34 @@ def worker_context():
     return _CONTEXT
 
 
-def _ignore_sigterm(worker_id: int) -> None:
+def _init_worker(main_pid: int, worker_id: int) -> None:
     """Workers ignore SIGTERM and SIGINT: a cluster preemption (or Ctrl-C) signals every process of a job, and the
-    main process (which checkpoints, then shuts its workers down) must not see them die first. Workers still exit
-    with their parent."""
+    main process (which checkpoints, then shuts its workers down) must not see them die first. Each worker exits
+    when the loader's process ``main_pid`` is gone (:func:`_exit_with`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(main_pid,), name='deepvit-exit-with-loader', daemon=True).start()
+
+
+def _exit_with(pid: int) -> None:
+    """Exit this worker once process ``pid`` has exited, however it died (SIGKILL included).
+
+    A worker forked from the forkserver has the server as its parent, so DataLoader's own check (the parent pid
+    changing) never fires, and the worker keeps the server alive: a rank killed with SIGKILL left its worker, the
+    server and its resource tracker running for good. Waits on a pidfd (Linux >= 5.3), else polls once a second."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            except PermissionError:
+                pass
+    select.select([fd], [], [])   # readable once the process has exited
+    os._exit(0)
 
 
 class ShardLoader:
@@ -370,7 +397,7 @@ class ShardLoader:
         workers = ds.num_workers
         loader = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
                             prefetch_factor=self.prefetch_factor if workers else None,
-                            worker_init_fn=_ignore_sigterm if workers else None,
+                            worker_init_fn=functools.partial(_init_worker, os.getpid()) if workers else None,
                             multiprocessing_context=worker_context() if workers else None)
         n = ds.start_batch
         for images, labels, counts in loader:
