@@ -53,8 +53,8 @@ from timm.models.vision_transformer import Block, VisionTransformer, _cfg, check
 
 from .checkpointing import checkpoint_blocks
 from .attention import Attention
-from .reattention import REATTN_INITS, REATTN_NORMS, ReAttention, ReAttentionMix
-from .remedies import REATTN_THETAS, TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values
+from .reattention import ReAttention, ReAttentionMix, check_reattn_options
+from .remedies import TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values
 from .stem import ConvPatchEmbed
 
 __all__ = ['DeepVisionTransformer', 'resolve_blocks', 'resolve_reattn_blocks', 'model_family', 'model_remedy',
@@ -292,12 +292,7 @@ class DeepVisionTransformer(VisionTransformer):
             raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio!r}")
         if not 0. <= drop_path_rate < 1.:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
-        if reattn_norm not in REATTN_NORMS:
-            raise ValueError(f"reattn_norm must be one of {REATTN_NORMS}, got {reattn_norm!r}")
-        if reattn_init not in REATTN_INITS:
-            raise ValueError(f"reattn_init must be one of {REATTN_INITS}, got {reattn_init!r}")
-        if reattn_theta not in REATTN_THETAS:
-            raise ValueError(f"reattn_theta must be one of {REATTN_THETAS}, got {reattn_theta!r}")
+        check_reattn_options(reattn_norm, reattn_init, reattn_theta)
         if talkinghead_init not in TALKINGHEAD_INITS:
             raise ValueError(f"talkinghead_init must be one of {TALKINGHEAD_INITS}, got {talkinghead_init!r}")
         if stem not in STEMS:

@@ -14,7 +14,6 @@ Shapes: attention maps (B, H, N, N); Θ (H, H).
 """
 import contextlib
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -26,6 +25,16 @@ from .checkpointing import recomputing
 
 REATTN_NORMS = ('bn', 'ln', 'none')
 REATTN_INITS = ('random', 'identity')
+
+
+def check_reattn_options(norm: str, init: str, theta: str) -> None:
+    """Raise ValueError naming the field (``reattn_norm``, ``reattn_init``, ``reattn_theta``) and the value when one
+    is not a known choice (:data:`REATTN_NORMS`, :data:`REATTN_INITS`, ``remedies.REATTN_THETAS``)."""
+    from .remedies import REATTN_THETAS
+    for field, value, choices in (('reattn_norm', norm, REATTN_NORMS), ('reattn_init', init, REATTN_INITS),
+                                  ('reattn_theta', theta, REATTN_THETAS)):
+        if value not in choices:
+            raise ValueError(f"{field} must be one of {choices}, got {value!r}")
 
 
 @register_notrace_module  # a leaf for torch.fx (timm's feature extraction): its BatchNorm mode checks are Python
@@ -79,16 +88,10 @@ class ReAttentionMix(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        from .remedies import REATTN_THETAS
         super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
-        if norm not in REATTN_NORMS:
-            raise ValueError(f"reattn_norm must be one of {REATTN_NORMS}, got {norm!r}")
-        if init not in REATTN_INITS:
-            raise ValueError(f"reattn_init must be one of {REATTN_INITS}, got {init!r}")
-        if theta not in REATTN_THETAS:
-            raise ValueError(f"reattn_theta must be one of {REATTN_THETAS}, got {theta!r}")
+        check_reattn_options(norm, init, theta)
         if theta == 'fixed' and init != 'identity':
             raise ValueError(f"reattn_theta='fixed' holds Θ at the identity and needs reattn_init='identity', "
                              f"got reattn_init={init!r}")
