@@ -42,6 +42,11 @@ def test_yaml_then_command_line_precedence(tmp_path):
     cfg = parse('--config', str(cfg_file), '--epochs', '5')
     assert cfg.model.depth == 4 and cfg.train.lr == 0.01 and cfg.train.epochs == 5
     assert model_overrides(cfg.model)['reattn_blocks'] == 2
+    # flags win wherever the file is given (the sweep appends a user's --config after each point's flags)
+    cfg_file.write_text('model:\n  name: deepvit_16b_patch16_224\n  depth: 4\nlog:\n  experiment: from-file\n')
+    cfg = parse('--model', 'vit_tiny_patch4_32', '--experiment', 'sweep', f'--config={cfg_file}', '--seed', '3')
+    assert (cfg.model.name, cfg.log.experiment, cfg.model.depth, cfg.train.seed) == \
+        ('vit_tiny_patch4_32', 'sweep', 4, 3)
 
 
 @pytest.mark.parametrize('text, needle', [
@@ -277,3 +282,16 @@ def test_any_registered_deepvit_model_is_accepted(launch_env):
     assert plan.model_kwargs['num_classes'] == 10 and plan.model_kwargs['img_size'] == 32
     model = timm.create_model(name, **plan.model_kwargs)
     assert model.model_cfg['depth'] == 3 and model.family == 'deepvit'
+
+
+def test_a_bad_value_is_named_before_the_output_dir_is_touched(launch_env, capsys):
+    """A bad model value is the error even when the output dir holds a run, and a refused job leaves no empty output
+    dir (was: 'already holds a run' hid the bad value, and the folder was created before the model was checked)."""
+    held = launch_env / 'held'
+    (held / 'checkpoints').mkdir(parents=True)
+    (held / 'checkpoints' / 'latest').write_text('epoch0001')
+    assert load_launch_main()(['--deepspeed', ZERO2, '--output-dir', str(held), '--reattn-norm', 'foo']) == 2
+    assert "reattn_norm must be one of ('bn', 'ln', 'none'), got 'foo'" in capsys.readouterr().err
+    fresh = launch_env / 'fresh' / 'run'
+    assert load_launch_main()(['--deepspeed', ZERO2, '--output-dir', str(fresh), '--depth', '0']) == 2
+    assert 'depth' in capsys.readouterr().err and not (launch_env / 'fresh').exists()

@@ -334,6 +334,26 @@ def _one_line(err: Exception) -> str:
     return ' '.join(text.split())
 
 
+def _config_first(argv: List[str]) -> List[str]:
+    """Move every ``--config FILE`` to the front, in order: flags win over a config file wherever it is given
+    (jsonargparse applies arguments left to right, so ``--model X --config F`` would let F's model win; the sweep
+    appends a user's ``--config`` after each point's flags)."""
+    configs: List[str] = []
+    rest: List[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == '--config' and i + 1 < len(argv):
+            configs += argv[i:i + 2]
+            i += 2
+            continue
+        if argv[i].startswith('--config='):
+            configs += ['--config', argv[i].partition('=')[2]]
+        else:
+            rest.append(argv[i])
+        i += 1
+    return configs + rest
+
+
 def check_config_file(path: str) -> None:
     """Refuse a ``--config`` file that is missing, not YAML, not a mapping, has a section that is not a mapping
     (jsonargparse would take ``train: [1, 2]`` as the section's value) or an unknown field (named with the file,
@@ -361,12 +381,10 @@ class TrainParser(ArgumentParser):
     :class:`ConfigError` instead of an exit, so the launch script prints it and exits with status 2."""
 
     def parse_args(self, args: Optional[Sequence[str]] = None, **kwargs):  # noqa: D102 (argparse's)
-        argv = normalise_argv(sys.argv[1:] if args is None else args)
+        argv = _config_first(normalise_argv(sys.argv[1:] if args is None else args))
         for i, arg in enumerate(argv):
             if arg == '--config' and i + 1 < len(argv):
                 check_config_file(argv[i + 1])
-            elif arg.startswith('--config='):
-                check_config_file(arg.partition('=')[2])
         try:
             return super().parse_args(argv, **kwargs)
         except ConfigError:

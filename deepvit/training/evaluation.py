@@ -37,14 +37,11 @@ def load_weights(path: str) -> dict:
 
 def run_eval(plan) -> int:
     """Evaluate on every rank; rank 0 records the run. Returns the exit status (0)."""
-    import deepspeed
     import timm
-    from .build import build_loaders, device_for, quiet_other_ranks
+    from .build import build_loaders, start_process_group
 
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
-    quiet_other_ranks(rank)
-    device = device_for(plan.local_rank)
-    deepspeed.init_distributed(verbose=False)
+    device = start_process_group(plan)   # as training: quiet ranks, the device, DeepSpeed's /dev/shm unlinked
     seed_everything(cfg.train.seed)
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
     try:

@@ -47,20 +47,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
 
     rank, world = env_rank(), env_world_size()
     ds = resolve_ds_config(ds_path, world)
-    out_dir = Path(cfg.output_dir)
     if cfg.eval_only:
         _check_eval_weights(cfg.eval_weights)
-    elif not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
-        raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
-                          f"another --output-dir")
-    try:  # created (or refused) here, on every rank, before any process group waits
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output_dir {str(out_dir)!r} cannot be created: {err.strerror}"
-                          f"{' (a parent is a regular file)' if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise ConfigError(f"output_dir {str(out_dir)!r} is not writable")
-    world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
     _check_model_name(cfg.model.name)
     train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
     val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
@@ -106,6 +94,20 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
             raise ConfigError(f"train.mixup/cutmix need an even train_micro_batch_size_per_gpu, got "
                               f"{ds.micro_batch_size} in {ds_path}")
     kwargs.setdefault('img_size', meta.model_cfg['img_size'])
+    # last: the output directory (created or refused on every rank, before any process group waits), so a bad
+    # value anywhere above is reported first and leaves no empty folder behind
+    out_dir = Path(cfg.output_dir)
+    if not cfg.eval_only and not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
+        raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
+                          f"another --output-dir")
+    try:  # created (or refused) here, on every rank, before any process group waits
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(out_dir)!r} cannot be created: {err.strerror}"
+                          f"{' (a parent is a regular file)' if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}") from None
+    if not os.access(out_dir, os.W_OK):
+        raise ConfigError(f"output_dir {str(out_dir)!r} is not writable")
+    world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, world_change=world_change)
