@@ -56,9 +56,9 @@ def _rank_file(ckpt_dir: Path, tag: str, rank: int) -> Path:
     return Path(ckpt_dir) / tag / f'rank{rank}.pt'
 
 
-def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: int) -> None:
+def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: int, keep: int = 0) -> None:
     """Collective: every rank must call it. Writes the DeepSpeed checkpoint, this rank's RNG state and buffers, then
-    ``latest``."""
+    ``latest``; with ``keep`` > 0 rank 0 then removes all but the newest ``keep`` checkpoints (:func:`prune`)."""
     ckpt_dir = Path(ckpt_dir)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     buffers = {name: buf.detach().cpu().clone() for name, buf in engine.module.named_buffers()}
@@ -67,8 +67,26 @@ def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: i
         dist.barrier()
     if rank == 0:
         atomic.write_text(ckpt_dir / LATEST, tag)
+        if keep > 0:
+            prune(ckpt_dir, keep)
     if dist.is_initialized():
         dist.barrier()
+
+
+def prune(ckpt_dir: Path, keep: int) -> list:
+    """Remove all but the newest ``keep`` checkpoints (``epochNNNN`` / ``stepNNNNNNNN`` folders, by write time) of
+    ``ckpt_dir``; the one ``latest`` names always stays, universal conversions (``*_universal``) are left alone.
+    timm's ``--checkpoint-hist``. Returns the removed tags, oldest first."""
+    import shutil
+    latest = latest_tag(ckpt_dir)
+    tags = sorted((p for p in Path(ckpt_dir).iterdir() if p.is_dir() and p.name.startswith(('epoch', 'step'))
+                   and not p.name.endswith('_universal')), key=lambda p: p.stat().st_mtime)
+    removed = []
+    for path in tags[:max(0, len(tags) - keep)]:
+        if path.name != latest:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+    return removed
 
 
 def load(engine, ckpt_dir: Path, rank: int, tag: Optional[str] = None) -> Optional[Dict[str, Any]]:

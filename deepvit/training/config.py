@@ -159,6 +159,8 @@ class TrainConfig:
     """stop after this many optimizer steps (smoke tests, benchmarks)"""
     log_every: int = 10
     """optimizer steps between train/* metrics"""
+    checkpoint_hist: int = 10
+    """checkpoints kept in output_dir/checkpoints, the newest (timm's --checkpoint-hist); 0: every one"""
     collapse_images: int = 256
     """fixed validation images of the collapse probe (the first of the split)"""
     collapse_every: int = 12
@@ -184,7 +186,8 @@ class TrainConfig:
             'warmup_epochs': self.warmup_epochs >= 0, 'weight_decay': self.weight_decay >= 0,
             'label_smoothing': 0 <= self.label_smoothing < 1, 'mixup': self.mixup >= 0, 'cutmix': self.cutmix >= 0,
             'mixup_prob': 0 <= self.mixup_prob <= 1, 'max_steps': self.max_steps is None or self.max_steps >= 1,
-            'log_every': self.log_every >= 1, 'collapse_images': self.collapse_images >= 1,
+            'log_every': self.log_every >= 1, 'checkpoint_hist': self.checkpoint_hist >= 0,
+            'collapse_images': self.collapse_images >= 1,
             'collapse_every': self.collapse_every >= 0, 'collapse_threshold': 0 < self.collapse_threshold <= 1,
             'collapse_permutations': self.collapse_permutations >= 1, 'cosine_reg': self.cosine_reg >= 0,
             'cosine_reg_blocks': self.cosine_reg_blocks >= 1})

@@ -177,8 +177,9 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
         complete = position >= job.epoch_batches
         if any_rank(preempt(), job.device) and not complete:  # each rank keeps its BatchNorm statistics in its rank file
             tag = f'step{engine.global_steps:08d}'
-            save_checkpoint(engine, ckpt_dir, tag, _client_state(epoch, position, engine, job.scheduler,
-                                                                 tracker.run_id, cfg), rank)
+            save_checkpoint(engine, ckpt_dir, tag,
+                            _client_state(epoch, position, engine, job.scheduler, tracker.run_id, cfg), rank,
+                            keep=cfg.train.checkpoint_hist)
             if rank == 0:
                 print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written; resume with --resume", flush=True)
             return 'KILLED', last_val
@@ -189,7 +190,7 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
         else:  # step budget spent inside the epoch
             tag, state_at = f'step{engine.global_steps:08d}', (epoch, position)
         save_checkpoint(engine, ckpt_dir, tag, _client_state(*state_at, engine, job.scheduler, tracker.run_id, cfg),
-                        rank)
+                        rank, keep=cfg.train.checkpoint_hist)
         if rank == 0:
             print(f"[deepvit] epoch {epoch + 1}/{cfg.train.epochs} step {engine.global_steps} | "
                   f"train loss {result.loss:.4f} | val loss {last_val[schema.VAL_LOSS]:.4f} "
