@@ -439,6 +439,7 @@ def test_workers_come_from_a_forkserver_that_a_job_signal_leaves_alive(cifar_sha
     assert len(first) == len(again) and all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+@pytest.mark.slow  # a loader in a subprocess, killed (~8 s)
 def test_workers_and_their_server_exit_when_the_loader_process_is_killed(cifar_shards):
     """SIGKILL of a process mid-epoch (a rank killed by the OOM killer or a scheduler) ends its loader workers, their
     forkserver and its resource tracker within seconds (was: all three left running for good, the worker keeping

@@ -91,6 +91,7 @@ def test_the_probe_runs_a_compiled_model_eagerly_and_restores_it():
         pass
 
 
+@pytest.mark.slow  # the launch script in a subprocess (~3.5 s each)
 @pytest.mark.parametrize('flags, message', [
     (['--train.compile', 'true', '--deepspeed', 'ds_configs/zero3.json'], 'train.compile=true needs ZeRO stage 0-2'),
     (['--train.compile', 'true', '--cosine-reg', '0.1'], 'train.compile=true with train.cosine_reg'),

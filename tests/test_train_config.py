@@ -250,6 +250,7 @@ def test_inconsistent_batch_for_world_size(launch_env, capsys, monkeypatch):
     assert 'world_size=2' in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the launch script in a subprocess
 def test_user_error_from_the_command_line_has_no_traceback(tmp_path):
     env = dict(os.environ, DEEPVIT_DATA_CACHE=str(tmp_path / 'cache'))
     proc = subprocess.run([sys.executable, str(ROOT / 'launch' / 'train.py'), '--deepspeed', str(tmp_path / 'x.json')],
