@@ -207,21 +207,31 @@ def test_eval_only_scores_weights_and_records_an_eval_run(source, env, reference
         assert bad.returncode == 2 and 'do not fit' in bad.stdout + bad.stderr
 
 
-def test_resume_on_another_world_size_with_another_global_batch_stops_before_loading(env, reference, tmp_path):
+def test_resume_on_another_world_size_with_another_global_batch_stops_before_loading(env, reference, tmp_path,
+                                                                                    monkeypatch):
     """A 2-rank ZeRO-2 checkpoint (global batch 64) resumed by 1 rank with the same DeepSpeed config (global batch
-    32): one paragraph before the process group starts naming the accumulation that keeps the run one run, exit 2,
-    the MLflow run untouched (was: a DeepSpeed traceback and a run left RUNNING)."""
+    32): preflight (before any process group) refuses in one paragraph naming the accumulation that keeps the run
+    one run, and the MLflow run is untouched (was: a DeepSpeed traceback and a run left RUNNING). The launch script
+    prints a preflight ConfigError as one line with exit 2 (test_train_config.py)."""
     import shutil
+    from deepvit.training.config import ConfigError, build_parser, resolve
+    from deepvit.training.preflight import preflight
     copy = tmp_path / 'copy'
     shutil.copytree(reference, copy)  # the same MLflow run (run.json), the reference's files left alone
     before = client(env).get_run(run_id(copy)).info.status
-    proc = start(env, copy, '--resume', num_gpus=1)
-    assert finish(proc, timeout=120) == 2
-    text = log_of(copy)
+    for key in ('DEEPVIT_DATA_CACHE', 'MLFLOW_TRACKING_URI'):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('RANK', '0')
+    zero2 = str(ROOT / 'ds_configs' / 'zero2.json')
+    with pytest.raises(ConfigError) as err:
+        preflight(resolve(build_parser().parse_args(['--deepspeed', zero2, '--output-dir', str(copy), *TINY,
+                                                     '--resume'])), zero2)
+    text = str(err.value)
     assert 'was written by 2 rank(s), this job has 1' in text and 'ds_to_universal' in text
     assert 'global batch would change from 64 to 32' in text and 'gradient_accumulation_steps to 2' in text
-    assert 'Traceback' not in text.split('was written by')[0][-2000:]
     assert client(env).get_run(run_id(copy)).info.status == before
+    assert not (copy / 'checkpoints' / 'epoch0003_universal').exists()   # nothing converted, nothing loaded
 
 
 @pytest.mark.parametrize('stage', [2, 3])
