@@ -250,12 +250,7 @@ def test_resume_on_another_world_size_through_a_universal_checkpoint(stage, env,
     ds = tmp_path / f'zero{stage}_accum2.json'
     ds.write_text(json.dumps({**json.loads((ROOT / 'ds_configs' / f'zero{stage}.json').read_text()),
                               'gradient_accumulation_steps': 2}))
-    cmd = launcher_cmd(num_gpus=1) + ['--deepspeed', str(ds), '--output-dir', str(copy), '--experiment',
-                                      'launch-tests', *TINY, '--resume']
-    with open(str(copy) + '.log', 'w') as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
-    assert finish(proc) == 0, log_of(copy)[-3000:]
+    run_ok(env, copy, '--resume', ds=str(ds), num_gpus=1)   # an absolute ds path replaces ds_configs/
     text = log_of(copy)
     assert 'world size 2 -> 1: resuming through DeepSpeed\'s universal checkpoint epoch0002_universal' in text
     assert '(epoch 2, batch 0, step 44)' in text
