@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -68,9 +69,8 @@ def convert(ckpt_dir: Path, change: WorldChange) -> Path:
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         ds_to_universal(args)
-    for name in ('rank0.pt',):            # rank 0's buffers and RNG: the state every new rank starts from
-        if (src / name).is_file():
-            (dst / name).write_bytes((src / name).read_bytes())
+    if (src / 'rank0.pt').is_file():      # rank 0's buffers and RNG: the state every new rank starts from
+        shutil.copyfile(src / 'rank0.pt', dst / 'rank0.pt')
     done.write_text(change.tag)
     return dst
 
