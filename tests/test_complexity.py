@@ -60,7 +60,7 @@ def test_talking_heads_mixes_are_counted():
 
 
 def test_paper_table_gmacs():
-    # full-size counts (documented in the README); the attention matmuls are part of them
+    # full-size counts (documented in docs/models.md); the attention matmuls are part of them
     with torch.device('meta'):   # the counts need the config and the layers' shapes, not weights
         vit, deep = timm.create_model('vit_16b_patch16_224'), timm.create_model('deepvit_s_patch16_224')
     assert gmacs_per_image(vit) == pytest.approx(5.183, abs=1e-3)

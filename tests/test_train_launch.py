@@ -234,7 +234,7 @@ def test_resume_on_another_world_size_with_another_global_batch_stops_before_loa
     assert not (copy / 'checkpoints' / 'epoch0003_universal').exists()   # nothing converted, nothing loaded
 
 
-@pytest.mark.parametrize('stage', [2])   # ZeRO-3 checked by hand (README); left out to keep the suite under 15 min
+@pytest.mark.parametrize('stage', [2])   # ZeRO-3 checked by hand (docs/training.md); left out to keep the suite under 15 min
 def test_resume_on_another_world_size_through_a_universal_checkpoint(stage, env, references, tmp_path):
     """A reference's epoch-2 checkpoint (2 ranks, ZeRO-2/3, global batch 64) continued by 1 rank with accumulation 2
     (global batch 64): DeepSpeed's universal checkpoint is made once and loaded, epoch 3 trains from the saved
