@@ -1,87 +1,208 @@
-"""Cross-layer similarity measured against chance: calibrated, centred and head-matching-invariant variants, and
-attention sharpness (effective keys), accumulated over chunks of images with O(L²) memory.
+"""Cross-layer attention similarity measured against chance, column-wise (the paper's vectors) and row-wise, with a
+token-permutation and an image-permutation null, accumulated per probe image so that every figure has a bootstrap
+interval over images.
 
 Why. The paper's metric (Eq. 4, :mod:`deepvit.collapse.paper`) is a cosine of non-negative softmax columns. For
-diffuse attention every column is close to the uniform vector, so *any* two maps score near 1: two independent random
-softmax maps over 65 tokens give 0.94 at ~63 effective keys, 0.61 at ~50. An untrained ViT therefore reads "fully
-collapsed". The variants here subtract what chance alignment gives.
+diffuse attention every column is close to the uniform vector, so *any* two maps score near 1 (two independent random
+softmax maps over 65 tokens: 0.94). And when every query of a head attends alike (rank-1 maps, "token uniformity",
+Dong et al. 2021, arXiv 2103.03404) every column is a constant vector, so every column cosine is 1 *and* so is its
+token-permutation null: column-wise measures cannot tell "all blocks attend to the same keys" from "each block attends
+to its own keys" (``tests/test_collapse_instrument.py`` shows it). Rows — each query's distribution over keys — see it.
 
-Notation. A^p_{b,h} is block p's (N, N) map of image b and head h; column t, a^p_{b,h,t} = A^p_{b,h}[:, t], is token
-t's attention vector (how much every query attends to t), as in Eq. 4. n = B·H·N columns per block.
+Notation. A^p_{b,h} is block p's (N, N) map of image b and head h. A *vector* of the map is a column
+A^p_{b,h}[:, t] (how much every query attends to token t; Eq. 4) or a row A^p_{b,h}[t, :] (query t's weights over the
+keys). M[p, q] = mean over images, heads and vectors of cos(vector of block p, the same vector of block q).
 
-Variants (each an (L, L) matrix, symmetric, diagonal 1):
+Nulls (each an (L, L) mean cosine of the same vectors after a relabelling of block q's maps):
 
-``paper``       M[p,q] = mean_{b,h,t} cos(a^p_{b,h,t}, a^q_{b,h,t}) — Eq. 4, exactly :func:`cross_layer_similarity`.
-``calibrated``  (M − M₀) / (1 − M₀). M₀[p,q] is the token-permutation null: the same mean cosine after one random
-                permutation π of the tokens is applied to the rows *and* columns of block q's maps,
-                A^q ↦ P_π A^q P_πᵀ, averaged over ``num_permutations`` permutations (default 2; the same π for every
-                image and head). Relabelling tokens keeps everything about a map that does not depend on which token is which —
-                its sharpness, its spread of column norms, its self-attention (diagonal) strength — and destroys the
-                token-to-token alignment between the two blocks. So M₀ is what two blocks with maps of these shapes
-                score by chance, and M − M₀ is alignment beyond it; dividing by 1 − M₀ (what identical maps would add
-                over chance) makes identical maps 1 and unrelated maps 0 at any sharpness. Derivation of the diffuse
-                limit: with columns u + x and u + y around the uniform column u (|x|, |y| ≪ |u|),
-                1 − cos ≈ |x − y|²/(2|u|²), and the null replaces x·y by ~0, so calibrated ≈ 2 x·y / (|x|² + |y|²):
-                the correlation of the two maps' deviations from uniform, which is what "the same attention pattern"
-                means when all maps are near uniform.
-``centred``     the same calibration applied to the Pearson correlation of the columns (each column minus its mean
-                over queries before the cosine). Insensitive to the shared 1/N baseline by construction; calibrated
-                for the diagonal and column-norm structure that correlation alone still shares by chance.
-``head_avg``    ``calibrated`` on head-averaged maps (mean over h of A^p_{b,h}): invariant to any relabelling of
-                heads, which matters because head h of block p has no relation to head h of block q and
-                Re-attention's Θ mixes heads.
+- token null M_tok: block q's maps under a random token permutation π, A^q ↦ P_π A^q P_πᵀ (rows and columns; the same
+  π for every image and head; averaged over ``num_permutations``). It keeps everything about a map that does not
+  depend on which token is which (sharpness, spread of norms, self-attention strength) and removes token-to-token
+  alignment. M − M_tok is alignment beyond chance.
+- image null M_img: block q's maps of *another* image (image i of block p against image i − 1 of block q, over the
+  probe's fixed image order). It keeps what every image shares — positional structure, a class-token sink — and
+  removes what depends on the content. M − M_img is content alignment.
 
-Headline: ``calibrated``. It keeps the paper's unit (per-head, per-token attention vectors, so it is comparable with
-Eq. 4 and the paper's threshold 0.9 keeps its meaning "near-identical maps") and adds only the chance correction;
-``head_avg`` is the check that a verdict does not hinge on the head pairing. Centred kernel alignment (CKA,
-Kornblith et al. 2019, arXiv 1905.00414) was weighed and not used: with images as examples, linear CKA compares how
-two blocks' maps vary *across images*, and an untrained network's blocks all vary with image content, so it does not
-read ~0 for unrelated blocks; with (image, query) as examples and (head, key) as features, its (H·N)² cross-covariance
-per block pair is 5.6M entries for 12 heads and 197 tokens, times L(L−1)/2 pairs.
+Measures (each (L, L), symmetric, diagonal 1; calibration c(M, M₀) = (M − M₀) / (1 − M₀): identical maps 1, maps
+aligned no better than the null 0, at any sharpness):
 
-Sharpness. ``effective_keys``: exp of the entropy of each row, mean over images, heads and queries (N for uniform
-rows, 1 for one-hot rows). For maps with negative entries (BatchNorm-centred mixed maps of Re-attention) the row's
-absolute values, normalised to sum 1, are used.
+============================  ==========================================================================
+``paper``                     M, column-wise (Eq. 4, exactly :func:`deepvit.collapse.cross_layer_similarity`)
+``calibrated``                c(M, M_tok), column-wise
+``centred``                   c on the Pearson correlation of columns (each minus its mean over queries)
+``head_avg``                  ``calibrated`` on head-averaged maps (invariant to any relabelling of heads)
+``content``                   c(M, M_img), column-wise; ``content_head_avg`` on head-averaged maps
+``row``                       c(M, M_tok), row-wise: **the headline** (see below)
+``row_head_avg``              ``row`` on head-averaged maps
+``row_content``               c(M, M_img), row-wise; ``row_content_head_avg`` on head-averaged maps
+``row_structure``             c(M_img, M_tok), row-wise: alignment every image shares (position, sinks)
+============================  ==========================================================================
 
-Cost per chunk of b images, for each of the three variants: (1 + num_permutations) Gram products of (L, b·H·N²)
-matrices in float32 (head_avg: H times smaller), accumulated into
-float64 (L, L) sums; no float64 copy of the maps. Cosines near 1 are accumulated as deviations from the uniform unit
-column (cos = (â − r)·(b̂ − r) + r·â + r·b̂ − 1), so fp32 rounding does not swamp the 1 − M₀ ≈ 1e-3 of diffuse maps.
+Decomposition: row = row_structure + (1 − row_structure) · row_content, exactly (algebra of c); so of the alignment
+beyond chance, ``row_structure`` is the part shared by all images (positional or sink structure) and the rest is
+content.
+
+Headline: ``row``. It is the only measure here that reads 1 for identical rank-1 maps and ~0 for independent ones
+(token uniformity, the collapse the signal-propagation literature finds growing with depth: Noci et al. 2022, arXiv
+2206.03126), it is chance-corrected like ``calibrated``, and it keeps the paper's per-head unit so the 0.9
+similar-block threshold keeps its meaning. ``row_head_avg`` is the check that a reading does not hinge on the arbitrary
+pairing of head h in block p with head h in block q (Re-attention's Θ mixes heads).
+
+Maps with negative entries (the BatchNorm-centred mixed maps of Re-attention) are compared as signed vectors: the row
+is the vector of weights that forms the query's output from V, and the cosine compares those weight patterns, signs
+included; the nulls are computed the same way, so the calibration stays meaningful.
+
+Cost per chunk of b images, per measure family (column, row, centred; head-averaged ones H times smaller):
+(1 + num_permutations + 1) batched Gram products of (b, L, H·N²) float32 matrices, accumulated per image into float64
+(b, L, L) sums (memory O(images · L²)). Cosines near 1 are accumulated as deviations from the unit uniform vector r
+(x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − 1) so fp32 rounding does not swamp the 1 − M₀ ≈ 1e-3 of diffuse maps.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Dict, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-__all__ = ['VARIANTS', 'HEADLINE', 'CrossLayerAccumulator', 'calibrated_similarity', 'effective_keys',
-           'DEFAULT_PERMUTATIONS']
+from .sharpness import effective_keys
 
-VARIANTS = ('paper', 'calibrated', 'centred', 'head_avg')
-HEADLINE = 'calibrated'
+__all__ = ['MEASURES', 'VARIANTS', 'HEADLINE', 'FAMILIES', 'CrossLayerAccumulator', 'SimilaritySums',
+           'calibrated_similarity', 'calibrate', 'DEFAULT_PERMUTATIONS']
+
+HEADLINE = 'row'
 DEFAULT_PERMUTATIONS = 2
 _EPS = 1e-12
 
+# family -> (orientation, centre, head-averaged); every family has a raw, a token-null and an image-null sum
+FAMILIES = {
+    'column': ('column', False, False),
+    'centred': ('column', True, False),
+    'column_head_avg': ('column', False, True),
+    'row': ('row', False, False),
+    'row_head_avg': ('row', False, True),
+}
+# measure -> (family, numerator, null): c(numerator, null), numerator/null in {'raw', 'tok', 'img'}
+MEASURES = {
+    'calibrated': ('column', 'raw', 'tok'),
+    'centred': ('centred', 'raw', 'tok'),
+    'head_avg': ('column_head_avg', 'raw', 'tok'),
+    'content': ('column', 'raw', 'img'),
+    'content_head_avg': ('column_head_avg', 'raw', 'img'),
+    'row': ('row', 'raw', 'tok'),
+    'row_head_avg': ('row_head_avg', 'raw', 'tok'),
+    'row_content': ('row', 'raw', 'img'),
+    'row_content_head_avg': ('row_head_avg', 'raw', 'img'),
+    'row_structure': ('row', 'img', 'tok'),
+}
+# the similarities (identical maps read 1); ``row_structure`` is a part of ``row``, not a similarity of its own
+VARIANTS = ('paper',) + tuple(m for m in MEASURES if m != 'row_structure')
+
+
+def calibrate(value: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
+    """c(M, M₀) = (M − M₀) / (1 − M₀) elementwise, NaN where 1 − M₀ < 1e-9 (both maps exactly uniform); any shape."""
+    room = 1.0 - null
+    cal = (value - null) / torch.where(room.abs() < 1e-9, torch.ones_like(room), room)
+    return torch.where(room.abs() < 1e-9, torch.full_like(cal, float('nan')), cal)
+
 
 @dataclass
-class _Sums:
-    raw: torch.Tensor     # (L, L) float64: sum over columns of cosines
-    null: torch.Tensor    # (L, L) float64: the same under the permutation null, summed over permutations
-    count: int = 0        # columns per block (b·H·N summed over chunks; b·N for head_avg)
+class SimilaritySums:
+    """Per-image cosine sums of one measure family (float64 on the CPU).
+
+    Attributes:
+        raw: (n, L, L) Σ over image i's vectors of cos(block p, block q).
+        tok: (n, L, L) the same under the token null, summed over the permutations.
+        img: (n, L, L) image i of block p against image i − 1 of block q (row 0: zeros, no pair).
+        vectors: vectors per image (H·N, or N for head-averaged maps). permutations: K.
+    """
+    raw: torch.Tensor
+    tok: torch.Tensor
+    img: torch.Tensor
+    vectors: int
+    permutations: int
+
+    def means(self, weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """``{'raw', 'tok', 'img'}`` mean cosines, each (L, L) (or (R, L, L) for (R, n) bootstrap ``weights``
+        counting how often each image is drawn), symmetrised."""
+        n, L, _ = self.raw.shape
+        w = torch.ones(1, n, dtype=torch.float64) if weights is None else weights.double()
+        pair_w = w.clone()
+        pair_w[:, 0] = 0                                       # image 0 has no predecessor in the image null
+        out = {}
+        for name, sums, ww in (('raw', self.raw, w), ('tok', self.tok, w), ('img', self.img, pair_w)):
+            total = ww @ sums.reshape(n, -1)                   # (R, L·L)
+            scale = ww.sum(dim=1, keepdim=True) * self.vectors * (self.permutations if name == 'tok' else 1)
+            m = (total / scale.clamp_min(1)).reshape(-1, L, L)
+            m = (m + m.transpose(-1, -2)) / 2
+            out[name] = m[0] if weights is None else m
+        return out
+
+
+class _Family:
+    """Running per-image sums of one family."""
+
+    def __init__(self, orientation: str, centre: bool, head_avg: bool, flat_perms: List[torch.Tensor]) -> None:
+        self.orientation, self.centre, self.head_avg = orientation, centre, head_avg
+        self.flat_perms = flat_perms
+        self.raw: List[torch.Tensor] = []
+        self.tok: List[torch.Tensor] = []
+        self.img: List[torch.Tensor] = []
+        self.prev: Optional[tuple] = None     # (flat (1, L, M), lin (1, L)) of the last image seen
+        self.vectors = 0
+
+    def add(self, maps: torch.Tensor) -> None:
+        x = maps.mean(dim=2, keepdim=True) if self.head_avg else maps      # (L, b, h, N, N)
+        if self.orientation == 'row':
+            x = x.transpose(-1, -2)                                        # rows become columns
+        L, b, h, N, _ = x.shape
+        if self.centre:
+            x = x - x.mean(dim=-2, keepdim=True)
+        x = x / x.norm(dim=-2, keepdim=True).clamp_min(_EPS)               # unit vectors (zero vectors stay 0)
+        vectors = h * N
+        if self.centre:  # centred unit vectors are orthogonal to the uniform vector: plain dot products
+            lin = torch.zeros(b, L, dtype=torch.float64)
+            dev, offset = x, 0
+        else:            # x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − 1, with r = 1/√N
+            lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(2, 3)) / math.sqrt(N)).t().cpu()   # (b, L)
+            dev, offset = x - 1.0 / math.sqrt(N), vectors
+        flat = dev.reshape(L, b, -1).transpose(0, 1)                       # (b, L, M)
+        base = lin[:, :, None] + lin[:, None, :] - offset                  # (b, L, L)
+        self.raw.append(torch.bmm(flat, flat.transpose(1, 2)).double().cpu() + base)
+        tok = torch.zeros(b, L, L, dtype=torch.float64)
+        maps_2d = dev.reshape(-1, N * N)
+        for index in self.flat_perms:   # relabelling tokens keeps r·ŷ: the same base
+            permuted = maps_2d.index_select(1, index.to(dev.device)).reshape(L, b, -1).transpose(0, 1)
+            tok += torch.bmm(flat, permuted.transpose(1, 2)).double().cpu() + base
+            del permuted
+        self.tok.append(tok)
+        img = torch.zeros(b, L, L, dtype=torch.float64)
+        prev_flat = torch.cat(([self.prev[0]] if self.prev else []) + [flat[:-1]])
+        prev_lin = torch.cat(([self.prev[1]] if self.prev else []) + [lin[:-1]])
+        first = 0 if self.prev else 1                                      # the probe's image 0 has no partner
+        if prev_flat.shape[0]:
+            img[first:] = torch.bmm(flat[first:], prev_flat.transpose(1, 2)).double().cpu() \
+                + lin[first:, :, None] + prev_lin[:, None, :] - offset
+        self.img.append(img)
+        self.prev = (flat[-1:].clone(), lin[-1:].clone())
+        self.vectors = vectors
+
+    def sums(self, permutations: int) -> SimilaritySums:
+        return SimilaritySums(torch.cat(self.raw), torch.cat(self.tok), torch.cat(self.img), self.vectors,
+                              permutations)
 
 
 class CrossLayerAccumulator:
-    """Running sums for every variant and the effective keys of one map stage, fed chunk by chunk.
+    """Per-image similarity sums of every measure family of one map stage, fed chunk by chunk.
 
     Args:
         num_blocks: L. num_tokens: N (tokens including the class token).
-        num_permutations: K token permutations averaged in the null (≥ 1).
+        num_permutations: K token permutations averaged in the token null (≥ 1).
         seed: seed of the permutations (fixed: every run and every rank uses the same ones).
 
-    Memory: O(L²) sums; ``update`` works on one chunk at a time.
+    Chunks must arrive in the probe's fixed image order (the image null pairs each image with the one before it).
+    Memory: O(images · L²) float64 sums plus one image of maps per family.
 
     Raises:
         ValueError: non-positive sizes, or K < 1.
@@ -96,12 +217,10 @@ class CrossLayerAccumulator:
         self.num_blocks, self.num_tokens, self.num_permutations = num_blocks, num_tokens, num_permutations
         g = torch.Generator().manual_seed(seed)
         self.perms = [torch.randperm(num_tokens, generator=g) for _ in range(num_permutations)]
-        # P A Pᵀ as one gather over the flattened (N·N) map: entry (i, t) ← (π(i), π(t))
-        self._flat_perms = [(p[:, None] * num_tokens + p[None, :]).flatten() for p in self.perms]
-        zeros = lambda: torch.zeros(num_blocks, num_blocks, dtype=torch.float64)  # noqa: E731
-        self._sums = {v: _Sums(zeros(), zeros()) for v in ('cosine', 'centred', 'head_avg')}
-        self._keys_sum = torch.zeros(num_blocks, dtype=torch.float64)
-        self._keys_count = 0
+        # P A Pᵀ as one gather over the flattened (N·N) map: entry (i, t) ← (π(i), π(t)); the same for Aᵀ
+        flat_perms = [(p[:, None] * num_tokens + p[None, :]).flatten() for p in self.perms]
+        self._families = {name: _Family(*spec, flat_perms) for name, spec in FAMILIES.items()}
+        self.images = 0
 
     @torch.no_grad()
     def update(self, maps: torch.Tensor) -> None:
@@ -115,106 +234,51 @@ class CrossLayerAccumulator:
             raise ValueError(f"maps must have shape (L={self.num_blocks}, B, H, N={self.num_tokens}, "
                              f"N={self.num_tokens}), got {tuple(maps.shape)}")
         a = maps.detach().float()
-        L, b, H, N, _ = a.shape
-        self._keys_sum += _row_effective_keys(a).sum(dim=(1, 2, 3)).double().cpu()
-        self._keys_count += b * H * N
-        self._add('cosine', a, centre=False)
-        self._add('centred', a, centre=True)
-        self._add('head_avg', a.mean(dim=2, keepdim=True), centre=False)
+        for family in self._families.values():
+            family.add(a)
+        self.images += a.shape[1]
 
-    def _add(self, name: str, x: torch.Tensor, centre: bool) -> None:
-        L, b, H, N, _ = x.shape
-        if centre:
-            x = x - x.mean(dim=-2, keepdim=True)
-        x = x / x.norm(dim=-2, keepdim=True).clamp_min(_EPS)           # unit columns (zero columns stay 0)
-        columns = b * H * N
-        if centre:  # centred unit columns are orthogonal to the uniform column: plain dot products
-            dev, base = x, torch.zeros(L, L, dtype=torch.float64)
-        else:       # x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − r·r, with r = 1/√N the unit uniform column (r·r = 1)
-            lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(1, 2, 3)) / math.sqrt(N)).cpu()  # Σ_cols r·x̂, (L,)
-            dev = x - 1.0 / math.sqrt(N)
-            base = lin[:, None] + lin[None, :] - columns
-        flat = dev.reshape(L, -1)
-        s = self._sums[name]
-        s.raw += (flat @ flat.t()).double().cpu() + base
-        del x
-        maps_2d = dev.reshape(-1, N * N)
-        for index in self._flat_perms:  # relabelling tokens keeps r·ŷ summed over columns: same base
-            permuted = maps_2d.index_select(1, index.to(dev.device)).reshape(L, -1)
-            s.null += (flat @ permuted.t()).double().cpu() + base
-            del permuted
-        s.count += b * H * N
-
-    def result(self) -> Dict[str, np.ndarray]:
-        """``{'paper', 'calibrated', 'centred', 'head_avg': (L, L) float64, 'null': (L, L) float64 (the paper
-        metric's permutation null M₀), 'effective_keys': (L,) float64}``.
-
-        Calibrated entries are NaN where the null leaves no room (1 − M₀ < 1e-9: both maps exactly uniform).
+    def sums(self) -> Dict[str, SimilaritySums]:
+        """Per-image sums of every family (input of :func:`measures` and of the bootstrap).
 
         Raises:
             RuntimeError: no chunk was added.
         """
-        if self._keys_count == 0:
-            raise RuntimeError("CrossLayerAccumulator.result() before any update()")
-        out: Dict[str, np.ndarray] = {}
-        for name, s in self._sums.items():
-            raw = s.raw / s.count
-            null = s.null / (s.count * self.num_permutations)
-            raw, null = _symmetrise(raw), _symmetrise(null)
-            cal = _calibrate(raw, null)
-            raw.fill_diagonal_(1.0)  # a map with itself: exactly 1 (the fp32 Gram gives 1 ± ~1e-5)
-            if name == 'cosine':
-                out['paper'], out['calibrated'], out['null'] = raw.numpy(), cal.numpy(), null.numpy()
-            else:
-                out[name] = cal.numpy()
-        out['effective_keys'] = (self._keys_sum / self._keys_count).numpy()
-        return {k: out[k] for k in VARIANTS + ('null', 'effective_keys')}
+        if self.images == 0:
+            raise RuntimeError("CrossLayerAccumulator.sums() before any update()")
+        return {name: f.sums(self.num_permutations) for name, f in self._families.items()}
+
+    def result(self) -> Dict[str, np.ndarray]:
+        """``{measure: (L, L) float64}`` for every name in :data:`VARIANTS`, plus ``'null'`` (the paper metric's
+        token null M₀) and ``'image_null'`` / ``'row_null'`` / ``'row_image_null'`` (the other raw nulls)."""
+        return {k: v.numpy() for k, v in measures(self.sums()).items()}
 
 
-def _symmetrise(m: torch.Tensor) -> torch.Tensor:
-    return (m + m.t()) / 2
-
-
-def _calibrate(raw: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-    room = 1.0 - null
-    cal = (raw - null) / room
-    cal = torch.where(room.abs() < 1e-9, torch.full_like(cal, float('nan')), cal)
-    cal.fill_diagonal_(1.0)
-    return cal
-
-
-def _row_effective_keys(a: torch.Tensor) -> torch.Tensor:
-    """exp(entropy) of every row of (..., N, N) maps → (..., N); rows of |a| normalised to sum 1.
-
-    With s = Σ|a| per row and p = |a|/s: H = −Σ p log p = log s − (Σ |a| log |a|) / s (two passes, no normalised copy).
-    """
-    p = a.abs()
-    total = p.sum(dim=-1).clamp_min(_EPS)
-    entropy = total.log() + torch.special.entr(p).sum(dim=-1) / total
-    return entropy.exp()
-
-
-def effective_keys(maps: torch.Tensor) -> torch.Tensor:
-    """Attention sharpness per block: exp(row entropy), mean over images, heads and queries.
-
-    Args:
-        maps: (L, B, H, N, N) float maps. Rows are normalised |a| / Σ|a| (softmax rows are unchanged).
-    Returns:
-        (L,) float64 tensor in [1, N]: N for uniform rows, 1 for one-hot rows.
-    """
-    return _row_effective_keys(maps.detach().float()).mean(dim=(1, 2, 3)).double()
+def measures(sums: Dict[str, SimilaritySums], weights: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    """Every measure of :data:`VARIANTS` (and the raw nulls) from per-image sums; (L, L), or (R, L, L) for (R, n)
+    bootstrap ``weights``. Diagonals are set to 1 (a map with itself; the fp32 Gram gives 1 ± ~1e-5)."""
+    means = {name: s.means(weights) for name, s in sums.items()}
+    out = {'paper': means['column']['raw'], 'null': means['column']['tok'], 'image_null': means['column']['img'],
+           'row_null': means['row']['tok'], 'row_image_null': means['row']['img']}
+    for name, (family, value, null) in MEASURES.items():
+        out[name] = calibrate(means[family][value], means[family][null])
+    eye = torch.eye(out['paper'].shape[-1], dtype=torch.bool)
+    for name in VARIANTS:
+        out[name] = out[name].masked_fill(eye, 1.0)
+    out['row_structure'] = out['row_structure'].masked_fill(eye, float('nan'))   # a block with itself: undefined
+    return out
 
 
 def calibrated_similarity(maps: torch.Tensor, num_permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
                           chunk: Optional[int] = None) -> Dict[str, np.ndarray]:
-    """Every variant for a full (L, B, H, N, N) stack of maps (convenience for tests and notebooks).
+    """Every measure for a full (L, B, H, N, N) stack of maps (convenience for tests and notebooks).
 
     Args:
         maps: (L, B, H, N, N) float maps.
-        num_permutations, seed: the null (see :class:`CrossLayerAccumulator`).
+        num_permutations, seed: the token null (see :class:`CrossLayerAccumulator`).
         chunk: images per update (default all); results do not depend on it.
     Returns:
-        :meth:`CrossLayerAccumulator.result`.
+        :meth:`CrossLayerAccumulator.result` and ``'effective_keys'`` (:func:`deepvit.collapse.effective_keys`).
     Raises:
         ValueError: ``maps`` not (L, B, H, N, N).
     """
@@ -224,5 +288,4 @@ def calibrated_similarity(maps: torch.Tensor, num_permutations: int = DEFAULT_PE
     step = chunk or maps.shape[1]
     for start in range(0, maps.shape[1], step):
         acc.update(maps[:, start:start + step])
-    return acc.result()
-
+    return {**acc.result(), 'effective_keys': effective_keys(maps).numpy()}
