@@ -57,6 +57,8 @@ EVAL_WEIGHTS_PARAM, EVAL_SPLIT_PARAM = 'eval.weights', 'eval.split'   # eval run
 
 # ---- artifacts
 COLLAPSE_ARRAY = 'collapse/{stem}_{stage}.npy'  # the final probe's matrices (float32)
+COLLAPSE_REPRESENTATION_ARRAY = 'collapse/{name}.npy'   # the final probe's CKA (L, L), token residual/cosine (L,)
+COLLAPSE_PROFILES = 'collapse/profiles/step_{step:08d}.json'   # every probe's per-block profiles
 CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
 
 # ---- dataset inputs (``mlflow.log_input`` contexts)

@@ -75,18 +75,29 @@ def test_checkpointing_is_off_in_eval_and_under_no_grad():
 
 
 def test_the_probe_runs_a_compiled_model_eagerly_and_restores_it():
+    from types import SimpleNamespace
+
     from deepvit.training.collapse_report import CollapseProbe, eager_forward
+    from deepvit.training.config import TrainConfig
     torch.manual_seed(0)
     model = timm.create_model('deepvit_tiny_patch4_32', depth=2).eval()
     images = torch.randn(8, 3, 32, 32)
-    logged = []
-    probe = CollapseProbe(lambda: iter([images]), 8, 0.9, 2, lambda m, s: logged.append(m))
+    logged, eager_during_probe = [], []
+
+    def chunks():   # called by the probe inside its forward context: record which forward the model has then
+        eager_during_probe.append(model.__dict__.get('_compiled_call_impl') is None)
+        return iter([images])
+
+    tracker = SimpleNamespace(log_metrics=lambda m, s: logged.append((s, m)), log_dict=lambda d, f: logged.append(f))
+    probe = CollapseProbe(chunks, TrainConfig(collapse_images=8, collapse_bootstrap=100), tracker)
     reference = probe(model, 0).summary()
     model.compile(backend='eager')  # dynamo tracing without inductor's code generation (fast on CPU)
     compiled = model.__dict__['_compiled_call_impl']
     assert compiled is not None
     assert probe(model, 1).summary() == reference
+    assert eager_during_probe == [True, True]                       # the compiled model was probed eagerly
     assert model.__dict__['_compiled_call_impl'] is compiled       # compiled again after the probe
+    assert 'collapse/profiles/step_00000001.json' in logged and logged[0][0] == 0
     with eager_forward(torch.nn.Linear(2, 2)):                       # an uncompiled module: nothing to do
         pass
 

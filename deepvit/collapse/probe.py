@@ -1,8 +1,8 @@
 """The collapse probe a run executes: a fixed set of images → every attention and representation measure at both map
 stages, per-block profiles, and a bootstrap interval over images for every summary, in chunks with bounded memory.
 
-Everything is computed in float32 from the maps and block outputs, whatever the model's training precision (the maps
-are cast before any statistic). Collective under ZeRO-3 (parameters are gathered in forward): every rank must call it
+Every statistic is computed in float32 (float64 sums) whatever the model's training precision: the maps and block
+outputs come from the model's own forward, in its dtype, and are cast before any statistic. Collective under ZeRO-3 (parameters are gathered in forward): every rank must call it
 with the same images; it then returns the same numbers on every rank and for any world size (the images, the
 chunking, the permutations of the null and the bootstrap draws are fixed).
 """

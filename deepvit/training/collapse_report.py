@@ -3,7 +3,8 @@
 A probe runs :func:`deepvit.collapse.collapse_probe` on the first ``train.collapse_images`` validation images (the
 same images for every run, so runs are comparable), in chunks sized by :func:`deepvit.collapse.probe_chunk_size`.
 It runs at step 0 (the initialised model), every ``train.collapse_every`` epochs and at the end; each probe's scalars
-are logged at its global optimizer step, the final probe also writes the matrices as artifacts. Collective under
+(and their bootstrap intervals) are logged at its global optimizer step and its per-block profiles as
+``collapse/profiles/step_<step>.json``; the final probe also writes the matrices as artifacts. Collective under
 ZeRO-3 (parameters are gathered in forward): every rank runs the same forwards.
 """
 import contextlib
@@ -14,12 +15,15 @@ import numpy as np
 import torch
 
 from .. import schema
-from ..collapse import MAP_STAGES, CollapseResult, collapse_probe
+from ..collapse import MAP_STAGES, MEASURES, CollapseResult, collapse_probe
 
-# artifact stem per matrix: 'paper' keeps the name the first schema gave it
-ARTIFACTS = {'paper': 'similarity', 'calibrated': 'calibrated', 'centred': 'centred', 'head_avg': 'head_avg',
-             'null': 'null', 'effective_keys': 'effective_keys'}
-HEATMAPS = {'paper': 'cross-layer similarity (paper, Eq. 4)', 'calibrated': 'calibrated cross-layer similarity'}
+# artifact stem per matrix: 'paper' keeps the name the first schema gave it; every other measure its own name
+ARTIFACTS = {'paper': 'similarity', **{m: m for m in MEASURES}, 'null': 'null', 'image_null': 'image_null',
+             'row_null': 'row_null', 'row_image_null': 'row_image_null', 'entropy': 'entropy',
+             'effective_keys': 'effective_keys'}
+REPRESENTATION_ARTIFACTS = ('cka', 'token_residual', 'token_cosine')   # collapse/<name>.npy (no map stage)
+HEATMAPS = {'paper': 'cross-layer similarity (paper, Eq. 4)', 'calibrated': 'calibrated cross-layer similarity',
+            'row': 'row-wise calibrated similarity (headline)'}
 
 
 @contextlib.contextmanager
@@ -42,34 +46,41 @@ class CollapseProbe:
 
     Args:
         images: a callable returning a fresh iterable of (b, C, H, W) image chunks on the model's device and dtype.
-        num_images, threshold, num_permutations: as :func:`deepvit.collapse.collapse_probe`.
-        log_metrics: ``(metrics, step)`` callback (the tracker's; a no-op on non-zero ranks).
+        train: the run's ``TrainConfig`` (its ``collapse_*`` fields: images, threshold, permutations, bootstrap,
+            CKA examples).
+        tracker: the run's tracker (metrics and the profiles artifact; a no-op tracker on non-zero ranks).
+
+    The probe's statistics are float32 whatever the training precision (:mod:`deepvit.collapse.probe`).
     """
 
-    def __init__(self, images: Callable[[], Iterable[torch.Tensor]], num_images: int, threshold: float,
-                 num_permutations: int, log_metrics: Callable) -> None:
-        self.images, self.num_images = images, num_images
-        self.threshold, self.num_permutations = threshold, num_permutations
-        self.log_metrics = log_metrics
+    def __init__(self, images: Callable[[], Iterable[torch.Tensor]], train, tracker) -> None:
+        self.images, self.train, self.tracker = images, train, tracker
         self.seconds = 0.0
         self.count = 0
 
     def __call__(self, model: torch.nn.Module, step: int) -> CollapseResult:
+        t = self.train
         t0 = time.perf_counter()
         with eager_forward(model):
-            result = collapse_probe(model, self.images(), self.num_images, self.threshold, self.num_permutations)
+            result = collapse_probe(model, self.images(), t.collapse_images, t.collapse_threshold,
+                                    t.collapse_permutations, t.collapse_bootstrap, t.collapse_cka_examples)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.count += 1
         metrics = {schema.COLLAPSE_PREFIX + k: v for k, v in result.summary().items()}
         metrics[schema.COLLAPSE_PREFIX + 'probe_seconds'] = seconds
-        self.log_metrics(metrics, step)
+        self.tracker.log_metrics(metrics, step)
+        self.tracker.log_dict({'step': step, 'images': result.num_images, **result.profiles()},
+                              schema.COLLAPSE_PROFILES.format(step=step))
         return result
 
 
 def log_collapse_artifacts(tracker, result: CollapseResult, figure_fn: Optional[Callable] = None) -> None:
-    """The final probe's arrays as ``collapse/<stem>_<stage>.npy`` (and heatmaps of the paper and calibrated
-    matrices as PNG when ``figure_fn(matrix, title)`` is given)."""
+    """The final probe's arrays as ``collapse/<stem>_<stage>.npy`` and ``collapse/<cka|token_residual|token_cosine>.npy``
+    (and heatmaps of the paper, calibrated and row-wise matrices as PNG when ``figure_fn(matrix, title)`` is given)."""
+    for name in REPRESENTATION_ARTIFACTS:
+        if name in result.representation:
+            tracker.log_numpy(np.asarray(result.representation[name]), schema.COLLAPSE_REPRESENTATION_ARRAY.format(name=name))
     for stage in MAP_STAGES:
         for key, stem in ARTIFACTS.items():
             tracker.log_numpy(np.asarray(result.matrices[stage][key]), schema.COLLAPSE_ARRAY.format(stem=stem, stage=stage))

@@ -27,6 +27,7 @@ import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
 
 from ..collapse.paper import DEFAULT_SIMILARITY_THRESHOLD
+from ..collapse.probe import MIN_PROBE_IMAGES
 
 set_parsing_settings(docstring_parse_attribute_docstrings=True)  # a field's docstring is its --help text
 
@@ -169,7 +170,11 @@ class TrainConfig:
     collapse_threshold: float = DEFAULT_SIMILARITY_THRESHOLD
     """similar-block threshold of the paper's and the calibrated metric (0.9, paper Fig. 3)"""
     collapse_permutations: int = 2
-    """token permutations averaged in the calibrated metric's chance null"""
+    """token permutations averaged in the calibrated metrics' chance null"""
+    collapse_bootstrap: int = 200
+    """bootstrap replicates over probe images for every collapse summary's 95 % interval (>= 100)"""
+    collapse_cka_examples: Optional[int] = None
+    """(image, token) examples of the probe's debiased CKA between blocks (null: 1024 or all the probe holds)"""
     cosine_reg: float = 0.0
     """weight of the official DeepViT cosine regulariser (official: 0.1; 0: off)"""
     cosine_reg_blocks: int = 2
@@ -181,13 +186,17 @@ class TrainConfig:
     """torch.compile the model's forward (in place; probes run eager); ZeRO stages 0-2"""
 
     def __post_init__(self):
+        if self.collapse_images < MIN_PROBE_IMAGES:
+            raise ConfigError(f"train.collapse_images={self.collapse_images}: the collapse probe's bootstrap "
+                              f"intervals need at least {MIN_PROBE_IMAGES} images")
         _check('train', self, {
             'epochs': self.epochs >= 1, 'lr': self.lr > 0, 'min_lr': self.min_lr >= 0,
             'warmup_epochs': self.warmup_epochs >= 0, 'weight_decay': self.weight_decay >= 0,
             'label_smoothing': 0 <= self.label_smoothing < 1, 'mixup': self.mixup >= 0, 'cutmix': self.cutmix >= 0,
             'mixup_prob': 0 <= self.mixup_prob <= 1, 'max_steps': self.max_steps is None or self.max_steps >= 1,
             'log_every': self.log_every >= 1, 'checkpoint_hist': self.checkpoint_hist >= 0,
-            'collapse_images': self.collapse_images >= 1,
+            'collapse_bootstrap': self.collapse_bootstrap >= 100,
+            'collapse_cka_examples': self.collapse_cka_examples is None or self.collapse_cka_examples >= 4,
             'collapse_every': self.collapse_every >= 0, 'collapse_threshold': 0 < self.collapse_threshold <= 1,
             'collapse_permutations': self.collapse_permutations >= 1, 'cosine_reg': self.cosine_reg >= 0,
             'cosine_reg_blocks': self.cosine_reg_blocks >= 1})

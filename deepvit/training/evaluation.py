@@ -72,8 +72,7 @@ def run_eval(plan) -> int:
                 tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:])
         metrics, correct = evaluate(model, val_loader, device=device, dtype=torch.float32, per_sample=True)
         correct = gather_correct(correct, device)
-        probe = CollapseProbe(lambda: (x.to(device) for x, _ in probe_loader), cfg.train.collapse_images,
-                              cfg.train.collapse_threshold, cfg.train.collapse_permutations, tracker.log_metrics)
+        probe = CollapseProbe(lambda: (x.to(device) for x, _ in probe_loader), cfg.train, tracker)
         final = probe(model, 0)
         if rank == 0:
             tracker.log_metrics(metrics, 0)

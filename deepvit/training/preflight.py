@@ -93,6 +93,12 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
         if ds.micro_batch_size % 2:
             raise ConfigError(f"train.mixup/cutmix need an even train_micro_batch_size_per_gpu, got "
                               f"{ds.micro_batch_size} in {ds_path}")
+    tokens = meta.patch_embed.num_patches + meta.num_prefix_tokens
+    cka = cfg.train.collapse_cka_examples
+    if cka is not None and cka > cfg.train.collapse_images * tokens:
+        raise ConfigError(f"train.collapse_cka_examples={cka}: the probe holds only {cfg.train.collapse_images} "
+                          f"images × {tokens} tokens = {cfg.train.collapse_images * tokens} examples; lower it or "
+                          f"raise train.collapse_images")
     kwargs.setdefault('img_size', meta.model_cfg['img_size'])
     # last: the output directory (created or refused on every rank, before any process group waits), so a bad
     # value anywhere above is reported first and leaves no empty folder behind

@@ -144,9 +144,7 @@ def _already_finished(plan: Plan, tracker, out_dir: Path) -> int:
 def _collapse_probe(plan: Plan, job: Job, tracker):
     from .collapse_report import CollapseProbe
     cfg = plan.cfg
-    return CollapseProbe(lambda: (x.to(job.device).to(job.dtype) for x, _ in job.probe_loader),
-                         cfg.train.collapse_images, cfg.train.collapse_threshold, cfg.train.collapse_permutations,
-                         tracker.log_metrics)
+    return CollapseProbe(lambda: (x.to(job.device).to(job.dtype) for x, _ in job.probe_loader), cfg.train, tracker)
 
 
 def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, preempt,
@@ -250,11 +248,12 @@ def finish(plan: Plan, job: Job, tracker, probe, last_val: Dict[str, float], out
             tracker.log_model([export, out_dir / MODEL_FILE], cfg.model.name,
                               {'model_name': cfg.model.name, **plan.model_kwargs}, engine.global_steps)
         print(f"[deepvit] done: val top1 {last_val.get(schema.TOP1, float('nan')):.2f} | similar blocks "
-              f"(paper / calibrated) softmax {report['similar_blocks_softmax']} / "
-              f"{report['calibrated_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
-              f"{report['calibrated_similar_blocks_mixed']} | effective keys softmax "
-              f"{report['effective_keys_softmax']:.1f} | {probe.count} collapse probes took "
-              f"{probe.seconds:.1f} s | weights {export}", flush=True)
+              f"(paper / row-wise) softmax {report['similar_blocks_softmax']} / "
+              f"{report['row_similar_blocks_softmax']}, mixed {report['similar_blocks_mixed']} / "
+              f"{report['row_similar_blocks_mixed']} | row-wise adjacent softmax "
+              f"{report['row_mean_adjacent_softmax']:.3f} [{report['row_mean_adjacent_softmax_lo']:.3f}, "
+              f"{report['row_mean_adjacent_softmax_hi']:.3f}] | entropy softmax {report['entropy_softmax']:.3f} | "
+              f"{probe.count} collapse probes took {probe.seconds:.1f} s | weights {export}", flush=True)
     if is_dist():
         torch.distributed.barrier()
 
