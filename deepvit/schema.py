@@ -23,6 +23,13 @@ MODEL_TAGS = ('model', 'depth', 'embed_dim', 'num_heads', 'seed')
 HARDWARE_TAG = 'hardware'                       # e.g. 'cpu', 'NVIDIA H200'
 EPOCHS_TAG = 'epochs'                           # the run's planned length, updated when a resume changes --epochs
 
+# ---- run tags: the code version (deepvit.code_version), at the run's start and at each resume
+CODE_COMMIT_TAG = 'code.commit'                 # git commit at the run's start (40 hex digits) or UNKNOWN_CODE
+CODE_DIRTY_TAG = 'code.dirty'                   # 'true' | 'false' | UNKNOWN_CODE: tracked files differed from it
+CODE_RESUMES_TAG = 'code.resumes'               # resumes so far ('0' for a run never resumed)
+CODE_RESUME_TAG = 'code.resume.{n}.{field}'     # resume n (1, 2, ...): 'commit' | 'dirty' | 'step' (its first step)
+UNKNOWN_CODE = 'unknown'                        # not a git checkout, or git failed
+
 # ---- metrics: the training loop, every train.log_every optimizer steps
 TRAIN_LOSS = 'train/loss'                       # mean loss of the window's micro-batches
 TRAIN_LR = 'train/lr'

@@ -21,6 +21,15 @@ from launching import (COLLAPSE_ARRAYS, COLLAPSE_METRICS, DIGITS_VAL, ROOT, TINY
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
+
+def _head() -> str:
+    """The commit of the checkout the launched jobs run from (``ROOT``), or ``'unknown'`` outside a git checkout."""
+    try:
+        done = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', 'HEAD'], capture_output=True, text=True)
+    except OSError:   # no git executable
+        return 'unknown'
+    return done.stdout.strip() if done.returncode == 0 else 'unknown'
+
 @pytest.mark.parametrize('stage', [1, 2, 3])
 def test_zero_stages_train_and_record(stage, env, references, tmp_path):
     out = references(stage)
@@ -78,6 +87,9 @@ def test_the_record_a_researcher_reads_in_the_ui(env, reference, tmp_path):
         'family': 'deepvit', 'remedy': 'reattn', 'model': 'deepvit_tiny_patch4_32', 'depth': '2', 'embed_dim': '32',
         'num_heads': '2', 'seed': '0', 'hardware': 'cpu', 'deepvit.kind': 'train'}
     assert t['mlflow.user'] and t['mlflow.source.name'].endswith('train.py') and t['mlflow.source.type'] == 'LOCAL'
+    # the code version (issue 20): this checkout's commit, or 'unknown' in a copy that is not a git checkout
+    assert (t['code.commit'], t['code.resumes']) == (_head(), '0') and t['code.dirty'] in ('true', 'false', 'unknown')
+    assert (t['code.dirty'] == 'unknown') == (_head() == 'unknown')
     note = t['mlflow.note.content']
     assert 'deepvit_tiny_patch4_32' in note and 'depth 2' in note and '2 rank(s)' in note and 'fp32' in note
     # params: the architecture built (mlp_ratio was never overridden), overrides apart, the rate actually used
@@ -295,6 +307,10 @@ def test_resume_with_more_epochs_replans_the_schedule(env, tmp_path):
     assert lrs[first_of_epoch2] > 0.3 * peak          # cosine half-way, not min_lr (1e-5)
     assert lrs[max(lrs)] < 0.05 * peak                 # and it decays to the end of the 2-epoch plan
     assert c.get_run(run_id(out)).data.tags['epochs'] == '2'
+    tags = c.get_run(run_id(out)).data.tags   # the resume is recorded: its code version and the step it began at
+    epoch1_end = next(m.step for m in c.get_metric_history(run_id(out), 'epoch') if m.value == 1)
+    assert (tags['code.resumes'], tags['code.resume.1.step']) == ('1', str(epoch1_end))
+    assert tags['code.resume.1.commit'] == tags['code.commit'] == _head() and 'code.resume.2.commit' not in tags
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import schema
+from ..code_version import code_tags, code_version
 from . import record
 from .checkpoint import latest_tag, seed_everything
 from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
@@ -68,6 +69,7 @@ def run_eval(plan) -> int:
             params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split})
             tracker.log_params(params)
             tracker.log_text(to_yaml(cfg), 'config.yaml')
+            tracker.set_tags(code_tags(code_version(), {}, resumed=False, step=0))
             if plan.val_shards is not None:
                 tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:])
         metrics, correct = evaluate(model, val_loader, device=device, dtype=torch.float32, per_sample=True)

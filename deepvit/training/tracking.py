@@ -37,6 +37,7 @@ class NullTracker:
     def log_model(self, files: Sequence[Path], name: str, params: Dict[str, Any], step: int) -> None: ...
     def start_system_metrics(self, interval_s: float) -> None: ...
     def history(self, key: str) -> list: return []
+    def tags(self) -> Dict[str, str]: return {}
     def end(self, status: str = 'FINISHED') -> None: ...
 
 
@@ -73,6 +74,7 @@ class MlflowTracker(NullTracker):
         self.resumed = run_id is not None
         self._monitor = None
         run = self.client.get_run(self.run_id)
+        self._tags_at_open = dict(run.data.tags)
         self._logged_params = set(run.data.params)
         # a continued run replays the steps between its last checkpoint and the kill: each key's last logged step,
         # so that those (key, step) pairs are not logged a second time
@@ -103,6 +105,10 @@ class MlflowTracker(NullTracker):
                  if int(step) > self._logged_until.get(key, -1)]
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
+
+    def tags(self) -> Dict[str, str]:
+        """The run's tags as they were when this tracker opened it (a continued run's earlier ones)."""
+        return dict(self._tags_at_open)
 
     def history(self, key: str) -> list:
         """``[(step, value), ...]`` of metric ``key`` on this run (a continued run's earlier values)."""

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from .. import schema
+from ..code_version import code_tags, code_version
 from . import record, universal
 from .build import Job, build_job, start_process_group
 from .checkpoint import export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
@@ -123,6 +124,9 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
         tracker.start_system_metrics(cfg.log.system_metrics_interval)
     best.restore(tracker.history(schema.TOP1))
     tracker.set_tags({schema.EPOCHS_TAG: str(cfg.train.epochs)})  # the planned length now (params are frozen)
+    if not resumed.finished:  # the code version of this start or resume (git runs here, on rank 0 only)
+        tracker.set_tags(code_tags(code_version(), tracker.tags(), resumed=resumed.run_id is not None,
+                                   step=job.engine.global_steps))
     print(f"[deepvit] {cfg.model.name} ({job.family}, {job.n_params / 1e6:.2f}M params, {job.gmacs:.3f} GMACs/img) | "
           f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
           f"lr {job.lr:.2e} | {job.steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
