@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--n-boot', type=int, default=2000, help='bootstrap replicates of the statistics')
     p.add_argument('--group-by', default='', help='comma-separated params that split series beyond family and '
                                                   'width, e.g. model.drop_path_rate')
+    p.add_argument('--collapse-measure', default='row_mean_adjacent',
+                   help='collapse summary drawn over training (docs/collapse.md lists them), e.g. row_mean_adjacent, '
+                        'calibrated_mean_adjacent, entropy, cka_mean_adjacent')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
@@ -41,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = analyze(args.experiment, args.out, sweep=args.sweep, tracking_uri=args.tracking_uri,
                          threshold=args.threshold, metric=args.metric,
                          group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress,
-                         baseline=args.baseline, n_boot=args.n_boot)
+                         baseline=args.baseline, n_boot=args.n_boot, collapse_measure=args.collapse_measure)
     except (AnalysisError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

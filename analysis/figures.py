@@ -208,20 +208,21 @@ def plot_effective_keys(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
 
 
 def plot_collapse_over_training(runs: pd.DataFrame, histories: Dict[Tuple[str, str], Sequence[Tuple[int, float]]],
-                                metric: str, out_dir: Path) -> List[Path]:
-    """``metric`` (e.g. ``calibrated_mean_adjacent``) over training, one panel per series and map stage: one line
-    per run, colour by depth (viridis), from the probe at step 0 to the final one. ``histories`` maps
-    ``(run_id, stage)`` to ``[(step, value), ...]``."""
+                                metric: str, out_dir: Path, stages: Sequence[str] = ('softmax', 'mixed'),
+                                title: str = '0 = chance, 1 = identical maps') -> List[Path]:
+    """``metric`` (e.g. ``row_mean_adjacent``) over training, one panel per series and map stage (one row per entry
+    of ``stages``; a representation measure has one, ``''``): one line per run, colour by depth (viridis), from the
+    probe at step 0 to the final one. ``histories`` maps ``(run_id, stage)`` to ``[(step, value), ...]``."""
     series_list = list(dict.fromkeys(runs['series']))
     if not series_list:
         return []
     depths = sorted(runs['depth'].dropna().unique())
     cmap = matplotlib.colormaps['viridis']
-    fig = Figure(figsize=(3.2 * len(series_list) + 1.0, 5.6), layout='constrained')
-    axes = fig.subplots(2, len(series_list), squeeze=False, sharey='row')
+    fig = Figure(figsize=(3.2 * len(series_list) + 1.0, 2.8 * len(stages)), layout='constrained')
+    axes = fig.subplots(len(stages), len(series_list), squeeze=False, sharey='row')
     for j, series in enumerate(series_list):
         g = runs[runs['series'] == series]
-        for i, stage in enumerate(('softmax', 'mixed')):
+        for i, stage in enumerate(stages):
             ax = axes[i][j]
             for r in g.itertuples(index=False):
                 pts = histories.get((r.run_id, stage)) or []
@@ -231,16 +232,15 @@ def plot_collapse_over_training(runs: pd.DataFrame, histories: Dict[Tuple[str, s
                 ax.plot([p for p, _ in pts], [v for _, v in pts], color=cmap(0.9 * frac), marker='.', lw=1,
                         label=f'd{r.depth}' if r.seed == g['seed'].min() else None)
             ax.axhline(0, color='k', lw=0.6)
-            ax.set_title(f'{series}, {stage}', fontsize=8)
+            ax.set_title(f'{series}, {stage}' if stage else series, fontsize=8)
             ax.grid(alpha=0.3)
-            if i == 1:
+            if i == len(stages) - 1:
                 ax.set_xlabel('optimizer step')
         if axes[0][j].get_legend_handles_labels()[0]:
             axes[0][j].legend(fontsize='xx-small')
-    axes[0][0].set_ylabel(metric.replace('_', ' '))
-    axes[1][0].set_ylabel(metric.replace('_', ' '))
-    fig.suptitle(f'collapse over training: {metric.replace("_", " ")} (0 = chance, 1 = identical maps)',
-                 fontsize=9)
+    for i in range(len(stages)):
+        axes[i][0].set_ylabel(metric.replace('_', ' '))
+    fig.suptitle(f'collapse over training: {metric.replace("_", " ")} ({title})', fontsize=9)
     return save(fig, out_dir, 'collapse_over_training')
 
 

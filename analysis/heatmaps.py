@@ -21,13 +21,15 @@ from .store import download_artifact
 
 __all__ = ['STAGES', 'artifact_path', 'load_similarities', 'plot_similarity_grid']
 
-VARIANTS = {'paper': 'similarity', 'calibrated': 'calibrated'}   # variant -> artifact stem
+VARIANTS = {'paper': 'similarity', 'calibrated': 'calibrated', 'row': 'row'}   # variant -> artifact stem
 TITLES = {'paper': 'cross-layer similarity (paper metric, Eq. 4)',
-          'calibrated': 'calibrated cross-layer similarity (0 = chance, 1 = identical)'}
+          'calibrated': 'calibrated column-wise similarity (0 = chance, 1 = identical)',
+          'row': 'row-wise calibrated similarity, the headline (0 = chance, 1 = identical)'}
 
 
 def artifact_path(stage: str, variant: str = 'paper') -> str:
-    """Artifact path of a run's (L, L) matrix of ``variant`` (``'paper'``, ``'calibrated'``) for map ``stage``."""
+    """Artifact path of a run's (L, L) matrix of ``variant`` (``'paper'``, ``'calibrated'``, ``'row'``) for map
+    ``stage``."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
     if variant not in VARIANTS:

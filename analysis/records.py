@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .store import metric_history
 
 __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES',
-           'COLLAPSE_COLUMNS']
+           'COLLAPSE_COLUMNS', 'REPRESENTATION']
 
 from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG,  # noqa: E402
                             TOP1)  # (the record's names)
@@ -40,15 +40,30 @@ _FIELDS = {
     'epochs': ('param', 'train.epochs', 'Int64'),
 }
 # collapse figures of the final probe, for both map stages: column ``<name>_<stage>`` ← metric ``collapse/<name>_<stage>``
+# (runs recorded before a measure existed keep empty cells; names in docs/mlflow_schema.md and docs/collapse.md)
 COLLAPSE = ('similar_blocks',              # the paper metric's similar-block count (paper Sec. 3.2 rule)
-            'calibrated_similar_blocks',   # the same rule on the calibrated similarity
+            'calibrated_similar_blocks',   # the same rule on the calibrated (column-wise) similarity
             'calibrated_mean_adjacent',    # mean calibrated similarity of adjacent blocks
             'mean_adjacent_similarity',    # the same for the paper metric
-            'effective_keys')              # attention sharpness: exp(row entropy), mean over blocks
+            'effective_keys',              # attention sharpness: exp(row entropy), mean over blocks
+            'row_mean_adjacent',           # the headline: row-wise calibrated similarity of adjacent blocks
+            'row_mean_adjacent_lo', 'row_mean_adjacent_hi',   # its 95 % bootstrap interval over probe images
+            'row_deep_adjacent',           # ... over the deepest quarter of the blocks only
+            'row_similar_blocks',          # the paper's count on the row-wise measure
+            'row_head_avg_mean_adjacent',  # the head-matching-free check
+            'row_structure_mean_adjacent',  # the part of the row-wise alignment every image shares (position, sinks)
+            'row_content_mean_adjacent',   # row-wise alignment beyond what images share (image null)
+            'entropy')                     # normalised attention entropy (0 one-hot, 1 uniform), mean over blocks
 STAGES = ('softmax', 'mixed')
-COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)]
+# representation measures on the block outputs (no map stage); ``_step0``: the same run's step-0 probe, the
+# reference they are read against (the residual stream makes blocks alike at init)
+REPRESENTATION = ('token_residual_last', 'token_cosine_last', 'cka_mean_adjacent', 'cka_deep_adjacent')
+STEP0 = ('token_residual_last', 'cka_mean_adjacent')
+COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)] + list(REPRESENTATION) \
+    + [f'{name}_step0' for name in STEP0]
 for _col in COLLAPSE_COLUMNS:
-    _FIELDS[_col] = ('metric', COLLAPSE_PREFIX + _col, 'Float64')
+    if not _col.endswith('_step0'):
+        _FIELDS[_col] = ('metric', COLLAPSE_PREFIX + _col, 'Float64')
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
@@ -111,6 +126,10 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
             row[col] = _param(p, key, dtype) if src == 'param' else m.get(key)
         for key in group_by:
             row[key] = p.get(key)
+        for name in STEP0:   # the first probe's value (step 0), only for runs that logged the measure
+            history = metric_history(client, run.info.run_id, COLLAPSE_PREFIX + name) if COLLAPSE_PREFIX + name in m \
+                else []
+            row[f'{name}_step0'] = history[0][1] if history and history[0][0] == 0 else None
         curve = metric_history(client, run.info.run_id, TOP1) if TOP1 in m else []
         curves[run.info.run_id] = curve
         best = max(curve, key=lambda sv: sv[1]) if curve else (None, None)
@@ -122,6 +141,7 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
         df[col] = df[col].astype(dtype)
     df['top1_best'] = df['top1_best'].astype('Float64')
     df[['top1_best_step', 'last_step']] = df[['top1_best_step', 'last_step']].astype('Int64')
+    df[[f'{name}_step0' for name in STEP0]] = df[[f'{name}_step0' for name in STEP0]].astype('Float64')
     df['family'] = df['family'].fillna('unknown')
     df['remedy'] = df['remedy'].fillna(df['family'])
     df['series'] = [series_label(r['remedy'], r['embed_dim'], r['num_heads'], [(k, r[k]) for k in group_by])

@@ -11,15 +11,25 @@ from .aggregate import METRICS, depth_stats
 from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
                       plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
 from .heatmaps import STAGES, VARIANTS, load_similarities, plot_similarity_grid
-from .records import runs_frame
+from .profiles import plot_collapse_profiles
+from .records import COLLAPSE, REPRESENTATION, runs_frame
 from .saturation import DEFAULT_THRESHOLD, saturation_report
 from .store import get_experiment, metric_history, open_store, sweep_runs
 from .study import load_correct, statistics_markdown, study_statistics
 from .table import depth_table
 
-TRAJECTORY = 'calibrated_mean_adjacent'   # the collapse figure drawn over training
+TRAJECTORY = 'row_mean_adjacent'   # the collapse figure drawn over training by default: the headline measure
+# every measure that can be drawn over training: per map stage, or (representation) one per run
+COLLAPSE_MEASURES = tuple(m for m in COLLAPSE if not m.endswith(('_lo', '_hi'))) + REPRESENTATION
 
-__all__ = ['analyze']
+__all__ = ['analyze', 'COLLAPSE_MEASURES', 'check_collapse_measure']
+
+
+def check_collapse_measure(measure: str) -> None:
+    """Raise ValueError naming ``measure`` and the known ones unless it is in :data:`COLLAPSE_MEASURES`."""
+    if measure not in COLLAPSE_MEASURES:
+        raise ValueError(f"collapse measure {measure!r} is not one the analysis knows; choose one of "
+                         f"{', '.join(COLLAPSE_MEASURES)}")
 
 
 def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path,
@@ -37,7 +47,8 @@ def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], ou
 
 def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_uri: Optional[str] = None,
             threshold: float = DEFAULT_THRESHOLD, metric: str = 'final', group_by: Sequence[str] = (),
-            progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000) -> Dict[str, object]:
+            progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000,
+            collapse_measure: str = TRAJECTORY) -> Dict[str, object]:
     """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
 
     Args:
@@ -51,17 +62,21 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         baseline: the series the others are compared with (default: the ViT series, ``'vit w<E>/h<H>'``).
         n_boot: bootstrap replicates of the statistics.
         group_by: extra params (e.g. ``model.drop_path_rate``) that split series beyond family and width.
+        collapse_measure: the collapse summary drawn over training (default the headline ``row_mean_adjacent``;
+            any of :data:`COLLAPSE_MEASURES`).
     Returns:
         ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
         'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str}``.
     Writes:
         ``runs.csv``, ``depth_table.md``, ``saturation.json``, ``report.md`` and under ``figures/``:
         ``top1_vs_depth``, ``top1_vs_gmacs``, ``similar_blocks_vs_depth``, ``similarity_{softmax,mixed}``,
-        ``curves_<family>`` (each ``.png`` and ``.svg``).
+        ``curves_<family>``, ``row_{softmax,mixed}``, ``collapse_profiles``, ``collapse_over_training``
+        (each ``.png`` and ``.svg``).
     Raises:
         analysis.store.AnalysisError: no store, experiment, sweep or training run to analyse.
-        ValueError: a bad ``metric`` or ``threshold``.
+        ValueError: a bad ``metric``, ``threshold`` or ``collapse_measure`` (before the store is opened).
     """
+    check_collapse_measure(collapse_measure)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     if not threshold > 0:
@@ -95,9 +110,14 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         matrices = load_similarities(client, runs, progress=progress, variant=variant)
         for stage in STAGES:
             figures += plot_similarity_grid(runs, matrices, stage, fig_dir, variant=variant)
-    histories = {(r, st): metric_history(client, r, f'collapse/{TRAJECTORY}_{st}')
-                 for r, st in itertools.product(runs['run_id'], STAGES)}
-    figures += plot_collapse_over_training(runs, histories, TRAJECTORY, fig_dir)
+        if variant == 'row':
+            figures += plot_collapse_profiles(runs, matrices, fig_dir)
+    stages = ('',) if collapse_measure in REPRESENTATION else STAGES
+    histories = {(r, st): metric_history(client, r, f'collapse/{collapse_measure}' + (f'_{st}' if st else ''))
+                 for r, st in itertools.product(runs['run_id'], stages)}
+    figures += plot_collapse_over_training(
+        runs, histories, collapse_measure, fig_dir, stages,
+        'read against step 0' if collapse_measure in REPRESENTATION else '0 = chance, 1 = identical maps')
     figures += plot_training_curves(runs, curves, fig_dir)
     if baseline is None:
         vit = [s for s in dict.fromkeys(runs['series']) if s.split(' ')[0] == 'vit']

@@ -56,15 +56,21 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
              'Similar blocks: blocks whose attention map has similarity ≥ threshold with an earlier block (paper '
              'Sec. 3.2 rule), under the paper metric (Eq. 4, "paper") and the chance-calibrated one ("cal."); '
              'cal. adj.: mean calibrated similarity of adjacent blocks (0 = chance, 1 = identical); keys: '
-             'effective keys per attention row (exp of the row entropy; N = uniform over N tokens). softmax: the '
+             'effective keys per attention row (exp of the row entropy; N = uniform over N tokens). row adj.: the '
+             'headline, mean row-wise calibrated similarity of adjacent blocks (each query\'s distribution over keys; '
+             'sees rank-1 collapse, which the column-wise measures cannot; docs/collapse.md), and in brackets the '
+             'row-wise similar-block count; entropy: attention entropy / log N (0 one-hot, 1 uniform); CKA adj.: '
+             'debiased linear CKA of adjacent blocks\' outputs, final probe (step-0 value in brackets: the residual '
+             'stream makes blocks alike at init). softmax: the '
              'softmax maps; mixed: the maps that weight V (after Re-attention\'s mixing; equal to softmax in plain '
-             'blocks). All means over finished seeds.']
+             'blocks). All means over finished seeds; — where no finished run logged the measure.']
     if note:
         lines += ['', note]
     lines += ['', '| series | depth | width (embed/heads) | top-1 (%) | best | runs | params | GMACs '
                   '| similar paper / cal. (softmax) | similar paper / cal. (mixed) | cal. adj. (softmax / mixed) '
-                  '| keys (softmax / mixed) |',
-              '|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|']
+                  '| keys (softmax / mixed) | row adj. [similar] (softmax / mixed) | entropy (softmax / mixed) '
+                  '| CKA adj. [step 0] |',
+              '|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in stats.itertuples(index=False):
         width = '—' if pd.isna(r.embed_dim) else f'{int(r.embed_dim)}/{int(r.num_heads)}'
         runs = f'{r.n_finished}/{r.n_runs}'
@@ -79,5 +85,9 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
             f'| {_blocks(r.similar_blocks_softmax)} / {_blocks(r.calibrated_similar_blocks_softmax)} '
             f'| {_blocks(r.similar_blocks_mixed)} / {_blocks(r.calibrated_similar_blocks_mixed)} '
             f'| {_num(r.calibrated_mean_adjacent_softmax)} / {_num(r.calibrated_mean_adjacent_mixed)} '
-            f'| {_num(r.effective_keys_softmax, ".1f")} / {_num(r.effective_keys_mixed, ".1f")} |')
+            f'| {_num(r.effective_keys_softmax, ".1f")} / {_num(r.effective_keys_mixed, ".1f")} '
+            f'| {_num(r.row_mean_adjacent_softmax)} [{_blocks(r.row_similar_blocks_softmax)}] / '
+            f'{_num(r.row_mean_adjacent_mixed)} [{_blocks(r.row_similar_blocks_mixed)}] '
+            f'| {_num(r.entropy_softmax)} / {_num(r.entropy_mixed)} '
+            f'| {_num(r.cka_mean_adjacent)} [{_num(r.cka_mean_adjacent_step0)}] |')
     return '\n'.join(lines) + '\n'

@@ -93,7 +93,9 @@ def main() -> None:
         'maps_all_images_fp32_mib': round(2 * cfg['depth'] * cfg['num_heads'] * tokens ** 2 * 4 * args.images
                                           / 2 ** 20, 1),
         'calibrated_mean_adjacent_softmax': round(s['calibrated_mean_adjacent_softmax'], 4),
-        'similar_blocks_softmax': s['similar_blocks_softmax']}))
+        'similar_blocks_softmax': s['similar_blocks_softmax'],
+        'row_mean_adjacent_softmax': round(s['row_mean_adjacent_softmax'], 4),
+        'cka_mean_adjacent': round(s['cka_mean_adjacent'], 4)}))
 
 
 if __name__ == '__main__':

@@ -33,6 +33,7 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
                      parent_run_id: Optional[str] = None, n_params: Optional[int] = None,
                      gmacs: Optional[float] = None, similar_blocks: Optional[Dict[str, float]] = None,
                      similarity: Optional[Dict[str, np.ndarray]] = None,
+                     row: Optional[Dict[str, np.ndarray]] = None,
                      extra_params: Optional[Dict[str, object]] = None,
                      correct: Optional[np.ndarray] = None) -> str:
     """Log one training run as ``launch/train.py`` would and return its run id.
@@ -45,6 +46,7 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
         n_params / gmacs: ``model.params`` / ``model.gmacs`` (default: a made-up function of depth and width).
         similar_blocks: ``{'softmax': n, 'mixed': n}`` -> ``collapse/similar_blocks_<stage>`` metrics.
         similarity: ``{'softmax': (L, L) array, ...}`` -> ``collapse/similarity_<stage>.npy`` artifacts.
+        row: the same for the row-wise measure -> ``collapse/row_<stage>.npy``.
         extra_params: more params (dotted keys).
         correct: per-image correctness of the final evaluation -> ``eval/correct.npy`` (int8).
     """
@@ -67,10 +69,11 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
         metrics.append(Metric(f'collapse/similar_blocks_{stage}', float(n), 0, steps_per_epoch * len(top1)))
     client.log_batch(rid, metrics=metrics, params=[Param(k, str(v)) for k, v in params.items()])
     with tempfile.TemporaryDirectory() as tmp:
-        for stage, m in (similarity or {}).items():
-            path = Path(tmp) / f'similarity_{stage}.npy'
-            np.save(path, np.asarray(m, dtype=np.float64))
-            client.log_artifact(rid, str(path), artifact_path='collapse')
+        for stem, matrices in (('similarity', similarity), ('row', row)):
+            for stage, m in (matrices or {}).items():
+                path = Path(tmp) / f'{stem}_{stage}.npy'
+                np.save(path, np.asarray(m, dtype=np.float64))
+                client.log_artifact(rid, str(path), artifact_path='collapse')
         if correct is not None:
             path = Path(tmp) / 'correct.npy'
             np.save(path, np.asarray(correct, dtype=np.int8))

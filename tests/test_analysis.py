@@ -40,6 +40,14 @@ def _similarity(depth: int, level: float) -> np.ndarray:
     return m
 
 
+def _rising(depth: int, slope: float) -> np.ndarray:
+    """A row-wise matrix whose block p is ``slope * p`` alike with block p − 1 (collapse growing with depth)."""
+    m = np.eye(depth)
+    for p in range(1, depth):
+        m[p, p - 1] = m[p - 1, p] = slope * p
+    return m
+
+
 @pytest.fixture
 def filled(store):
     """12 finished runs (2 families × depths 2/4/8 × 2 seeds), a RUNNING and a FAILED run in sweep SWEEP, and one
@@ -53,7 +61,8 @@ def filled(store):
                              sweep_id=SWEEP, parent_run_id=parent, n_params=1000 * depth, gmacs=0.01 * depth,
                              similar_blocks={'softmax': depth // 2, 'mixed': 0 if family == 'deepvit' else depth // 2},
                              similarity={'softmax': _similarity(depth, 0.95), 'mixed': _similarity(depth, 0.3)},
-                             **WIDTH)
+                             row={'softmax': _rising(depth, 0.1 if family == 'vit' else 0.0),
+                                  'mixed': _rising(depth, 0.05)}, **WIDTH)
     log_training_run(client, exp_id, family='vit', depth=16, top1=[30.0], sweep_id=SWEEP, status='RUNNING', **WIDTH)
     log_training_run(client, exp_id, family='deepvit', depth=16, top1=[], sweep_id=SWEEP, status='FAILED', **WIDTH)
     log_training_run(client, exp_id, family='vit', depth=2, top1=[99.0], sweep_id='other', **WIDTH)
@@ -130,7 +139,7 @@ def test_figures_are_valid_png_and_svg(filled, tmp_path):
     fig_dir = tmp_path / 'r' / 'figures'
     stems = ['top1_vs_depth', 'top1_vs_gmacs', 'similar_blocks_vs_depth', 'similarity_softmax', 'similarity_mixed',
              'calibrated_softmax', 'calibrated_mixed', 'effective_keys_vs_depth', 'collapse_over_training',
-             'difference_vs_depth', 'curves_vit', 'curves_deepvit']
+             'difference_vs_depth', 'curves_vit', 'curves_deepvit', 'row_softmax', 'row_mixed', 'collapse_profiles']
     assert sorted(p.name for p in fig_dir.iterdir()) == sorted(f'{s}.{e}' for s in stems for e in ('png', 'svg'))
     for stem in stems:
         img = matplotlib.image.imread(fig_dir / f'{stem}.png')
@@ -142,6 +151,30 @@ def test_figures_are_valid_png_and_svg(filled, tmp_path):
     assert svg.count('32/h2 s0 d') == 8 and svg.count('32/h2 s1 d') == 6 and 'RUNNING' in svg and 'FAILED' in svg
     report = (tmp_path / 'r' / 'report.md').read_text()
     assert '![top1_vs_depth](figures/top1_vs_depth.png)' in report
+
+
+def test_collapse_profiles_per_block_and_measure_choice(filled, tmp_path):
+    from analysis.heatmaps import load_similarities
+    from analysis.profiles import mean_profiles
+    from analysis.records import runs_frame
+    from analysis.store import open_store, sweep_runs, get_experiment
+    client, uri, _ = filled
+    runs, _ = runs_frame(client, sweep_runs(client, get_experiment(client, 'study'), SWEEP)[0], progress=False)
+    prof = mean_profiles(runs, load_similarities(client, runs, progress=False, variant='row'), 'softmax')
+    values, n = prof[('vit w32/h2', 8)]
+    assert n == 2 and np.isnan(values[0])
+    np.testing.assert_allclose(values[1:], 0.1 * np.arange(1, 8))          # block p vs p - 1, in block order
+    np.testing.assert_allclose(prof[('deepvit w32/h2', 8)][0][1:], 0.0)
+    assert ('vit w32/h2', 16) not in prof                                   # no finished run: no line
+    # older runs without the new measures keep empty cells, and an unknown measure is refused before any work
+    assert runs['row_mean_adjacent_softmax'].isna().all() and runs['cka_mean_adjacent_step0'].isna().all()
+    with pytest.raises(ValueError, match="collapse measure 'rowwise' is not one the analysis knows; choose one of "
+                                         "similar_blocks, .*row_mean_adjacent"):
+        analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, progress=False, collapse_measure='rowwise')
+    assert not (tmp_path / 'r').exists()
+    analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, progress=False,
+            collapse_measure='cka_mean_adjacent')   # a representation measure: one row of panels
+    assert (tmp_path / 'r' / 'figures' / 'collapse_over_training.png').exists()
 
 
 def test_figures_are_byte_stable(filled, tmp_path):

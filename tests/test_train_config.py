@@ -221,6 +221,11 @@ def launch_env(tmp_path, monkeypatch, data_cache):
     (['--deepspeed', ZERO2, '--collapse-images', '400'],
      "train.collapse_images=400: the collapse probe needs that many validation images, but split 'val' of 'digits' "
      "has 360"),
+    (['--deepspeed', ZERO2, '--collapse-images', '4'],
+     "train.collapse_images=4: the collapse probe's bootstrap intervals need at least 8 images"),
+    (['--deepspeed', ZERO2, '--train.collapse_bootstrap', '10'], 'train.collapse_bootstrap is out of range: 10'),
+    (['--deepspeed', ZERO2, '--collapse-images', '8', '--train.collapse_cka_examples', '600'],
+     "train.collapse_cka_examples=600: the probe holds only 8 images × 65 tokens = 520 examples"),
     (['--deepspeed', ZERO2, '--model', 'vit_tiny_patch4_32', '--reattn-norm', 'ln'], 'reattn_norm'),
     (['--deepspeed', ZERO2, '--reattn-theta', 'fixed'], 'reattn_theta'),
 ])

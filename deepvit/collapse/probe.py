@@ -140,8 +140,8 @@ class CollapseResult:
         out: Dict[str, float] = {}
         for stage, m in self.matrices.items():
             scalars = _attention_scalars(m, m['entropy'], m['effective_keys'], self.threshold)
-            scalars.update(_counts(m, self.threshold))
             out.update({f'{k}_{stage}': float(v) for k, v in scalars.items()})
+            out.update({f'{k}_{stage}': v for k, v in _counts(m, self.threshold).items()})   # ints and fractions
         rep = self.representation
         if rep:
             uniformity = np.stack([rep['token_residual'], rep['token_cosine']], axis=-1)

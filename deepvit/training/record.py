@@ -60,7 +60,9 @@ def run_params(cfg: Config, model, ds, world: int, *, n_params: int, gmacs: floa
                    'collapse.threshold': cfg.train.collapse_threshold,
                    'collapse.num_images': cfg.train.collapse_images,
                    'collapse.permutations': cfg.train.collapse_permutations,
-                   'collapse.every_epochs': cfg.train.collapse_every})
+                   'collapse.every_epochs': cfg.train.collapse_every,
+                   'collapse.bootstrap': cfg.train.collapse_bootstrap,
+                   'collapse.cka_examples': cfg.train.collapse_cka_examples})
     return params
 
 
