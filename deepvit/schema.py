@@ -38,6 +38,8 @@ TRAIN_GRAD_NORM = 'train/grad_norm'             # DeepSpeed's global gradient no
 # ---- metrics: every evaluation (end of epoch)
 VAL_LOSS = 'val/loss'
 TOP1 = 'val/top1'                               # percent, 0-100, final-epoch value is the primary figure
+HOLDOUT_PREFIX = 'holdout/'                      # + loss, top1, top5, num_samples: the held-out training samples
+HOLDOUT_TOP1 = 'holdout/top1'                   # percent: what the analysis selects on (never val/*)
 TOP5 = 'val/top5'                               # percent, 0-100
 VAL_SAMPLES = 'val/num_samples'                 # images scored (each once, padding excluded)
 SKIPPED = 'data/skipped_samples'                # bad samples skipped so far, train and val, all ranks
@@ -69,4 +71,4 @@ COLLAPSE_PROFILES = 'collapse/profiles/step_{step:08d}.json'   # every probe's p
 CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
 
 # ---- dataset inputs (``mlflow.log_input`` contexts)
-TRAIN_CONTEXT, VAL_CONTEXT = 'training', 'validation'
+TRAIN_CONTEXT, VAL_CONTEXT, HOLDOUT_CONTEXT = 'training', 'validation', 'holdout'

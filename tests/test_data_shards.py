@@ -464,3 +464,32 @@ def test_workers_and_their_server_exit_when_the_loader_process_is_killed(cifar_s
     proc.wait(timeout=30)
     gone, alive = psutil.wait_procs(helpers, timeout=20)
     assert not alive, [p.cmdline()[-1][:80] for p in alive]
+
+
+def test_holdout_split_is_a_fixed_disjoint_tail_of_every_shard(cifar_shards):
+    """The holdout (issue: selection on held-out training data) is the last samples of every shard in proportion
+    to its length: exact size, disjoint from what training reads, seed-independent, and readable by the loader."""
+    from deepvit.data import create_loader
+    from deepvit.data.sources import resolve_shards
+    out, _ = cifar_shards
+    shards = resolve_shards(str(out), 'train')
+    train, held = shards.split_holdout(500)
+    assert (train.num_samples, held.num_samples) == (shards.num_samples - 500, 500)
+    assert all(abs(h - 500 * n / shards.num_samples) < 1 for h, n in zip(held.lengths, shards.lengths))
+    keys = {u: list(read_tar(u)) for u in shards.urls}
+    train_keys = {k for i, u in enumerate(train.urls) for k in keys[u][:train.lengths[i]]}
+    held_keys = {k for i, u in enumerate(held.urls) for k in keys[u][held.offset(i):held.offset(i) + held.lengths[i]]}
+    assert len(held_keys) == 500 and not train_keys & held_keys
+    assert train_keys | held_keys == {k for ks in keys.values() for k in ks}
+    assert shards.split_holdout(500) == (train, held) and held.digest() == shards.split_holdout(500)[1].digest()
+    assert held.digest() != shards.split_holdout(501)[1].digest()
+    loader = create_loader(str(out), 'train', batch_size=100, train=False, img_size=32, holdout_samples=500,
+                           holdout=True)
+    labels = torch.cat([y for _, y in loader])
+    assert len(labels) == 500 and (labels >= 0).all()
+    per_class = torch.bincount(labels, minlength=10)
+    assert per_class.min() > 20   # a shuffled tail: every class is there
+    assert create_loader(str(out), 'train', batch_size=100, train=True, img_size=32,
+                         holdout_samples=500).num_batches == (shards.num_samples - 500) // 100
+    with pytest.raises(ValueError, match=r'data.holdout=5000: must be at least 1 and fewer than the 5000 samples'):
+        shards.split_holdout(5000)

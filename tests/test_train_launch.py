@@ -124,11 +124,19 @@ def test_the_record_a_researcher_reads_in_the_ui(env, reference, tmp_path):
 
 def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, references, tmp_path):
     """A 1-epoch, 1-rank ZeRO-3 run: every collapse metric at step 0 and at the end, and the step-0 numbers equal
-    the 2-rank ZeRO-3 run's of the same seed (same initial weights, same probe images, every rank probing)."""
+    the 2-rank ZeRO-3 run's of the same seed (same initial weights, same probe images, every rank probing).
+    It also holds out 101 training images (data.holdout): training reads the other 1336, the holdout is scored
+    every epoch as holdout/* and recorded as a dataset input of its own."""
     two = references(3)
-    one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', '--warmup-epochs', '0.5', ds='zero3.json', num_gpus=1)
+    one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', '--warmup-epochs', '0.5', '--data.holdout', '101',
+                 ds='zero3.json', num_gpus=1)
     c = client(env)
-    steps_per_epoch = 1437 // 32
+    steps_per_epoch = (1437 - 101) // 32
+    held = {k: c.get_metric_history(run_id(one), f'holdout/{k}') for k in ('top1', 'loss', 'num_samples')}
+    assert [m.step for m in held['top1']] == [steps_per_epoch] and held['num_samples'][0].value == 101
+    assert 0 <= held['top1'][0].value <= 100 and held['loss'][0].value > 0
+    inputs = {i.tags[0].value: json.loads(i.dataset.profile) for i in c.get_run(run_id(one)).inputs.dataset_inputs}
+    assert (inputs['holdout']['num_samples'], inputs['training']['num_samples']) == (101, 1336)
     for key in COLLAPSE_METRICS:
         h1 = c.get_metric_history(run_id(one), key)
         assert [m.step for m in h1] == [0, steps_per_epoch], key

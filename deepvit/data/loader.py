@@ -128,7 +128,8 @@ class ShardDataset(IterableDataset):
     # --- reading -------------------------------------------------------------------------------------------------
     def _read(self, segment: planning.Segment) -> Iterator[tuple[str, str, dict]]:
         """Samples of one segment as (url, key, members); damage and short shards are counted, never raised."""
-        url, start, count = self.shards.urls[segment.shard], segment.start, segment.count
+        url, count = self.shards.urls[segment.shard], segment.count
+        start = segment.start + self.shards.offset(segment.shard)   # a view (holdout split) starts mid-shard
         stop = None if count is None else start + count
         taken = 0
         try:
@@ -430,7 +431,8 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
                   vflip: float = 0.0, color_jitter: float | None = 0.4, auto_augment: str | None = None,
                   interpolation: str = 'bilinear', crop_pct: float = 0.875, re_prob: float = 0.0,
                   re_mode: str = 'pixel', re_count: int = 1, mixup=None, draft: bool = True, device=None,
-                  pin_memory: bool | None = None, prefetch_factor: int = 2) -> ShardLoader:
+                  pin_memory: bool | None = None, prefetch_factor: int = 2, holdout_samples: int = 0,
+                  holdout: bool = False) -> ShardLoader:
     """Build this rank's loader over the shards of ``source`` / ``split``.
 
     Args:
@@ -454,6 +456,8 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
         mixup: a ``timm.data.Mixup`` (:func:`deepvit.data.create_mixup`) applied to training batches.
         draft: let libjpeg decode large JPEGs at reduced scale when the crop never needs the full resolution.
         device: normalise (and return batches) on this device; pin_memory defaults to True for CUDA devices.
+        holdout_samples: samples of ``split`` held out (:meth:`deepvit.data.sources.ShardSet.split_holdout`); the
+            loader reads the rest, or only the holdout when ``holdout`` is set (0: the whole split).
     Raises:
         FileNotFoundError / ValueError (from the source), ValueError for inconsistent arguments, all before any
         image is decoded.
@@ -469,6 +473,10 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
     rank, world_size = planning.resolve_rank(rank, world_size)
     mean, std = default_mean_std(in_chans, mean, std)
     shards = resolve_shards(source, split)
+    if holdout_samples:
+        shards = shards.split_holdout(holdout_samples)[1 if holdout else 0]
+    elif holdout:
+        raise ValueError('holdout=True needs holdout_samples >= 1')
     if num_classes is None and shards.classes:
         num_classes = len(shards.classes)
     workers = max(1, num_workers)

@@ -13,9 +13,10 @@ All checks run here, before any image is decoded; errors name the argument and i
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import braceexpand
@@ -28,16 +29,60 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ShardSet:
-    """Shards of one split. ``lengths[i]`` is the sample count of ``urls[i]``; ``lengths`` is None when unknown."""
+    """Shards of one split. ``lengths[i]`` is the sample count of ``urls[i]``; ``lengths`` is None when unknown.
+
+    ``offsets[i]`` (None: all 0) is the first sample of ``urls[i]`` that belongs to this set: a view of part of each
+    shard, as :meth:`split_holdout` makes."""
     urls: tuple[str, ...]
     lengths: tuple[int, ...] | None
     classes: tuple[str, ...]
     split: str
     channels: int | None = None   # image channels recorded at conversion (1 gray, 3 colour); None: not recorded
+    offsets: tuple[int, ...] | None = None
 
     @property
     def num_samples(self) -> int | None:
         return None if self.lengths is None else sum(self.lengths)
+
+    def offset(self, shard: int) -> int:
+        """First sample of shard ``shard`` in this set (0 unless the set is a view)."""
+        return 0 if self.offsets is None else self.offsets[shard]
+
+    def split_holdout(self, samples: int) -> tuple['ShardSet', 'ShardSet']:
+        """``(train, holdout)`` views: the holdout is the last h_i samples of every shard, h_i proportional to its
+        length (largest remainders first, ties to the earlier shard), ``samples`` in all.
+
+        The rule reads only the shard lengths: it is the same for every seed, rank, worker and run (a study's runs
+        share one holdout), costs nothing, and is a uniform sample of the split when the shards were written from
+        a shuffled list, as :mod:`deepvit.data.convert` and the built-in data do (other shards: shuffle them first).
+
+        Raises:
+            ValueError: ``samples`` < 1, not fewer than the split holds, or shard lengths unknown.
+        """
+        if self.lengths is None:
+            raise ValueError(f"data.holdout={samples}: the holdout needs shard lengths (an _info.json next to the "
+                             f"shards of split {self.split!r})")
+        total = sum(self.lengths)
+        if not 1 <= samples < total:
+            raise ValueError(f"data.holdout={samples}: must be at least 1 and fewer than the {total} samples of "
+                             f"split {self.split!r}")
+        exact = [samples * n / total for n in self.lengths]
+        held = [int(x) for x in exact]
+        for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - held[i]), i))[:samples - sum(held)]:
+            held[i] += 1
+        base = self.offsets or (0,) * len(self.urls)
+        train = replace(self, lengths=tuple(n - h for n, h in zip(self.lengths, held)))
+        holdout = replace(self, lengths=tuple(held), offsets=tuple(o + n - h for o, n, h in
+                                                                    zip(base, self.lengths, held)),
+                          split=f'{self.split}:holdout')
+        return train, holdout
+
+    def digest(self) -> str:
+        """BLAKE2b hex digest (16 bytes) of (shard file name, first sample, count) of every shard: names the set's
+        samples exactly, given the shards."""
+        parts = [f'{u.rsplit("/", 1)[-1]}:{self.offset(i)}:{n}' for i, (u, n) in enumerate(zip(self.urls,
+                                                                                            self.lengths or ()))]
+        return hashlib.blake2b('\n'.join(parts).encode(), digest_size=16).hexdigest()
 
 
 def is_url(s: str) -> bool:

@@ -103,14 +103,18 @@ def build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
         common['crop_pct'] = cfg.data.crop_pct
     train = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=True,
                           scale=cfg.data.scale, ratio=cfg.data.ratio, hflip=cfg.data.hflip,
-                          auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn, **common)
+                          auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn,
+                          holdout_samples=cfg.data.holdout, **common)
+    holdout = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=False,
+                            pad=True, holdout_samples=cfg.data.holdout, holdout=True, **common) \
+        if cfg.data.holdout else None
     val = create_loader(cfg.data.source, cfg.data.val_split, batch_size=plan.ds.micro_batch_size, train=False,
                         pad=True, **common)
     chunk = min(cfg.train.collapse_images, probe_chunk_size(model.model_cfg['depth'], model.model_cfg['num_heads'],
                                                             model.patch_embed.num_patches + model.num_prefix_tokens))
     probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=chunk, train=False,
                           **dict(common, rank=0, world_size=1, num_workers=0))
-    return train, val, probe
+    return train, val, probe, holdout
 
 
 @dataclass
@@ -129,6 +133,7 @@ class Job:
     train_loader: Any
     val_loader: Any
     probe_loader: Any
+    holdout_loader: Any        # None without data.holdout
     criterion: torch.nn.Module
     steps_per_epoch: int       # optimizer steps per epoch
     epoch_batches: int         # micro-batches trained per epoch: whole optimizer steps, the remainder is not used
@@ -165,7 +170,7 @@ def build_job(plan: Plan, device: torch.device) -> Job:
                             prob=cfg.train.mixup_prob, switch_prob=cfg.train.mixup_switch_prob,
                             label_smoothing=cfg.train.label_smoothing) \
         if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) else None
-    train_loader, val_loader, probe_loader = build_loaders(plan, model, mixup_fn, device)
+    train_loader, val_loader, probe_loader, holdout_loader = build_loaders(plan, model, mixup_fn, device)
     steps_per_epoch = train_loader.num_batches // ds.grad_accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(f"{train_loader.num_batches} micro-batches per epoch per rank are fewer than "
@@ -178,7 +183,8 @@ def build_job(plan: Plan, device: torch.device) -> Job:
     return Job(device=device, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ds.precision, torch.float32),
                model=model, engine=engine, scheduler=scheduler, lr=lr, n_params=n_params, gmacs=gmacs,
                family=model.family, remedy=remedy, train_loader=train_loader, val_loader=val_loader,
-               probe_loader=probe_loader, criterion=_criterion(cfg, mixup_fn is not None),
+               probe_loader=probe_loader, holdout_loader=holdout_loader,
+               criterion=_criterion(cfg, mixup_fn is not None),
                steps_per_epoch=steps_per_epoch, epoch_batches=steps_per_epoch * ds.grad_accum_steps,
                regularizer=CosineRegularizer(engine.module, cfg.train.cosine_reg, cfg.train.cosine_reg_blocks)
                if cfg.train.cosine_reg > 0 else None)

@@ -95,7 +95,10 @@ class DataConfig:
     train_split: str = 'train'
     """split trained on"""
     val_split: str = 'val'
-    """split scored and probed"""
+    """split scored and probed (the test split: read for the final figure, never for a selection)"""
+    holdout: int = 0
+    """training samples held out for selection (learning rate, epochs, depth), scored every epoch as holdout/*:
+    the last samples of every train shard in proportion to its length, the same for every seed (0: none)"""
     num_workers: int = 1
     """loader worker processes per rank"""
     aa: Optional[str] = None
@@ -115,7 +118,10 @@ class DataConfig:
 
     def __post_init__(self):
         _check('data', self, {'num_workers': self.num_workers >= 0, 'reprob': 0 <= self.reprob <= 1,
-                              'hflip': 0 <= self.hflip <= 1})
+                              'hflip': 0 <= self.hflip <= 1, 'holdout': self.holdout >= 0})
+        if self.holdout and self.val_split == self.train_split:
+            raise ConfigError(f"data.holdout={self.holdout}: the validation split {self.val_split!r} is the split the "
+                              f"holdout is taken from, so they would overlap; score another split")
 
 
 @dataclass

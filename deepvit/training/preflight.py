@@ -29,6 +29,7 @@ class Plan:
     num_classes: int
     train_shards: Any = None   # deepvit.data.ShardSet of each split (for the run's dataset inputs)
     val_shards: Any = None
+    holdout_shards: Any = None   # the held-out view of the train split (data.holdout > 0); train_shards is the rest
     world_change: Optional[WorldChange] = None   # resume on another world size, through a universal checkpoint
 
 
@@ -55,6 +56,12 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     for what, shards in (('train', train_shards), ('val', val_shards)):
         if shards.num_samples == 0:
             raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
+    holdout_shards = None
+    if cfg.data.holdout:
+        try:
+            train_shards, holdout_shards = train_shards.split_holdout(cfg.data.holdout)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if val_shards.num_samples is not None and val_shards.num_samples < cfg.train.collapse_images:
         raise ConfigError(f"train.collapse_images={cfg.train.collapse_images}: the collapse probe needs that many "
                           f"validation images, but split {val_shards.split!r} of {cfg.data.source!r} has "
@@ -116,7 +123,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
-                train_shards=train_shards, val_shards=val_shards, world_change=world_change)
+                train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
+                world_change=world_change)
 
 
 def _check_eval_weights(path: Optional[str]) -> None:

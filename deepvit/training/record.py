@@ -66,8 +66,9 @@ def run_params(cfg: Config, model, ds, world: int, *, n_params: int, gmacs: floa
     return params
 
 
-def dataset_records(cfg: Config, train_shards, val_shards) -> List:
-    """The run's two dataset inputs (train and validation splits) as :class:`.tracking.DatasetRecord`."""
+def dataset_records(cfg: Config, train_shards, val_shards, holdout_shards=None) -> List:
+    """The run's dataset inputs (train and validation splits, and the holdout when there is one) as
+    :class:`.tracking.DatasetRecord`; the holdout's digest names its samples (shard names, first sample, counts)."""
     import os
     from .tracking import DatasetRecord
     from ..data import read_info
@@ -79,5 +80,9 @@ def dataset_records(cfg: Config, train_shards, val_shards) -> List:
             name = read_info(directory).name or name
         except (FileNotFoundError, ValueError, OSError):
             pass
-    return [DatasetRecord(name, s.split, ctx, source, s.urls, s.lengths, s.classes)
-            for s, ctx in ((train_shards, schema.TRAIN_CONTEXT), (val_shards, schema.VAL_CONTEXT))]
+    records = [DatasetRecord(name, s.split, ctx, source, s.urls, s.lengths, s.classes, s.offsets)
+               for s, ctx in ((train_shards, schema.TRAIN_CONTEXT), (val_shards, schema.VAL_CONTEXT))]
+    if holdout_shards is not None:
+        records.append(DatasetRecord(name, holdout_shards.split, schema.HOLDOUT_CONTEXT, source, holdout_shards.urls,
+                                     holdout_shards.lengths, holdout_shards.classes, holdout_shards.offsets))
+    return records

@@ -187,12 +187,16 @@ class DatasetRecord:
     names: two runs with the same digest read the same listing; the shards' bytes are not hashed)."""
 
     def __init__(self, name: str, split: str, context: str, source: str, urls: Sequence[str],
-                 lengths: Optional[Sequence[int]], classes: Sequence[str]) -> None:
+                 lengths: Optional[Sequence[int]], classes: Sequence[str],
+                 offsets: Optional[Sequence[int]] = None) -> None:
         import hashlib
         self.name, self.split, self.context, self.source = name, split, context, str(source)
         self.num_samples = None if lengths is None else int(sum(lengths))
         self.num_classes = len(classes)
-        listing = json.dumps([[os.path.basename(u) for u in urls], list(lengths or []), list(classes)])
+        listing = [[os.path.basename(u) for u in urls], list(lengths or []), list(classes)]
+        if offsets is not None:   # a view of part of each shard (the holdout split): where it starts, too
+            listing.append(list(offsets))
+        listing = json.dumps(listing)
         self.digest = hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 

@@ -119,7 +119,7 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
     tracker.log_text(to_yaml(cfg), 'config.yaml')
     tracker.log_dict(ds.config, 'ds_config.json')
     if plan.train_shards is not None:
-        tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards))
+        tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards, plan.holdout_shards))
     if cfg.log.system_metrics_interval > 0:
         tracker.start_system_metrics(cfg.log.system_metrics_interval)
     best.restore(tracker.history(schema.TOP1))
@@ -228,7 +228,11 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
     skipped = _all_skipped(job.train_loader, job.val_loader, job.device)
     metrics.update({schema.SKIPPED: skipped, schema.EPOCH: epoch + 1})
     metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
-    tracker.log_metrics(metrics, engine.global_steps)
+    logged = dict(metrics)
+    if job.holdout_loader is not None:   # selection data: the same keys under holdout/ (collective, every rank)
+        held = evaluate(engine, job.holdout_loader, device=job.device, dtype=job.dtype)
+        logged.update({schema.HOLDOUT_PREFIX + k.split('/', 1)[1]: v for k, v in held.items()})
+    tracker.log_metrics(logged, engine.global_steps)
     return metrics
 
 
