@@ -39,6 +39,8 @@ TRAIN_GRAD_NORM = 'train/grad_norm'             # DeepSpeed's global gradient no
 VAL_LOSS = 'val/loss'
 TOP1 = 'val/top1'                               # percent, 0-100, final-epoch value is the primary figure
 TOP5 = 'val/top5'                               # percent, 0-100
+HOLDOUT_TOP1 = 'holdout/top1'                   # percent, 0-100, on the holdout split taken from the training data:
+                                                # what the analysis selects by (lr, convergence); val/top1 is the test
 VAL_SAMPLES = 'val/num_samples'                 # images scored (each once, padding excluded)
 SKIPPED = 'data/skipped_samples'                # bad samples skipped so far, train and val, all ranks
 EPOCH = 'epoch'                                 # epochs completed
