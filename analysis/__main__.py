@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .aggregate import METRICS
+from .convergence import DEFAULT_RISING
 from .report import analyze
 from .saturation import DEFAULT_THRESHOLD, METHOD
 from .store import AnalysisError
@@ -34,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--collapse-measure', default='row_mean_adjacent',
                    help='collapse summary drawn over training (docs/collapse.md lists them), e.g. row_mean_adjacent, '
                         'calibrated_mean_adjacent, entropy, cka_mean_adjacent')
+    p.add_argument('--rising-threshold', type=float, default=DEFAULT_RISING,
+                   help='a run whose top-1 gained at least this many points over its last 25%% of training is still '
+                        'rising (holdout/top1 when the runs have it, else val/top1)')
+    p.add_argument('--select-lr', action='store_true',
+                   help='pick each (series, depth) learning rate (train.lr) by final holdout/top1 and report the test '
+                        'result of that choice; an error when the sweep has no lr axis or no holdout')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
@@ -44,7 +51,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = analyze(args.experiment, args.out, sweep=args.sweep, tracking_uri=args.tracking_uri,
                          threshold=args.threshold, metric=args.metric,
                          group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress,
-                         baseline=args.baseline, n_boot=args.n_boot, collapse_measure=args.collapse_measure)
+                         baseline=args.baseline, n_boot=args.n_boot, collapse_measure=args.collapse_measure,
+                         rising_threshold=args.rising_threshold, select_lr=args.select_lr)
     except (AnalysisError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

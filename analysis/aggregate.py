@@ -37,7 +37,10 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
         Columns ``series, family, remedy, embed_dim, num_heads, depth, n_runs, n_finished, status, top1_mean,
         top1_std, top1_best_mean, params, gmacs`` and the mean over finished runs of every collapse column of
         :data:`analysis.records.COLLAPSE` (``similar_blocks_softmax``, ``calibrated_similar_blocks_mixed``, …),
-        ordered as ``runs``. Runs with an unknown depth are left out here (they stay in ``runs.csv``).
+        ordered as ``runs``; when ``runs`` has the columns of :func:`analysis.convergence.add_convergence`:
+        ``n_converge_measured`` (finished runs with a last-quarter gain), ``n_rising`` (of them, still rising) and
+        ``gain_mean`` (their mean gain, points), else 0, 0, NaN. Runs with an unknown depth are left out here (they
+        stay in ``runs.csv``).
     Raises:
         ValueError: unknown ``metric``.
     """
@@ -59,7 +62,10 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
             'params': _mean(g['params']), 'gmacs': _mean(g['gmacs']),
         }
         row.update({c: _mean(done[c]) for c in collapse_cols})
+        gains = done['top1_gain_last25'].dropna() if 'top1_gain_last25' in done else pd.Series([], dtype=float)
+        row.update(n_converge_measured=len(gains), gain_mean=_mean(gains),
+                   n_rising=int(done['still_rising'].dropna().astype(bool).sum()) if len(gains) else 0)
         rows.append(row)
     return pd.DataFrame(rows, columns=['series', 'family', 'remedy', 'embed_dim', 'num_heads', 'depth', 'n_runs',
                                        'n_finished', 'status', 'top1_mean', 'top1_std', 'top1_best_mean', 'params',
-                                       'gmacs'] + collapse_cols)
+                                       'gmacs'] + collapse_cols + ['n_converge_measured', 'n_rising', 'gain_mean'])

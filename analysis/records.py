@@ -14,15 +14,18 @@ from tqdm.auto import tqdm
 from .store import metric_history
 
 __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES',
-           'COLLAPSE_COLUMNS', 'REPRESENTATION']
+           'COLLAPSE_COLUMNS', 'REPRESENTATION', 'LR_PARAMS']
 
-from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG,  # noqa: E402
-                            TOP1)  # (the record's names)
+from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, HOLDOUT_TOP1, REMEDY_TAG, SWEEP_ID_TAG,  # noqa: E402
+                            SWEEP_POINT_TAG, TOP1)  # (the record's names)
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
                 'talkinghead')
 
+# the params that carry a run's learning rate (the rate used first, see 'lr' below): never a series label when the
+# analysis selects the learning rate (analysis.lr_selection)
+LR_PARAMS = ('train.scaled_lr', 'train.lr', 'train.base_lr')
 # column -> (source, key, dtype); source 'param' | 'tag' | 'metric'
 _FIELDS = {
     # the architecture the run really had (``model.resolved.*``), else the override that was asked for
@@ -38,6 +41,10 @@ _FIELDS = {
     'num_workers': ('param', 'data.num_workers', 'Int64'),
     'data_source': ('param', 'data.source', 'string'),
     'epochs': ('param', 'train.epochs', 'Int64'),
+    # the peak learning rate used: ``train.scaled_lr`` in runs recorded before the schema (where ``train.lr`` is the
+    # configured base rate), ``train.lr`` since (docs/mlflow_schema.md)
+    'lr': ('param', LR_PARAMS, 'Float64'),
+    'holdout_top1_final': ('metric', HOLDOUT_TOP1, 'Float64'),   # latest holdout top-1 (%); empty without a holdout
 }
 # collapse figures of the final probe, for both map stages: column ``<name>_<stage>`` ← metric ``collapse/<name>_<stage>``
 # (runs recorded before a measure existed keep empty cells; names in docs/mlflow_schema.md and docs/collapse.md)
@@ -67,7 +74,7 @@ for _col in COLLAPSE_COLUMNS:
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
-           'top1_best', 'top1_best_step', 'top1_final', 'last_step'] + COLLAPSE_COLUMNS + \
+           'lr', 'top1_best', 'top1_best_step', 'top1_final', 'holdout_top1_final', 'last_step'] + COLLAPSE_COLUMNS + \
           ['series', 'start_time', 'end_time']
 
 

@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .aggregate import METRICS, depth_stats
+from .convergence import DEFAULT_RISING, add_convergence, convergence_histories, rising_cells, rising_markdown
 from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
                       plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
 from .heatmaps import STAGES, VARIANTS, load_similarities, plot_similarity_grid
 from .profiles import plot_collapse_profiles
-from .records import COLLAPSE, REPRESENTATION, runs_frame
+from .lr_selection import check_lr_axis, lr_markdown, plot_lr_grid
+from .lr_selection import select_lr as select_lr_table
+from .records import COLLAPSE, LR_PARAMS, REPRESENTATION, runs_frame
 from .saturation import DEFAULT_THRESHOLD, saturation_report
 from .store import get_experiment, metric_history, open_store, sweep_runs
 from .study import load_correct, statistics_markdown, study_statistics
@@ -33,14 +36,14 @@ def check_collapse_measure(measure: str) -> None:
 
 
 def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path,
-               statistics: List[str]) -> str:
+               statistics: List[str], extra: List[str]) -> str:
     lines = [f'# Analysis: {title}', '', '## Depth table', '', table.split('\n', 2)[2].strip(), '',
              '## Saturation', '', f'Threshold {saturation["threshold_pp"]} points of top-1; method: '
              f'{saturation["method"]}.', '', '| series | saturation depth | best depth | note |', '|---|---:|---:|---|']
     for s in saturation['series']:
         lines.append(f'| {s["series"]} | {s["saturation_depth"] if s["saturation_depth"] is not None else "null"} '
                      f'| {s["best_depth"]} | {s["note"] or ""} |')
-    lines += [''] + statistics + ['', '## Figures', '']
+    lines += [''] + extra + [''] + statistics + ['', '## Figures', '']
     lines += [f'![{p.stem}]({p.relative_to(out).as_posix()})' for p in figures if p.suffix == '.png']
     return '\n'.join(lines) + '\n'
 
@@ -48,7 +51,8 @@ def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], ou
 def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_uri: Optional[str] = None,
             threshold: float = DEFAULT_THRESHOLD, metric: str = 'final', group_by: Sequence[str] = (),
             progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000,
-            collapse_measure: str = TRAJECTORY) -> Dict[str, object]:
+            collapse_measure: str = TRAJECTORY, rising_threshold: float = DEFAULT_RISING,
+            select_lr: bool = False) -> Dict[str, object]:
     """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
 
     Args:
@@ -64,9 +68,14 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         group_by: extra params (e.g. ``model.drop_path_rate``) that split series beyond family and width.
         collapse_measure: the collapse summary drawn over training (default the headline ``row_mean_adjacent``;
             any of :data:`COLLAPSE_MEASURES`).
+        rising_threshold: a run whose top-1 gained at least this many points over its last 25 % of training is
+            still rising (:mod:`analysis.convergence`; default 1, issue 23's plateau criterion).
+        select_lr: pick each series × depth's learning rate by holdout accuracy (:mod:`analysis.lr_selection`):
+            writes ``lr_selection.csv``, ``figures/lr_grid`` and a report section with the test result of the choice.
     Returns:
         ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
-        'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str}``.
+        'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str,
+        'lr_selection': DataFrame or None}``. ``runs.csv`` has each run's ``top1_gain_last25`` and ``still_rising``.
     Writes:
         ``runs.csv``, ``depth_table.md``, ``saturation.json``, ``report.md`` and under ``figures/``:
         ``top1_vs_depth``, ``top1_vs_gmacs``, ``similar_blocks_vs_depth``, ``similarity_{softmax,mixed}``,
@@ -74,17 +83,29 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         (each ``.png`` and ``.svg``).
     Raises:
         analysis.store.AnalysisError: no store, experiment, sweep or training run to analyse.
-        ValueError: a bad ``metric``, ``threshold`` or ``collapse_measure`` (before the store is opened).
+        ValueError: a bad ``metric``, ``threshold``, ``rising_threshold`` or ``collapse_measure``, or ``select_lr``
+            with a learning-rate param in ``group_by`` (before the store is opened); ``select_lr`` on runs without an
+            lr axis or without ``holdout/top1`` (before anything is written).
     """
     check_collapse_measure(collapse_measure)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}")
     if not threshold > 0:
         raise ValueError(f"threshold must be > 0 percentage points, got {threshold!r}")
+    if not (isinstance(rising_threshold, (int, float)) and rising_threshold > 0):
+        raise ValueError(f"still-rising threshold must be > 0 top-1 points, got {rising_threshold!r}")
+    lr_keys = [k for k in group_by if k in LR_PARAMS]
+    if select_lr and lr_keys:
+        raise ValueError(f"--select-lr selects over the learning rate, so series cannot be split by it: drop "
+                         f"{', '.join(lr_keys)} from group_by")
     client, uri = open_store(tracking_uri)
     exp = get_experiment(client, experiment)
     train, parents = sweep_runs(client, exp, sweep)
     runs, curves = runs_frame(client, train, group_by=group_by, progress=progress)
+    if select_lr:
+        check_lr_axis(runs)      # before any output
+    converge_metric, histories = convergence_histories(client, runs, curves)
+    runs = add_convergence(runs, histories, rising_threshold)
     stats = depth_stats(runs, metric)
     saturation = saturation_report(stats, threshold, metric)
 
@@ -96,7 +117,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     out.mkdir(parents=True, exist_ok=True)
     files = [out / 'runs.csv', out / 'depth_table.md', out / 'saturation.json']
     runs.to_csv(files[0], index=False)
-    table = depth_table(stats, f'ViT vs DeepViT by depth: {title}', metric, note)
+    table = depth_table(stats, f'ViT vs DeepViT by depth: {title}', metric, note, converge_metric, rising_threshold)
     files[1].write_text(table)
     files[2].write_text(json.dumps({'experiment': experiment, 'sweep': sweep, **saturation}, indent=2) + '\n')
 
@@ -122,6 +143,14 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     if baseline is None:
         vit = [s for s in dict.fromkeys(runs['series']) if s.split(' ')[0] == 'vit']
         baseline = vit[0] if vit else None
+    extra = rising_markdown(rising_cells(runs), converge_metric, rising_threshold)
+    lr_table = None
+    if select_lr:
+        lr_table = select_lr_table(runs)
+        figures += plot_lr_grid(lr_table, fig_dir)
+        lr_table.to_csv(out / 'lr_selection.csv', index=False)
+        files.append(out / 'lr_selection.csv')
+        extra += [''] + lr_markdown(lr_table, threshold)
     statistics: List[str] = []
     if baseline is not None:
         result = study_statistics(runs, load_correct(client, runs, progress=progress), baseline, n_boot=n_boot,
@@ -131,7 +160,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             result['differences'].to_csv(out / 'differences.csv', index=False)
             files.append(out / 'differences.csv')
         statistics = statistics_markdown(result)
-    (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out, statistics))
+    (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out, statistics, extra))
     return {'runs': runs, 'stats': stats, 'saturation': saturation,
             'files': files + [out / 'report.md'] + figures, 'parents': [p.info.run_id for p in parents],
-            'tracking_uri': uri}
+            'tracking_uri': uri, 'lr_selection': lr_table}

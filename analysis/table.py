@@ -35,7 +35,13 @@ def _num(x: float, fmt: str = '.2f') -> str:
     return '—' if x is None or math.isnan(x) else format(x, fmt)
 
 
-def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Optional[str] = None) -> str:
+def _rising(r) -> str:
+    n = getattr(r, 'n_converge_measured', 0)
+    return '—' if not n else f'{r.n_rising}/{n} [{r.gain_mean:+.2f}]'
+
+
+def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Optional[str] = None,
+                convergence: str = 'val/top1', rising_threshold: float = 1.0) -> str:
     """The depth table as Markdown.
 
     Args:
@@ -43,10 +49,14 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
         title: the heading (names the experiment and sweep).
         metric: ``'final'`` or ``'best'`` val/top1 as the main top-1 column, said in the caption.
         note: an extra caption line (e.g. how many sweeps the experiment mixes).
+        convergence: the metric the still-rising column was computed from (``holdout/top1`` or ``val/top1``), named
+            in the caption.
+        rising_threshold: its threshold in top-1 points, said in the caption.
     Returns:
         Markdown: a caption and one row per series × depth with top-1 mean ± std over finished seeds (and the
-        best-epoch mean, optimistic), the finished/total run count and the other runs' statuses, params, GMACs, and
-        the final collapse probe at both map stages: similar blocks under the paper metric and under the calibrated
+        best-epoch mean, optimistic), the finished/total run count and the other runs' statuses, the still-rising
+        count (:mod:`analysis.convergence`), params, GMACs, and the final collapse probe at both map stages: similar
+        blocks under the paper metric and under the calibrated
         one, the mean calibrated similarity of adjacent blocks, and the effective keys per row.
     """
     lines = [f'# {title}', '',
@@ -63,14 +73,18 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
              'debiased linear CKA of adjacent blocks\' outputs, final probe (step-0 value in brackets: the residual '
              'stream makes blocks alike at init). softmax: the '
              'softmax maps; mixed: the maps that weight V (after Re-attention\'s mixing; equal to softmax in plain '
-             'blocks). All means over finished seeds; — where no finished run logged the measure.']
+             'blocks). All means over finished seeds; — where no finished run logged the measure. '
+             f'rising: finished runs still rising / finished runs measured, from `{convergence}` (gain over the last '
+             f'25 % of training, by optimizer step, from the evaluation closest to 75 % of the last step; still '
+             f'rising: gain ≥ {rising_threshold:g} points), mean gain in brackets; — where no finished run has 2 '
+             'evaluations in that window.']
     if note:
         lines += ['', note]
-    lines += ['', '| series | depth | width (embed/heads) | top-1 (%) | best | runs | params | GMACs '
+    lines += ['', '| series | depth | width (embed/heads) | top-1 (%) | best | runs | rising [gain] | params | GMACs '
                   '| similar paper / cal. (softmax) | similar paper / cal. (mixed) | cal. adj. (softmax / mixed) '
                   '| keys (softmax / mixed) | row adj. [similar] (softmax / mixed) | entropy (softmax / mixed) '
                   '| CKA adj. [step 0] |',
-              '|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+              '|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for r in stats.itertuples(index=False):
         width = '—' if pd.isna(r.embed_dim) else f'{int(r.embed_dim)}/{int(r.num_heads)}'
         runs = f'{r.n_finished}/{r.n_runs}'
@@ -81,7 +95,7 @@ def depth_table(stats: pd.DataFrame, title: str, metric: str = 'final', note: Op
         series = ' '.join([label[0]] + label[2:])      # drop 'wE/hH': it has its own column
         lines.append(
             f'| {series} | {r.depth} | {width} | {format_top1(r.top1_mean, r.top1_std)} | {_num(r.top1_best_mean)} '
-            f'| {runs} | {format_count(r.params)} | {gmacs} '
+            f'| {runs} | {_rising(r)} | {format_count(r.params)} | {gmacs} '
             f'| {_blocks(r.similar_blocks_softmax)} / {_blocks(r.calibrated_similar_blocks_softmax)} '
             f'| {_blocks(r.similar_blocks_mixed)} / {_blocks(r.calibrated_similar_blocks_mixed)} '
             f'| {_num(r.calibrated_mean_adjacent_softmax)} / {_num(r.calibrated_mean_adjacent_mixed)} '

@@ -41,6 +41,8 @@ TOP1 = 'val/top1'                               # percent, 0-100, final-epoch va
 HOLDOUT_PREFIX = 'holdout/'                      # + loss, top1, top5, num_samples: the held-out training samples
 HOLDOUT_TOP1 = 'holdout/top1'                   # percent: what the analysis selects on (never val/*)
 TOP5 = 'val/top5'                               # percent, 0-100
+HOLDOUT_TOP1 = 'holdout/top1'                   # percent, 0-100, on the holdout split taken from the training data:
+                                                # what the analysis selects by (lr, convergence); val/top1 is the test
 VAL_SAMPLES = 'val/num_samples'                 # images scored (each once, padding excluded)
 SKIPPED = 'data/skipped_samples'                # bad samples skipped so far, train and val, all ranks
 EPOCH = 'epoch'                                 # epochs completed

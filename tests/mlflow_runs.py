@@ -35,7 +35,8 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
                      similarity: Optional[Dict[str, np.ndarray]] = None,
                      row: Optional[Dict[str, np.ndarray]] = None,
                      extra_params: Optional[Dict[str, object]] = None,
-                     correct: Optional[np.ndarray] = None) -> str:
+                     correct: Optional[np.ndarray] = None,
+                     metrics: Optional[Dict[str, Sequence[float]]] = None) -> str:
     """Log one training run as ``launch/train.py`` would and return its run id.
 
     Args:
@@ -47,7 +48,8 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
         similar_blocks: ``{'softmax': n, 'mixed': n}`` -> ``collapse/similar_blocks_<stage>`` metrics.
         similarity: ``{'softmax': (L, L) array, ...}`` -> ``collapse/similarity_<stage>.npy`` artifacts.
         row: the same for the row-wise measure -> ``collapse/row_<stage>.npy``.
-        extra_params: more params (dotted keys).
+        extra_params: more params (dotted keys), e.g. ``{'train.lr': 1e-3}``.
+        metrics: more per-epoch histories logged at the same steps as ``top1``, e.g. ``{'holdout/top1': [...]}``.
         correct: per-image correctness of the final evaluation -> ``eval/correct.npy`` (int8).
     """
     model = f'{family}_tiny_patch4_32'
@@ -63,7 +65,10 @@ def log_training_run(client: MlflowClient, experiment_id: str, *, family: str, d
               'model.params': n_params if n_params is not None else 12 * depth * embed_dim ** 2,
               'model.gmacs': gmacs if gmacs is not None else round(0.001 * depth * embed_dim / 64, 6),
               **(extra_params or {})}
+    extra_metrics = metrics or {}
     metrics = [Metric('val/top1', float(v), 0, steps_per_epoch * (i + 1)) for i, v in enumerate(top1)]
+    metrics += [Metric(key, float(v), 0, steps_per_epoch * (i + 1)) for key, values in extra_metrics.items()
+                for i, v in enumerate(values)]
     metrics += [Metric('epoch', float(i + 1), 0, steps_per_epoch * (i + 1)) for i in range(len(top1))]
     for stage, n in (similar_blocks or {}).items():
         metrics.append(Metric(f'collapse/similar_blocks_{stage}', float(n), 0, steps_per_epoch * len(top1)))

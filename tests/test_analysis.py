@@ -107,10 +107,14 @@ def test_analyze_tables_and_saturation(filled, tmp_path):
     table = (out / 'depth_table.md').read_text()
     # columns: top-1 (best here), best mean, runs, params, GMACs, similar blocks paper / calibrated per stage (these
     # fixture runs predate the calibrated metric: —), calibrated adjacent, effective keys
-    assert '| vit | 4 | 32/2 | 70.20 ± 0.28 | 70.20 | 2/2 | 4.0K | 0.04 | 2 / — | 2 / — | — / — | — / — |' in table
-    assert '| deepvit | 8 | 32/2 | 75.50 ± 0.71 | 75.50 | 2/2 | 8.0K | 0.08 | 4 / — | 0 / — |' in table
-    assert '| vit | 16 | 32/2 | — | — | 0/1 (1 running) |' in table
-    assert '| deepvit | 16 | 32/2 | — | — | 0/1 (1 failed) |' in table
+    # rising: curves [b - 5, b, b - 1] at steps 10/20/30 -> window from step 20 (closest to 22.5), gain -1: 0 of 2
+    assert '| vit | 4 | 32/2 | 70.20 ± 0.28 | 70.20 | 2/2 | 0/2 [-1.00] | 4.0K | 0.04 | 2 / — | 2 / — | — / — ' \
+           '| — / — |' in table
+    assert '| deepvit | 8 | 32/2 | 75.50 ± 0.71 | 75.50 | 2/2 | 0/2 [-1.00] | 8.0K | 0.08 | 4 / — | 0 / — |' in table
+    assert '| vit | 16 | 32/2 | — | — | 0/1 (1 running) | — |' in table
+    assert '| deepvit | 16 | 32/2 | — | — | 0/1 (1 failed) | — |' in table
+    assert 'from `val/top1`' in table      # no run has a holdout
+    assert runs.loc[runs['depth'] == 16, 'top1_gain_last25'].isna().all()   # one evaluation or none: no gain
     lines = [ln for ln in table.splitlines() if ln.startswith('| vit') or ln.startswith('| deepvit')]
     assert [ln.split('|')[1].strip() + ln.split('|')[2].strip() for ln in lines] == \
         ['vit2', 'vit4', 'vit8', 'vit16', 'deepvit2', 'deepvit4', 'deepvit8', 'deepvit16']
