@@ -39,7 +39,6 @@ TRAIN_GRAD_NORM = 'train/grad_norm'             # DeepSpeed's global gradient no
 VAL_LOSS = 'val/loss'
 TOP1 = 'val/top1'                               # percent, 0-100, final-epoch value is the primary figure
 HOLDOUT_PREFIX = 'holdout/'                      # + loss, top1, top5, num_samples: the held-out training samples
-HOLDOUT_TOP1 = 'holdout/top1'                   # percent: what the analysis selects on (never val/*)
 TOP5 = 'val/top5'                               # percent, 0-100
 HOLDOUT_TOP1 = 'holdout/top1'                   # percent, 0-100, on the holdout split taken from the training data:
                                                 # what the analysis selects by (lr, convergence); val/top1 is the test
