@@ -21,7 +21,7 @@ from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, REMEDY_TAG, SWEEP_ID_TA
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
-                'talkinghead')
+                'talkinghead', 'depthscale')
 
 # column -> (source, key, dtype); source 'param' | 'tag' | 'metric'
 _FIELDS = {
