@@ -21,7 +21,7 @@ from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, HOLDOUT_TOP1, REMEDY_TA
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
-                'talkinghead')
+                'talkinghead', 'depthscale')
 
 # the params that carry a run's learning rate (the rate used first, see 'lr' below): never a series label when the
 # analysis selects the learning rate (analysis.lr_selection)

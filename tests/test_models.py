@@ -22,10 +22,10 @@ def small_overrides(name):
 def test_all_variants_registered_in_timm():
     registered = set(timm.list_models('*vit_*b_patch16_224') + timm.list_models('deepvit_*') +
                      timm.list_models('vit_tiny_patch4_32') + timm.list_models('layerscale_*') +
-                     timm.list_models('talkinghead_*'))
+                     timm.list_models('talkinghead_*') + timm.list_models('depthscale_*'))
     assert set(VARIANTS) <= registered
-    assert len(VARIANTS) == 14
-    for family in ('layerscale', 'talkinghead'):
+    assert len(VARIANTS) == 16
+    for family in ('layerscale', 'talkinghead', 'depthscale'):
         assert {f'{family}_tiny_patch4_32', f'{family}_16b_patch16_224'} <= set(VARIANTS)
 
 
@@ -58,7 +58,7 @@ def test_forward_backward_every_param_gets_grad(name):
     assert all(isinstance(blk.ls1, LayerScale) == has_ls for blk in model.blocks)
 
 
-@pytest.mark.parametrize('family', ['vit', 'deepvit', 'layerscale', 'talkinghead'])
+@pytest.mark.parametrize('family', ['vit', 'deepvit', 'layerscale', 'talkinghead', 'depthscale'])
 @pytest.mark.parametrize('depth', [1, 2, 12, 32, 48])
 def test_depths_build_and_run(family, depth):
     model = timm.create_model(f'{family}_tiny_patch4_32', depth=depth, embed_dim=16, num_heads=2,

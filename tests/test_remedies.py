@@ -1,6 +1,8 @@
-"""Remedies and controls in one harness: LayerScale, talking heads, the Re-attention ablations (BatchNorm-only
-included), paired seeds, neutral settings, bad combinations, ``model_cfg`` round trips and the regulariser hook."""
+"""Remedies and controls in one harness: LayerScale, talking heads, depth-scaled residual branches, the Re-attention
+ablations (BatchNorm-only included), paired seeds, neutral settings, bad combinations, ``model_cfg`` round trips and
+the regulariser hook."""
 import copy
+import math
 
 import pytest
 import timm
@@ -8,8 +10,8 @@ import torch
 from timm.models.cait import TalkingHeadAttn
 
 import deepvit  # noqa: F401
-from deepvit.models import (FAMILIES, DeepVisionTransformer, HeadMix, ReAttentionMix, TalkingHeadAttention,
-                            cait_init_values, count_params, model_family, model_remedy)
+from deepvit.models import (FAMILIES, DeepVisionTransformer, HeadMix, ReAttentionMix, ResidualScale,
+                            TalkingHeadAttention, cait_init_values, count_params, model_family, model_remedy)
 
 VIT = 'vit_tiny_patch4_32'
 # (variant, overrides, family, remedy): every family, every Re-attention ablation, and the allowed combinations
@@ -27,6 +29,10 @@ CASES = [
     ('talkinghead_tiny_patch4_32', dict(talkinghead_init='trunc_normal'), 'talkinghead', 'talkinghead_trunc'),
     ('talkinghead_tiny_patch4_32', dict(init_values=1e-5), 'talkinghead', 'talkinghead+layerscale'),
     ('deepvit_tiny_patch4_32', dict(reattn_blocks=2, talkinghead_blocks=[0, 1]), 'deepvit', 'reattn+talkinghead'),
+    ('depthscale_tiny_patch4_32', {}, 'depthscale', 'depthscale'),
+    ('depthscale_tiny_patch4_32', dict(residual_alpha=3.), 'depthscale', 'depthscale_a3'),
+    ('vit_tiny_patch4_32', dict(residual_scale=0.25), 'depthscale', 'resscale0.25'),
+    ('deepvit_tiny_patch4_32', dict(residual_scale='depth'), 'deepvit', 'reattn+depthscale'),
 ]
 IDS = [c[3] for c in CASES]
 SMALL = dict(depth=4, embed_dim=48, num_heads=4)  # depth 4 and a non-default width
@@ -229,6 +235,63 @@ def test_layerscale_variants_take_cait_eps_for_the_depth_built(depth):
     assert big.model_cfg['init_values'] == 0.1
 
 
+# ---------------------------------------------------------------------------------- depth-scaled residual branches
+
+@pytest.mark.parametrize('overrides', [dict(residual_scale=1.0),      # a fixed s = 1
+                                       dict(residual_alpha=2.),        # α/√L = 2/√4 = 1 (SMALL has depth 4)
+                                       dict(depth=1)],                 # 1/√1 = 1
+                         ids=['fixed1', 'alpha2_depth4', 'depth1'])
+def test_residual_scale_one_is_the_vit_exactly(overrides):
+    depth = overrides.get('depth', SMALL['depth'])
+    vit = build(VIT, 0, depth=depth)[0].eval()
+    model = build('depthscale_tiny_patch4_32', 0, **overrides)[0].eval()
+    assert model.residual_branch_scale == 1. and isinstance(model.blocks[0].ls1, ResidualScale)
+    assert model.state_dict().keys() == vit.state_dict().keys()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), vit(x))
+
+
+def test_depth_scale_multiplies_both_branches_of_every_block_by_one_over_sqrt_depth():
+    vit = build(VIT, 0)[0].eval()
+    model = build('depthscale_tiny_patch4_32', 0)[0].eval()   # depth 4: s = 1/2, exact in floating point
+    assert model.residual_branch_scale == 1 / math.sqrt(SMALL['depth']) == 0.5
+    assert all(blk.ls1.scale == blk.ls2.scale == 0.5 for blk in model.blocks)
+    branches = {}
+    blk = model.blocks[2]
+    blk.attn.register_forward_hook(lambda m, i, o: branches.__setitem__('attn', o))
+    blk.mlp.register_forward_hook(lambda m, i, o: branches.__setitem__('mlp', o))
+    x = torch.randn(2, 65, 48)
+    with torch.no_grad():
+        out = blk(x)
+        after_attn = x + 0.5 * branches['attn']
+        assert torch.equal(branches['attn'], blk.attn(blk.norm1(x)))
+        assert torch.equal(out, after_attn + 0.5 * branches['mlp'])
+        assert torch.equal(branches['mlp'], blk.mlp(blk.norm2(after_attn)))
+        images = torch.randn(2, 3, 32, 32)
+        assert not torch.allclose(model(images), vit(images), rtol=1e-3, atol=1e-3)   # same weights, other function
+    for depth in (9, 16):  # the depth actually built sets the scale
+        built = timm.create_model('depthscale_tiny_patch4_32', depth=depth, embed_dim=16, num_heads=2)
+        assert built.residual_branch_scale == pytest.approx(depth ** -0.5, rel=1e-12)
+        assert built.blocks[-1].ls2.scale == built.residual_branch_scale
+    with torch.device('meta'):
+        assert timm.create_model('depthscale_16b_patch16_224').residual_branch_scale == 0.25
+
+
+def test_residual_scale_fields_and_training_flags():
+    # records from before the residual scale (no residual_* keys) read as the ViT
+    assert (model_family({'reattn_blocks': []}), model_remedy({'reattn_blocks': []})) == ('vit', 'vit')
+    with pytest.raises(ValueError, match=r'residual scale must be a finite number > 0, got -1'):
+        ResidualScale(-1)
+    from deepvit.training import build_parser, resolve
+    from deepvit.training.config import model_overrides
+    for flag, value in (('depth', 'depth'), ('0.25', 0.25), ('none', 'none')):
+        cfg = resolve(build_parser().parse_args(['--deepspeed', 'ds.json', '--model', 'depthscale_tiny_patch4_32',
+                                                 '--residual-scale', flag, '--residual-alpha', '2']))
+        overrides = model_overrides(cfg.model)
+        assert (overrides['residual_scale'], overrides['residual_alpha']) == (value, 2.)
+
+
 # ------------------------------------------------------------------------------------------ talking heads details
 
 def test_talking_heads_match_timm_cait():
@@ -337,7 +400,8 @@ def test_model_cfg_round_trip(name, overrides, family, remedy):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # any registered name rebuilds it: the variant only supplies defaults
-    for other_name in (VIT, 'layerscale_tiny_patch4_32', 'talkinghead_tiny_patch4_32', 'deepvit_tiny_patch4_32'):
+    for other_name in (VIT, 'layerscale_tiny_patch4_32', 'talkinghead_tiny_patch4_32', 'deepvit_tiny_patch4_32',
+                       'depthscale_tiny_patch4_32'):
         torch.manual_seed(0)
         other = timm.create_model(other_name, **model.model_cfg)
         assert other.model_cfg == model.model_cfg, other_name
@@ -356,6 +420,16 @@ BAD_COMBINATIONS = [
     (VIT, dict(init_values=True), 'init_values', 'True'),
     (VIT, dict(init_values=float('nan')), 'init_values', 'nan'),
     ('layerscale_tiny_patch4_32', dict(depth=0), 'depth', '0'),
+    (VIT, dict(residual_scale=0), 'residual_scale', '0'),
+    (VIT, dict(residual_scale=-0.5), 'residual_scale', '-0.5'),
+    (VIT, dict(residual_scale=float('inf')), 'residual_scale', 'inf'),
+    (VIT, dict(residual_scale=True), 'residual_scale', 'True'),
+    (VIT, dict(residual_scale='sqrt'), 'residual_scale', "'sqrt'"),
+    ('depthscale_tiny_patch4_32', dict(residual_alpha=0.), 'residual_alpha', '0.0'),
+    ('depthscale_tiny_patch4_32', dict(residual_alpha=float('nan')), 'residual_alpha', 'nan'),
+    (VIT, dict(residual_alpha=2.), 'residual_alpha', '2.0'),          # α without 'depth' would be ignored
+    ('depthscale_tiny_patch4_32', dict(init_values=0.1), 'init_values', '0.1'),   # both live in ls1/ls2
+    ('layerscale_tiny_patch4_32', dict(residual_scale='depth'), 'residual_scale', "'depth'"),
 ]
 
 

@@ -1,14 +1,14 @@
-"""ViT, DeepViT (Re-attention), LayerScale and talking-heads families on timm's VisionTransformer, registered in
-timm's model registry.
+"""ViT, DeepViT (Re-attention), LayerScale, talking-heads and depth-scaled families on timm's VisionTransformer,
+registered in timm's model registry.
 
 Over 400 lines: one model class (timm's VisionTransformer with per-block attention choices), its field checks
 and the registry entries of every variant; the remedies' layers live in their own modules.
 
 After ``import deepvit``, ``timm.create_model(name, **overrides)`` builds every variant below, and any field can be
 overridden (``depth``, ``embed_dim``, ``num_heads``, ``mlp_ratio``, ``img_size``, ``patch_size``, ``in_chans``,
-``num_classes``, ``drop_path_rate``, ``reattn_*``, ``init_values``, ``talkinghead_*``, ``stem``). All families are
-one class, :class:`DeepVisionTransformer`; a family is a choice of its remedy fields, and ``model.model_cfg``
-rebuilds the model (``timm.create_model(name, **model.model_cfg)``).
+``num_classes``, ``drop_path_rate``, ``reattn_*``, ``init_values``, ``talkinghead_*``, ``residual_*``, ``stem``). All
+families are one class, :class:`DeepVisionTransformer`; a family is a choice of its remedy fields, and
+``model.model_cfg`` rebuilds the model (``timm.create_model(name, **model.model_cfg)``).
 
 Size table (patch 16, 224 px, 1000 classes unless overridden; paper Table 2/3, official ``deep_vision_transformer.py``):
 
@@ -23,18 +23,21 @@ deepvit_24b_patch16_224      24     384        12     3    reattn, all   patch  
 deepvit_32b_patch16_224      32     384        12     3    reattn, all   patch  48.09M + 32 × 168
 layerscale_16b_patch16_224   16     384        12     3    layerscale    patch  24.42M + 16 × 768
 talkinghead_16b_patch16_224  16     384        12     3    talkinghead   patch  24.42M + 16 × 300
+depthscale_16b_patch16_224   16     384        12     3    depthscale    patch  24.42M (no parameter added)
 deepvit_s_patch16_224        16     396        12     3    reattn, 5     conv   27.31M
 deepvit_l_patch16_224        32     420        12     3    reattn, 12    conv   58.88M
 vit_tiny_patch4_32           6      64         4      3    none          patch  32 px, 10 classes
 deepvit_tiny_patch4_32       6      64         4      3    reattn, all   patch  32 px, 10 classes
 layerscale_tiny_patch4_32    6      64         4      3    layerscale    patch  32 px, 10 classes
 talkinghead_tiny_patch4_32   6      64         4      3    talkinghead   patch  32 px, 10 classes
+depthscale_tiny_patch4_32    6      64         4      3    depthscale    patch  32 px, 10 classes
 ===========================  =====  =========  =====  ===  ============  =====  ==========================
 
 Remedy parameters per block: Re-attention Θ (H²) + BatchNorm affine (2H); LayerScale two (C,) scales; talking
 heads two H×H mixes + the post-softmax bias (2H² + H). The LayerScale variants take CaiT's ε for their depth
 (:func:`~deepvit.models.remedies.cait_init_values`: 0.1 up to depth 18, 1e-5 to 24, 1e-6 beyond) unless
-``init_values`` is given.
+``init_values`` is given. The depth-scaled variants multiply every residual branch by 1/√depth (the depth actually
+built; :func:`~deepvit.models.remedies.residual_branch_scale`) and add no parameter.
 
 The tiny variants are for CPU sweeps and tests (32 px images, patch 4: 64 patches + the class token = 65 tokens;
 64 wide, 4 heads of 16 dims); they are used with depth/width overrides.
@@ -54,14 +57,15 @@ from timm.models.vision_transformer import Block, VisionTransformer, _cfg, check
 from .checkpointing import checkpoint_blocks
 from .attention import Attention
 from .reattention import ReAttention, ReAttentionMix, check_reattn_options
-from .remedies import TALKINGHEAD_INITS, HeadMix, TalkingHeadAttention, cait_init_values
+from .remedies import (TALKINGHEAD_INITS, HeadMix, ResidualScale, TalkingHeadAttention, cait_init_values,
+                       residual_branch_scale)
 from .stem import ConvPatchEmbed
 
 __all__ = ['DeepVisionTransformer', 'resolve_blocks', 'resolve_reattn_blocks', 'model_family', 'model_remedy',
            'FAMILIES', 'STEMS']
 
 STEMS = ('patch', 'conv')
-FAMILIES = ('vit', 'deepvit', 'layerscale', 'talkinghead')
+FAMILIES = ('vit', 'deepvit', 'layerscale', 'talkinghead', 'depthscale')
 BlockSpec = Union[None, str, int, Sequence[int]]
 
 # Re-attention field defaults: a non-default value on a model without Re-attention blocks is an error
@@ -119,9 +123,10 @@ def model_remedy(cfg: Dict[str, Any]) -> str:
     ``'vit'`` for no remedy; the Re-attention part is ``'reattn'`` (BatchNorm, random Θ, learned: the paper's),
     ``'reattn_ln'``, ``'reattn_nonorm'``, ``'reattn_identity'`` (suffixes combine, e.g. ``'reattn_ln_identity'``),
     or ``'bn_only'`` / ``'ln_only'`` (Θ fixed at I, ``reattn_theta='fixed'``); then ``'talkinghead'`` (identity
-    init) or ``'talkinghead_trunc'`` (timm's CaiT init), then ``'layerscale'``; several remedies are joined with
-    ``'+'`` in that order (e.g. ``'talkinghead+layerscale'``, CaiT's attention). Which blocks carry a remedy is
-    not part of the label (it is in ``reattn_blocks`` / ``talkinghead_blocks``).
+    init) or ``'talkinghead_trunc'`` (timm's CaiT init), then ``'layerscale'``, then the residual scale:
+    ``'depthscale'`` (α/√depth with α = 1), ``'depthscale_a<α>'`` (another α) or ``'resscale<s>'`` (a fixed s);
+    several remedies are joined with ``'+'`` in that order (e.g. ``'talkinghead+layerscale'``, CaiT's attention).
+    Which blocks carry a remedy is not part of the label (it is in ``reattn_blocks`` / ``talkinghead_blocks``).
     """
     parts = []
     if cfg.get('reattn_blocks'):
@@ -131,38 +136,49 @@ def model_remedy(cfg: Dict[str, Any]) -> str:
         parts.append('talkinghead' if cfg.get('talkinghead_init', 'identity') == 'identity' else 'talkinghead_trunc')
     if cfg.get('init_values'):
         parts.append('layerscale')
+    scale, alpha = cfg.get('residual_scale', 'none'), float(cfg.get('residual_alpha', 1.))
+    if scale == 'depth':
+        parts.append('depthscale' if alpha == 1. else f'depthscale_a{alpha:g}')
+    elif scale != 'none':
+        parts.append(f'resscale{float(scale):g}')
     return '+'.join(parts) or 'vit'
 
 
 def model_family(cfg: Dict[str, Any]) -> str:
     """The family of a ``model_cfg`` dict, one of :data:`FAMILIES`: ``'deepvit'`` when any block uses Re-attention,
-    else ``'talkinghead'`` when any block uses talking heads, else ``'layerscale'`` with LayerScale, else ``'vit'``
-    (so a combination takes the first of these; :func:`model_remedy` names it exactly)."""
+    else ``'talkinghead'`` when any block uses talking heads, else ``'layerscale'`` with LayerScale, else
+    ``'depthscale'`` with a residual scale (``'depth'`` or a fixed number), else ``'vit'`` (so a combination takes
+    the first of these; :func:`model_remedy` names it exactly)."""
     if cfg.get('reattn_blocks'):
         return 'deepvit'
     if cfg.get('talkinghead_blocks'):
         return 'talkinghead'
     if cfg.get('init_values'):
         return 'layerscale'
+    if cfg.get('residual_scale', 'none') != 'none':
+        return 'depthscale'
     return 'vit'
 
 
 class _BlockFactory:
     """``block_fn`` for timm's VisionTransformer: timm's Block with our Attention, ReAttention or
-    TalkingHeadAttention in the chosen blocks.
+    TalkingHeadAttention in the chosen blocks, and a fixed :class:`~deepvit.models.remedies.ResidualScale` as
+    ``ls1``/``ls2`` of every block when ``residual_scale`` is a number.
 
     The remedy modules are rebuilt with the block's index (their private random stream); none of them draws from
     the global RNG, so the Block's shared layers get the same draws as in the ViT.
     """
 
     def __init__(self, reattn_blocks: Tuple[int, ...], reattn_norm: str, reattn_init: str, reattn_theta: str,
-                 talkinghead_blocks: Tuple[int, ...], talkinghead_init: str) -> None:
+                 talkinghead_blocks: Tuple[int, ...], talkinghead_init: str,
+                 residual_scale: Optional[float] = None) -> None:
         self.reattn_blocks = set(reattn_blocks)
         self.reattn_norm = reattn_norm
         self.reattn_init = reattn_init
         self.reattn_theta = reattn_theta
         self.talkinghead_blocks = set(talkinghead_blocks)
         self.talkinghead_init = talkinghead_init
+        self.residual_scale = residual_scale
 
     def __call__(self, *, depth: int, attn_layer=None, device=None, dtype=None, **kwargs) -> Block:
         dd = {'device': device, 'dtype': dtype}
@@ -181,6 +197,9 @@ class _BlockFactory:
             init = self.talkinghead_init
             block.attn.proj_l = HeadMix(heads, bias=False, init=init, stream='talkinghead.proj_l', index=depth, **dd)
             block.attn.proj_w = HeadMix(heads, bias=True, init=init, stream='talkinghead.proj_w', index=depth, **dd)
+        if self.residual_scale is not None:  # in place of timm's nn.Identity (no LayerScale: checked by the model)
+            block.ls1 = ResidualScale(self.residual_scale)
+            block.ls2 = ResidualScale(self.residual_scale)
         return block
 
 
@@ -206,14 +225,16 @@ def _resolve_init_values(value: Any) -> float:
 
 class DeepVisionTransformer(VisionTransformer):
     """timm's VisionTransformer with probe-able attention and optional remedies for attention collapse: Re-attention
-    (DeepViT), LayerScale (CaiT) and talking-heads attention, each a field of this one class.
+    (DeepViT), LayerScale (CaiT), talking-heads attention and depth-scaled residual branches, each a field of this
+    one class.
 
     Images (B, in_chans, img_size, img_size) float → logits (B, num_classes). ``forward_features`` returns tokens
     (B, N, embed_dim) with N = (img_size / patch_size)² + 1. With no remedy (``reattn_blocks='none'``,
-    ``talkinghead_blocks='none'``, ``init_values=None`` or 0) this is exactly timm's ViT (same parameters and names,
-    same function). Remedies add: Re-attention Θ (H×H) and its norm per block (``blocks.i.attn.reattn.*``);
-    LayerScale ``blocks.i.ls1.gamma``, ``blocks.i.ls2.gamma`` (C,); talking heads ``blocks.i.attn.proj_l.weight``,
-    ``proj_w.weight`` (H×H) and ``proj_w.bias`` (H,).
+    ``talkinghead_blocks='none'``, ``init_values=None`` or 0, ``residual_scale='none'``) this is exactly timm's ViT
+    (same parameters and names, same function). Remedies add: Re-attention Θ (H×H) and its norm per block
+    (``blocks.i.attn.reattn.*``); LayerScale ``blocks.i.ls1.gamma``, ``blocks.i.ls2.gamma`` (C,); talking heads
+    ``blocks.i.attn.proj_l.weight``, ``proj_w.weight`` (H×H) and ``proj_w.bias`` (H,); the residual scale nothing
+    (a fixed multiplier in ``ls1``/``ls2``).
 
     Args:
         img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias,
@@ -235,6 +256,14 @@ class DeepVisionTransformer(VisionTransformer):
             ``'none'``.
         talkinghead_init: ``'identity'`` (default: the layer starts as plain attention) or ``'trunc_normal'``
             (timm's CaiT init, std 0.02).
+        residual_scale: a fixed (not learned) multiplier on both residual branches of every block:
+            ``'none'`` (default), ``'depth'`` (``residual_alpha``/√depth: the branch multiplier of Bordelon et al.
+            2024, arXiv 2309.16620, and Depth-μP, arXiv 2310.02244; the ``depthscale_*`` variants' default) or a
+            number s > 0 (s at every depth; 1 is the ViT's function). Only the forward multiplier: the branch
+            weights keep the ViT's depth-independent init (as both papers prescribe), and the learning-rate rule
+            Depth-μP gives for Adam (branch weights at η/√L) and the μP width scalings are **not** applied here
+            (one learning rate for every parameter, the standard parametrisation in width); see docs/models.md.
+        residual_alpha: α of ``residual_scale='depth'`` (default 1).
         stem: ``'patch'`` (a patch_size-strided conv, ViT) or ``'conv'`` (the 3-conv stem of DeepViT-S/L,
             :class:`~deepvit.models.stem.ConvPatchEmbed`).
 
@@ -242,6 +271,7 @@ class DeepVisionTransformer(VisionTransformer):
         model_cfg: the resolved architecture fields (dict), enough to rebuild the model:
             ``timm.create_model(name, **model.model_cfg)``. Block fields are resolved to index lists.
         reattn_block_indices, talkinghead_block_indices: tuples of those blocks' indices.
+        residual_branch_scale: the multiplier of every residual branch (float), ``None`` for none.
         family, remedy: see :func:`model_family`, :func:`model_remedy` (derived from ``model_cfg``).
 
     Raises:
@@ -251,7 +281,9 @@ class DeepVisionTransformer(VisionTransformer):
             ``depth``, ``init_values`` negative or not finite; and nonsense combinations: ``reattn_theta='fixed'`` with
             ``reattn_init='random'`` or ``reattn_norm='none'`` (that is the ViT), a non-default ``reattn_*`` field
             with no Re-attention block or ``talkinghead_init`` with no talking-heads block (it would be ignored),
-            and a block in both ``reattn_blocks`` and ``talkinghead_blocks``.
+            a block in both ``reattn_blocks`` and ``talkinghead_blocks``; ``residual_scale`` not ``'none'``,
+            ``'depth'`` or a finite number > 0, ``residual_alpha`` not > 0 or given without ``'depth'``, and a
+            residual scale together with LayerScale (both sit in ``ls1``/``ls2``).
     """
 
     def __init__(
@@ -273,6 +305,8 @@ class DeepVisionTransformer(VisionTransformer):
             init_values: Optional[float] = None,
             talkinghead_blocks: BlockSpec = 'none',
             talkinghead_init: str = 'identity',
+            residual_scale: Union[str, float] = 'none',
+            residual_alpha: float = 1.,
             stem: str = 'patch',
             **kwargs,
     ) -> None:
@@ -298,6 +332,11 @@ class DeepVisionTransformer(VisionTransformer):
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         init_values = _resolve_init_values(init_values)
+        branch_scale = residual_branch_scale(residual_scale, depth, residual_alpha)
+        if branch_scale is not None and init_values:
+            raise ValueError(f"residual_scale={residual_scale!r} and init_values={init_values!r} (LayerScale) both "
+                             f"scale the residual branches (timm's ls1/ls2); set init_values=0 or "
+                             f"residual_scale='none'")
         reattn_idx = resolve_blocks(reattn_blocks, depth, 'reattn_blocks')
         talkinghead_idx = resolve_blocks(talkinghead_blocks, depth, 'talkinghead_blocks')
         self._check_combinations(reattn_idx, talkinghead_idx, dict(
@@ -319,18 +358,21 @@ class DeepVisionTransformer(VisionTransformer):
             init_values=init_values or None,
             drop_path_rate=drop_path_rate,
             block_fn=_BlockFactory(reattn_idx, reattn_norm, reattn_init, reattn_theta,
-                                   talkinghead_idx, talkinghead_init),
+                                   talkinghead_idx, talkinghead_init, branch_scale),
             **kwargs,
         )
         self.reattn_block_indices = reattn_idx
         self.talkinghead_block_indices = talkinghead_idx
+        self.residual_branch_scale = branch_scale
         self.model_cfg: Dict[str, Any] = dict(
             img_size=_square(img_size), patch_size=_square(patch_size), in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
             drop_path_rate=drop_path_rate, reattn_blocks=list(reattn_idx), reattn_norm=reattn_norm,
             reattn_init=reattn_init, reattn_theta=reattn_theta,
             init_values=init_values,
-            talkinghead_blocks=list(talkinghead_idx), talkinghead_init=talkinghead_init, stem=stem,
+            talkinghead_blocks=list(talkinghead_idx), talkinghead_init=talkinghead_init,
+            residual_scale=residual_scale if isinstance(residual_scale, str) else float(residual_scale),
+            residual_alpha=float(residual_alpha), stem=stem,
         )
 
     @staticmethod
@@ -437,12 +479,14 @@ default_cfgs = {
     'deepvit_32b_patch16_224': _dvcfg(),
     'layerscale_16b_patch16_224': _dvcfg(),
     'talkinghead_16b_patch16_224': _dvcfg(),
+    'depthscale_16b_patch16_224': _dvcfg(),
     'deepvit_s_patch16_224': _dvcfg(first_conv='patch_embed.stem.0.conv'),
     'deepvit_l_patch16_224': _dvcfg(first_conv='patch_embed.stem.0.conv'),
     'vit_tiny_patch4_32': _dvcfg(**_TINY),
     'deepvit_tiny_patch4_32': _dvcfg(**_TINY),
     'layerscale_tiny_patch4_32': _dvcfg(**_TINY),
     'talkinghead_tiny_patch4_32': _dvcfg(**_TINY),
+    'depthscale_tiny_patch4_32': _dvcfg(**_TINY),
 }
 
 # The paper's depth-table architecture (official deep_vision_transformer.py): patch 16, embed 384, 12 heads,
@@ -513,6 +557,13 @@ def talkinghead_16b_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisio
 
 
 @register_model
+def depthscale_16b_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """ViT of the paper's depth table, 16 blocks, every residual branch × 1/√depth (arXiv 2309.16620, 2310.02244)."""
+    return _entry('depthscale_16b_patch16_224', pretrained,
+                  dict(_PAPER, depth=16, reattn_blocks='none', residual_scale='depth'), kwargs)
+
+
+@register_model
 def deepvit_s_patch16_224(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
     """DeepViT-S (paper Table 6): 16 blocks, embed 396, Re-attention in the last 5, convolutional stem."""
     return _entry('deepvit_s_patch16_224', pretrained,
@@ -549,6 +600,13 @@ def talkinghead_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVision
     """CPU-sized ViT with talking-heads attention: as ``vit_tiny_patch4_32``, talking heads in every block."""
     return _entry('talkinghead_tiny_patch4_32', pretrained,
                   dict(_TINY_ARCH, reattn_blocks='none', talkinghead_blocks='all'), kwargs)
+
+
+@register_model
+def depthscale_tiny_patch4_32(pretrained: bool = False, **kwargs) -> DeepVisionTransformer:
+    """CPU-sized depth-scaled ViT: as ``vit_tiny_patch4_32``, every residual branch × 1/√depth (the depth built)."""
+    return _entry('depthscale_tiny_patch4_32', pretrained,
+                  dict(_TINY_ARCH, reattn_blocks='none', residual_scale='depth'), kwargs)
 
 
 def list_variants() -> List[str]:

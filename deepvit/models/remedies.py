@@ -7,6 +7,11 @@
 * Talking-heads attention (Shazeer et al., 2020, "Talking-Heads Attention", arXiv 2003.02436, Sec. 4): learned H×H
   mixings across heads of the attention logits before the softmax and of the attention weights after it, as timm's
   ``timm/models/cait.py::TalkingHeadAttn`` (``proj_l``, ``proj_w``): :class:`TalkingHeadAttention`, :class:`HeadMix`.
+* Depth-scaled residual branches (Bordelon et al., ICLR 2024, "Depthwise Hyperparameter Transfer in Residual
+  Networks: Dynamics and Scaling Limit", arXiv 2309.16620, Eq. 1 and Table 1; Yang et al. 2023, "Tensor Programs
+  VI: Feature Learning in Infinite-Depth Neural Networks" (Depth-μP), arXiv 2310.02244): every residual branch
+  multiplied by a fixed α/√L, the branch weights keeping their depth-independent initialisation:
+  :class:`ResidualScale` in place of timm's ``ls1``/``ls2``, its value from :func:`residual_branch_scale`.
 
 Paired seeds. A remedy must not change the shared weights (patch embedding, position embedding, class token, qkv,
 proj, MLPs, norms, head) that the same seed gives the ViT, nor the global RNG state that data order and dropout draw
@@ -17,16 +22,20 @@ modules have their own ``init_weights`` that timm's ``init_weights_vit_timm`` ca
 ``nn.Linear`` layers (``tests/test_remedies.py``).
 """
 import hashlib
+import math
+from typing import Any, Optional, Union
+
 import torch
 import torch.nn as nn
 
 from .attention import Attention
 
-__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'HeadMix', 'TalkingHeadAttention', 'cait_init_values',
-           'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
+__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'HeadMix', 'ResidualScale', 'TalkingHeadAttention',
+           'cait_init_values', 'residual_branch_scale', 'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
 
 REATTN_THETAS = ('learned', 'fixed')
 TALKINGHEAD_INITS = ('identity', 'trunc_normal')
+RESIDUAL_SCALES = ('none', 'depth')   # besides a number > 0
 
 
 def cait_init_values(depth: int) -> float:
@@ -46,6 +55,71 @@ def cait_init_values(depth: int) -> float:
     if depth <= 24:
         return 1e-5
     return 1e-6
+
+
+def _is_positive_number(value: Any) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and 0. < float(value) < float('inf'))
+
+
+def residual_branch_scale(residual_scale: Union[str, float], depth: int,
+                          residual_alpha: float = 1.) -> Optional[float]:
+    """The fixed multiplier of every residual branch (dimensionless), or ``None`` for none (the ViT).
+
+    ``'depth'`` gives Depth-μP's / Bordelon et al.'s branch multiplier α/√L with L = ``depth`` (the number of
+    transformer blocks; each block has two branches, attention and MLP, and both get the same multiplier), α =
+    ``residual_alpha`` (arXiv 2309.16620 Eq. 1: ``h_{l+1} = h_l + β₀/√L · branch``; arXiv 2310.02244: block
+    multiplier ``a·L^{-1/2}``). A number s > 0 gives s on every branch whatever the depth (a control: s = 1 is the
+    ViT's function). ``'none'`` gives ``None``.
+
+    Raises:
+        ValueError (naming the field and the value): ``residual_scale`` neither ``'none'``, ``'depth'`` nor a finite
+            number > 0; ``residual_alpha`` not a finite number > 0; ``residual_alpha`` other than 1 without
+            ``residual_scale='depth'`` (it would have no effect); ``depth`` not an integer >= 1.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+    if not _is_positive_number(residual_alpha):
+        raise ValueError(f"residual_alpha must be a finite number > 0, got {residual_alpha!r}")
+    if isinstance(residual_scale, str) and residual_scale in RESIDUAL_SCALES:
+        if residual_scale == 'depth':
+            return float(residual_alpha) / math.sqrt(depth)
+    elif not _is_positive_number(residual_scale):
+        raise ValueError(f"residual_scale must be one of {RESIDUAL_SCALES} or a finite number > 0, "
+                         f"got {residual_scale!r}")
+    if float(residual_alpha) != 1.:
+        raise ValueError(f"residual_alpha={residual_alpha!r} would have no effect: it scales only "
+                         f"residual_scale='depth', got residual_scale={residual_scale!r}")
+    return None if residual_scale == 'none' else float(residual_scale)
+
+
+class ResidualScale(nn.Module):
+    """A fixed (not learned) multiplier on a residual branch's output: (..., C) → (..., C), same dtype and device.
+
+    It sits where timm's :class:`~timm.layers.LayerScale` sits (a Block's ``ls1`` after attention, ``ls2`` after
+    the MLP, before drop-path), so a block computes ``x + s·attn(norm1(x))``, then ``x + s·mlp(norm2(x))``. It has
+    no parameters and no buffers: the model's state dict is the ViT's, its weights are the ViT's of the same seed
+    (standard depth-independent init, which is what both papers prescribe: the depth dependence is in the forward
+    multiplier, not in the init variance), and a checkpoint does not carry ``s``: ``model_cfg`` does.
+
+    Args:
+        scale: s, a finite number > 0 (see :func:`residual_branch_scale`).
+
+    Raises:
+        ValueError: ``scale`` not a finite number > 0.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        if not _is_positive_number(scale):
+            raise ValueError(f"residual scale must be a finite number > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
 
 
 def remedy_generator(stream: str, index: int = 0) -> torch.Generator:

@@ -26,6 +26,7 @@ REMEDIES = {
     'deepvit': ('deepvit', ()),
     'layerscale': ('layerscale', ()),
     'talkinghead': ('talkinghead', ()),
+    'depthscale': ('depthscale', ()),
     'reattn_ln': ('deepvit', ('--reattn-norm', 'ln')),
     'reattn_nonorm': ('deepvit', ('--reattn-norm', 'none')),
     'reattn_identity': ('deepvit', ('--reattn-init', 'identity')),

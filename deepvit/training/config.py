@@ -80,6 +80,10 @@ class ModelConfig:
     """talking-heads blocks: 'all', 'none', k or 'i,j,...'"""
     talkinghead_init: Optional[str] = None
     """'identity' or 'trunc_normal' (timm's CaiT init)"""
+    residual_scale: Optional[Union[float, str]] = None
+    """fixed multiplier of every residual branch: 'none', 'depth' (residual_alpha/sqrt(depth)) or a number > 0"""
+    residual_alpha: Optional[float] = None
+    """alpha of residual_scale 'depth' (null: 1)"""
     stem: Optional[str] = None
     """'patch' (one strided conv) or 'conv' (a convolutional stem)"""
 
