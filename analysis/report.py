@@ -11,7 +11,7 @@ from .aggregate import METRICS, depth_stats
 from .convergence import DEFAULT_RISING, add_convergence, convergence_histories, rising_cells, rising_markdown
 from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
                       plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
-from .heatmaps import STAGES, VARIANTS, load_similarities, plot_similarity_grid
+from .heatmaps import STAGES, load_similarities, plot_similarity_grid
 from .profiles import plot_collapse_profiles
 from .lr_selection import check_lr_axis, lr_markdown, plot_lr_grid
 from .lr_selection import select_lr as select_lr_table
@@ -21,6 +21,7 @@ from .store import get_experiment, metric_history, open_store, sweep_runs
 from .study import load_correct, statistics_markdown, study_statistics
 from .table import depth_table
 
+GRIDS = ('paper', 'row')   # heatmap grids drawn: the paper's metric and the headline (runs keep every matrix)
 TRAJECTORY = 'row_mean_adjacent'   # the collapse figure drawn over training by default: the headline measure
 # every measure that can be drawn over training: per map stage, or (representation) one per run
 COLLAPSE_MEASURES = tuple(m for m in COLLAPSE if not m.endswith(('_lo', '_hi'))) + REPRESENTATION
@@ -127,7 +128,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     figures += plot_top1_vs_gmacs(stats, fig_dir)
     figures += plot_similar_blocks(stats, fig_dir)
     figures += plot_effective_keys(stats, fig_dir)
-    for variant in VARIANTS:
+    for variant in GRIDS:
         matrices = load_similarities(client, runs, progress=progress, variant=variant)
         for stage in STAGES:
             figures += plot_similarity_grid(runs, matrices, stage, fig_dir, variant=variant)

@@ -142,7 +142,7 @@ def test_figures_are_valid_png_and_svg(filled, tmp_path):
     analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, progress=False)
     fig_dir = tmp_path / 'r' / 'figures'
     stems = ['top1_vs_depth', 'top1_vs_gmacs', 'similar_blocks_vs_depth', 'similarity_softmax', 'similarity_mixed',
-             'calibrated_softmax', 'calibrated_mixed', 'effective_keys_vs_depth', 'collapse_over_training',
+             'effective_keys_vs_depth', 'collapse_over_training',
              'difference_vs_depth', 'curves_vit', 'curves_deepvit', 'row_softmax', 'row_mixed', 'collapse_profiles']
     assert sorted(p.name for p in fig_dir.iterdir()) == sorted(f'{s}.{e}' for s in stems for e in ('png', 'svg'))
     for stem in stems:

@@ -312,10 +312,12 @@ def test_the_trainer_builds_its_loaders_on_its_device(tmp_path):
     from deepvit.training.config import Config
     import timm
     cfg = Config()
-    cfg.data.source, cfg.output_dir = 'digits', str(tmp_path / 'run')
+    cfg.data.source, cfg.output_dir, cfg.data.holdout = 'digits', str(tmp_path / 'run'), 64
     plan = trainer_preflight.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
-    for loader in trainer_build.build_loaders(plan, model, None, torch.device('cpu')):
+    loaders = trainer_build.build_loaders(plan, model, None, torch.device('cpu'))   # train, val, probe, holdout
+    assert len(loaders) == 4 and loaders[3].num_samples == 64
+    for loader in loaders:
         assert loader.device == torch.device('cpu')
 
 
