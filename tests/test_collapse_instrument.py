@@ -147,7 +147,7 @@ def test_entropy_uniform_one_one_hot_zero():
     assert attention_entropy(uniform).shape == (3, 2, 4)        # (B, L, H)
 
 
-_ATTENTION_MEASURES = [m for m in MEASURES if m != 'row_structure']
+_ATTENTION_MEASURES = [m for m in MEASURES if not m.startswith('row_structure')]
 
 
 @pytest.mark.parametrize('name, depth', [('vit_tiny_patch4_32', 8), ('deepvit_tiny_patch4_32', 8),
@@ -161,8 +161,11 @@ def test_untrained_models_read_chance_on_every_attention_measure(name, depth):
     for stage in ('softmax', 'mixed'):
         for m in _ATTENTION_MEASURES:
             key = f'{m}_mean_adjacent_{stage}'
-            assert abs(s[key]) < 0.1, (key, s[key])
-            assert s[f'{key}_lo'] <= 0.0 <= s[f'{key}_hi'] or abs(s[key]) < 0.02, (key, s[f'{key}_lo'], s[f'{key}_hi'])
+            if m.endswith('head_avg'):   # a small real offset at init (the shared residual stream): < 0.03
+                assert abs(s[key]) < 0.03, (key, s[key])
+            else:   # per head: the interval covers 0, or misses it by the null's own noise (not in the interval)
+                assert s[f'{key}_lo'] <= 0.0 <= s[f'{key}_hi'] or abs(s[key]) < 0.015, \
+                    (key, s[key], s[f'{key}_lo'], s[f'{key}_hi'])
         assert s[f'row_similar_blocks_{stage}'] == 0
         assert 0.9 < s[f'entropy_{stage}'] <= 1.0                      # diffuse at init
     # representation measures are not 0 at init (the residual stream), hence read against step 0

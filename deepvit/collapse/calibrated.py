@@ -29,13 +29,15 @@ aligned no better than the null 0, at any sharpness):
 ============================  ==========================================================================
 ``paper``                     M, column-wise (Eq. 4, exactly :func:`deepvit.collapse.cross_layer_similarity`)
 ``calibrated``                c(M, M_tok), column-wise
-``centred``                   c on the Pearson correlation of columns (each minus its mean over queries)
+``centred``                   c on the Pearson correlation of columns (each minus its mean over queries);
+                              ``centred_head_avg`` on head-averaged maps
 ``head_avg``                  ``calibrated`` on head-averaged maps (invariant to any relabelling of heads)
 ``content``                   c(M, M_img), column-wise; ``content_head_avg`` on head-averaged maps
 ``row``                       c(M, M_tok), row-wise: **the headline** (see below)
 ``row_head_avg``              ``row`` on head-averaged maps
 ``row_content``               c(M, M_img), row-wise; ``row_content_head_avg`` on head-averaged maps
-``row_structure``             c(M_img, M_tok), row-wise: alignment every image shares (position, sinks)
+``row_structure``             c(M_img, M_tok), row-wise: alignment every image shares (position, sinks);
+                              ``row_structure_head_avg`` on head-averaged maps
 ============================  ==========================================================================
 
 Decomposition: row = row_structure + (1 − row_structure) · row_content, exactly (algebra of c); so of the alignment
@@ -79,6 +81,7 @@ _EPS = 1e-12
 FAMILIES = {
     'column': ('column', False, False),
     'centred': ('column', True, False),
+    'centred_head_avg': ('column', True, True),
     'column_head_avg': ('column', False, True),
     'row': ('row', False, False),
     'row_head_avg': ('row', False, True),
@@ -87,6 +90,7 @@ FAMILIES = {
 MEASURES = {
     'calibrated': ('column', 'raw', 'tok'),
     'centred': ('centred', 'raw', 'tok'),
+    'centred_head_avg': ('centred_head_avg', 'raw', 'tok'),
     'head_avg': ('column_head_avg', 'raw', 'tok'),
     'content': ('column', 'raw', 'img'),
     'content_head_avg': ('column_head_avg', 'raw', 'img'),
@@ -95,9 +99,10 @@ MEASURES = {
     'row_content': ('row', 'raw', 'img'),
     'row_content_head_avg': ('row_head_avg', 'raw', 'img'),
     'row_structure': ('row', 'img', 'tok'),
+    'row_structure_head_avg': ('row_head_avg', 'img', 'tok'),
 }
-# the similarities (identical maps read 1); ``row_structure`` is a part of ``row``, not a similarity of its own
-VARIANTS = ('paper',) + tuple(m for m in MEASURES if m != 'row_structure')
+# the similarities (identical maps read 1); ``row_structure*`` is a part of ``row``, not a similarity of its own
+VARIANTS = ('paper',) + tuple(m for m in MEASURES if not m.startswith('row_structure'))
 
 
 def calibrate(value: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
@@ -265,7 +270,8 @@ def measures(sums: Dict[str, SimilaritySums], weights: Optional[torch.Tensor] = 
     eye = torch.eye(out['paper'].shape[-1], dtype=torch.bool)
     for name in VARIANTS:
         out[name] = out[name].masked_fill(eye, 1.0)
-    out['row_structure'] = out['row_structure'].masked_fill(eye, float('nan'))   # a block with itself: undefined
+    for name in ('row_structure', 'row_structure_head_avg'):   # a block with itself: undefined
+        out[name] = out[name].masked_fill(eye, float('nan'))
     return out
 
 

@@ -30,8 +30,8 @@ DEFAULT_BOOTSTRAP = 200          # bootstrap replicates over probe images
 MIN_PROBE_IMAGES = 8             # fewer images give no usable percentile interval (and an image null of < 7 pairs)
 _COPIES = 4  # measured peak (benchmarks/bench_collapse_probe.py): stored maps, stacked stage, working copies
 # attention measures whose adjacent-pair summaries (and intervals) are logged
-_ADJACENT = ('calibrated', 'centred', 'head_avg', 'content', 'content_head_avg', 'row', 'row_head_avg', 'row_content',
-             'row_content_head_avg', 'row_structure')
+_ADJACENT = ('calibrated', 'centred', 'centred_head_avg', 'head_avg', 'content', 'content_head_avg', 'row',
+             'row_head_avg', 'row_content', 'row_content_head_avg', 'row_structure', 'row_structure_head_avg')
 _DEEP = ('calibrated', 'row', 'row_head_avg')                  # ... and whose deepest-quarter summary is logged
 _COUNTED = ('calibrated', 'head_avg', 'row', 'row_head_avg')   # ... and whose similar-block count is logged
 PROFILED = ('paper', 'calibrated', 'row', 'row_head_avg', 'row_content', 'row_structure')   # per-block profiles
