@@ -63,6 +63,8 @@ MODEL_PARAM = 'model.{field}'                   # the architecture built (model.
 MODEL_OVERRIDE_PARAM = 'model.override.{field}' # a model field the user gave
 DS_PARAM = 'ds.{field}'                         # the resolved DeepSpeed config, flattened
 EXPORT_PATH_PARAM = 'export.path'               # the fp32 safetensors export
+PLANNED_STEPS_PARAM = 'train.planned_steps'     # optimizer steps the run is planned for (epochs or budget)
+PLANNED_PFLOP_PARAM = 'train.planned_pflop'     # their training compute, 6 × MACs × images (deepvit.training.budget)
 EVAL_WEIGHTS_PARAM, EVAL_SPLIT_PARAM = 'eval.weights', 'eval.split'   # eval runs
 
 # ---- artifacts

@@ -305,3 +305,28 @@ def test_a_bad_value_is_named_before_the_output_dir_is_touched(launch_env, capsy
     fresh = launch_env / 'fresh' / 'run'
     assert load_launch_main()(['--deepspeed', ZERO2, '--output-dir', str(fresh), '--depth', '0']) == 2
     assert 'depth' in capsys.readouterr().err and not (launch_env / 'fresh').exists()
+
+
+def test_fixed_compute_budget_gives_every_depth_the_same_pflop_within_one_step():
+    """The planner: equal PFLOP (±1 step) across depths from the models' own MAC counts, the schedule's length and
+    epochs derived from it; a budget that buys no more than the warm-up is refused in words."""
+    import timm
+    from deepvit.models import gmacs_per_image
+    from deepvit.training.budget import pflop_per_step, plan_budget
+    budget, batch, per_epoch = 0.05, 64, 22
+    spent = {}
+    for depth in (2, 4, 8, 16):
+        model = timm.create_model('vit_tiny_patch4_32', depth=depth, in_chans=1)
+        gmacs = gmacs_per_image(model)
+        plan = plan_budget(budget, gmacs, batch, per_epoch, warmup_epochs=1)
+        step = pflop_per_step(gmacs, batch)
+        assert budget - step < plan.pflop <= budget and plan.pflop == pytest.approx(plan.steps * step)
+        assert plan.epochs == -(-plan.steps // per_epoch) and plan.warmup_steps == per_epoch
+        spent[depth] = plan
+    assert spent[2].steps > 6 * spent[16].steps            # the shallow model gets ~8x the steps of the deep one
+    assert pflop_per_step(1.0, 1000) == pytest.approx(6e-3)  # 6 FLOPs per MAC: 6 × 1e9 × 1000 = 6e12 FLOP
+    with pytest.raises(ConfigError, match=r'train.budget_pflop=3e-05: buys \d+ optimizer steps .*not more than '
+                                          r'the 22-step warm-up'):
+        plan_budget(3e-5, 0.0065, batch, per_epoch, warmup_epochs=1)
+    with pytest.raises(ConfigError, match='must be > 0'):
+        plan_budget(0, 0.01, batch, per_epoch, warmup_epochs=0)

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 
 from .checkpoint import seed_everything
+from .budget import pflop_per_step, plan_budget
 from .config import ConfigError
 from ..ranks import env_local_rank
 from .distributed import is_dist
@@ -137,6 +138,8 @@ class Job:
     criterion: torch.nn.Module
     steps_per_epoch: int       # optimizer steps per epoch
     epoch_batches: int         # micro-batches trained per epoch: whole optimizer steps, the remainder is not used
+    planned_steps: int = 0     # optimizer steps the run is planned for (epochs × steps/epoch, or the budget's)
+    planned_pflop: float = 0.0  # their training compute (deepvit.training.budget)
     regularizer: Optional[Any] = None
 
 
@@ -175,10 +178,19 @@ def build_job(plan: Plan, device: torch.device) -> Job:
     if steps_per_epoch < 1:
         raise ConfigError(f"{train_loader.num_batches} micro-batches per epoch per rank are fewer than "
                           f"gradient_accumulation_steps={ds.grad_accum_steps}: no optimizer step would be made")
-    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.sched, num_epochs=cfg.train.epochs,
-                                       warmup_epochs=cfg.train.warmup_epochs, warmup_lr=cfg.train.warmup_lr,
+    planned_steps, sched_epochs, sched_updates = cfg.train.epochs * steps_per_epoch, cfg.train.epochs, steps_per_epoch
+    warmup = cfg.train.warmup_epochs
+    if cfg.train.budget_pflop is not None:   # fixed compute: the length and the schedule come from the budget
+        budget = plan_budget(cfg.train.budget_pflop, gmacs, ds.global_batch_size, steps_per_epoch, warmup)
+        cfg.train.epochs, cfg.train.max_steps = budget.epochs, budget.steps
+        planned_steps, sched_epochs, sched_updates = budget.steps, 1, budget.steps   # one cosine over the steps
+        warmup = budget.warmup_steps / budget.steps
+    elif cfg.train.max_steps is not None:
+        planned_steps = min(planned_steps, cfg.train.max_steps)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg.train.sched, num_epochs=sched_epochs,
+                                       warmup_epochs=warmup, warmup_lr=cfg.train.warmup_lr,
                                        min_lr=cfg.train.min_lr, step_on_epochs=False,
-                                       updates_per_epoch=steps_per_epoch)
+                                       updates_per_epoch=sched_updates)
     remedy = getattr(model, 'remedy', model.family) + ('+cosreg' if cfg.train.cosine_reg > 0 else '')
     return Job(device=device, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ds.precision, torch.float32),
                model=model, engine=engine, scheduler=scheduler, lr=lr, n_params=n_params, gmacs=gmacs,
@@ -186,6 +198,8 @@ def build_job(plan: Plan, device: torch.device) -> Job:
                probe_loader=probe_loader, holdout_loader=holdout_loader,
                criterion=_criterion(cfg, mixup_fn is not None),
                steps_per_epoch=steps_per_epoch, epoch_batches=steps_per_epoch * ds.grad_accum_steps,
+               planned_steps=planned_steps,
+               planned_pflop=planned_steps * pflop_per_step(gmacs, ds.global_batch_size),
                regularizer=CosineRegularizer(engine.module, cfg.train.cosine_reg, cfg.train.cosine_reg_blocks)
                if cfg.train.cosine_reg > 0 else None)
 

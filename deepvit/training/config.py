@@ -166,6 +166,9 @@ class TrainConfig:
     """probability of CutMix instead of Mixup when both are on"""
     seed: int = 0
     """seed of the model init, data order and augmentation (paired across families)"""
+    budget_pflop: Optional[float] = None
+    """fixed-compute run: total training PFLOP (6 × MACs per image × images seen); the run trains the steps it buys
+    (every depth the same compute, to within one step) and the cosine spans them; train.epochs is then derived"""
     max_steps: Optional[int] = None
     """stop after this many optimizer steps (smoke tests, benchmarks)"""
     log_every: int = 10
@@ -204,6 +207,7 @@ class TrainConfig:
             'warmup_epochs': self.warmup_epochs >= 0, 'weight_decay': self.weight_decay >= 0,
             'label_smoothing': 0 <= self.label_smoothing < 1, 'mixup': self.mixup >= 0, 'cutmix': self.cutmix >= 0,
             'mixup_prob': 0 <= self.mixup_prob <= 1, 'max_steps': self.max_steps is None or self.max_steps >= 1,
+            'budget_pflop': self.budget_pflop is None or self.budget_pflop > 0,
             'log_every': self.log_every >= 1, 'checkpoint_hist': self.checkpoint_hist >= 0,
             'collapse_bootstrap': self.collapse_bootstrap >= 100,
             'collapse_cka_examples': self.collapse_cka_examples is None or self.collapse_cka_examples >= 4,

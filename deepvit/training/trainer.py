@@ -114,8 +114,10 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
         return tracker, best
     (out_dir / RUN_FILE).write_text(json.dumps({'run_id': tracker.run_id}))
     (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
-    tracker.log_params(record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
-                                         family=job.family, remedy=job.remedy, lr=job.lr))
+    tracker.log_params({**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
+                                            family=job.family, remedy=job.remedy, lr=job.lr),
+                        schema.PLANNED_STEPS_PARAM: job.planned_steps,
+                        schema.PLANNED_PFLOP_PARAM: round(job.planned_pflop, 9)})
     tracker.log_text(to_yaml(cfg), 'config.yaml')
     tracker.log_dict(ds.config, 'ds_config.json')
     if plan.train_shards is not None:
