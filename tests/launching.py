@@ -21,8 +21,9 @@ STAGES = ('softmax', 'mixed')
 COLLAPSE_METRICS = tuple(f'collapse/{name}_{stage}' for stage in STAGES for name in (
     'similar_blocks', 'calibrated_similar_blocks', 'calibrated_mean_adjacent', 'effective_keys',
     'similar_blocks_fraction', 'calibrated_similar_adjacent', 'mean_adjacent_similarity', 'row_mean_adjacent',
-    'row_mean_adjacent_lo', 'row_similar_blocks', 'row_structure_mean_adjacent', 'entropy')) + (
-    'collapse/cka_mean_adjacent', 'collapse/token_residual_last')
+    'row_similar_blocks', 'row_structure_mean_adjacent', 'entropy')) + (
+    'collapse/row_mean_adjacent_softmax_lo', 'collapse/row_mean_adjacent_mixed_hi', 'collapse/cka_mean_adjacent',
+    'collapse/token_residual_last')
 COLLAPSE_ARRAYS = tuple(f'collapse/{stem}_{stage}.npy' for stage in STAGES for stem in (
     'similarity', 'calibrated', 'centred', 'head_avg', 'null', 'effective_keys', 'row', 'row_content', 'entropy')) + (
     'collapse/cka.npy', 'collapse/token_residual.npy')

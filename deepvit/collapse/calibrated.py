@@ -154,43 +154,47 @@ class _Family:
         self.raw: List[torch.Tensor] = []
         self.tok: List[torch.Tensor] = []
         self.img: List[torch.Tensor] = []
-        self.prev: Optional[tuple] = None     # (flat (1, L, M), lin (1, L)) of the last image seen
+        self.prev: Optional[tuple] = None     # (flat (L, M), lin (L,)) of the last image seen
         self.vectors = 0
 
     def add(self, maps: torch.Tensor) -> None:
+        # one working copy per family, images first and contiguous, then in-place ops: the peak stays at about
+        # two copies of the chunk's maps (this one and a permuted one), whatever the orientation
         x = maps.mean(dim=2, keepdim=True) if self.head_avg else maps      # (L, b, h, N, N)
+        x = x.transpose(0, 1)                                               # (b, L, h, N, N)
         if self.orientation == 'row':
             x = x.transpose(-1, -2)                                        # rows become columns
-        L, b, h, N, _ = x.shape
+        x = x.clone(memory_format=torch.contiguous_format)                 # never the caller's storage
+        b, L, h, N, _ = x.shape
         if self.centre:
-            x = x - x.mean(dim=-2, keepdim=True)
-        x = x / x.norm(dim=-2, keepdim=True).clamp_min(_EPS)               # unit vectors (zero vectors stay 0)
+            x.sub_(x.mean(dim=-2, keepdim=True))
+        x.div_(x.norm(dim=-2, keepdim=True).clamp_min_(_EPS))              # unit vectors (zero vectors stay 0)
         vectors = h * N
         if self.centre:  # centred unit vectors are orthogonal to the uniform vector: plain dot products
-            lin = torch.zeros(b, L, dtype=torch.float64)
-            dev, offset = x, 0
+            lin, offset = torch.zeros(b, L, dtype=torch.float64), 0
         else:            # x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − 1, with r = 1/√N
-            lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(2, 3)) / math.sqrt(N)).t().cpu()   # (b, L)
-            dev, offset = x - 1.0 / math.sqrt(N), vectors
-        flat = dev.reshape(L, b, -1).transpose(0, 1)                       # (b, L, M)
+            lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(2, 3)) / math.sqrt(N)).cpu()   # (b, L)
+            x.sub_(1.0 / math.sqrt(N))
+            offset = vectors
+        flat = x.view(b, L, -1)                                            # (b, L, M), the deviations
         base = lin[:, :, None] + lin[:, None, :] - offset                  # (b, L, L)
         self.raw.append(torch.bmm(flat, flat.transpose(1, 2)).double().cpu() + base)
         tok = torch.zeros(b, L, L, dtype=torch.float64)
-        maps_2d = dev.reshape(-1, N * N)
+        maps_2d = x.view(-1, N * N)
         for index in self.flat_perms:   # relabelling tokens keeps r·ŷ: the same base
-            permuted = maps_2d.index_select(1, index.to(dev.device)).reshape(L, b, -1).transpose(0, 1)
+            permuted = maps_2d.index_select(1, index.to(x.device)).view(b, L, -1)
             tok += torch.bmm(flat, permuted.transpose(1, 2)).double().cpu() + base
             del permuted
         self.tok.append(tok)
-        img = torch.zeros(b, L, L, dtype=torch.float64)
-        prev_flat = torch.cat(([self.prev[0]] if self.prev else []) + [flat[:-1]])
-        prev_lin = torch.cat(([self.prev[1]] if self.prev else []) + [lin[:-1]])
-        first = 0 if self.prev else 1                                      # the probe's image 0 has no partner
-        if prev_flat.shape[0]:
-            img[first:] = torch.bmm(flat[first:], prev_flat.transpose(1, 2)).double().cpu() \
-                + lin[first:, :, None] + prev_lin[:, None, :] - offset
+        img = torch.zeros(b, L, L, dtype=torch.float64)                   # image i against image i − 1
+        if b > 1:
+            img[1:] = torch.bmm(flat[1:], flat[:-1].transpose(1, 2)).double().cpu() \
+                + lin[1:, :, None] + lin[:-1, None, :] - offset
+        if self.prev is not None:                                          # the probe's image 0 has no partner
+            prev_flat, prev_lin = self.prev
+            img[0] = torch.mm(flat[0], prev_flat.t()).double().cpu() + lin[0][:, None] + prev_lin[None, :] - offset
         self.img.append(img)
-        self.prev = (flat[-1:].clone(), lin[-1:].clone())
+        self.prev = (flat[-1].clone(), lin[-1].clone())
         self.vectors = vectors
 
     def sums(self, permutations: int) -> SimilaritySums:
