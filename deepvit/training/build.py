@@ -91,7 +91,7 @@ def unlink_shm_buffers() -> int:
 
 
 def build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
-    """Train, validation and probe loaders. Batches leave the workers as uint8 and are normalised (and randomly
+    """``(train, validation, probe, holdout)`` loaders (holdout None without ``data.holdout``). Batches leave the workers as uint8 and are normalised (and randomly
     erased and mixed up, for training) on ``device``; on CUDA they are copied from pinned memory, non-blocking."""
     from ..collapse import probe_chunk_size
     from ..data import create_loader

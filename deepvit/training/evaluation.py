@@ -51,7 +51,7 @@ def run_eval(plan) -> int:
         raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} "
                           f"{plan.model_kwargs}: {str(err).splitlines()[0]}") from None
     model = model.to(device).eval()
-    _, val_loader, probe_loader = build_loaders(plan, model, None, device)
+    _, val_loader, probe_loader, _ = build_loaders(plan, model, None, device)   # no train, no holdout needed
     family, remedy = model.family, getattr(model, 'remedy', model.family)
     tags = record.run_tags(cfg, model, family, remedy, device)
     tags[schema.KIND_TAG] = schema.EVAL_KIND
