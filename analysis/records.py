@@ -17,7 +17,7 @@ __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REM
            'COLLAPSE_COLUMNS', 'REPRESENTATION', 'LR_PARAMS']
 
 from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, HOLDOUT_TOP1, REMEDY_TAG, SWEEP_ID_TAG,  # noqa: E402
-                            SWEEP_POINT_TAG, TOP1)  # (the record's names)
+                            SWEEP_POINT_TAG, TOP1, TRAIN_EVAL_TOP1)  # (the record's names)
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
@@ -45,6 +45,7 @@ _FIELDS = {
     # configured base rate), ``train.lr`` since (docs/mlflow_schema.md)
     'lr': ('param', LR_PARAMS, 'Float64'),
     'holdout_top1_final': ('metric', HOLDOUT_TOP1, 'Float64'),   # latest holdout top-1 (%); empty without a holdout
+    'train_top1_final': ('metric', TRAIN_EVAL_TOP1, 'Float64'),  # latest train-subset top-1 (%, eval mode)
 }
 # collapse figures of the final probe, for both map stages: column ``<name>_<stage>`` ← metric ``collapse/<name>_<stage>``
 # (runs recorded before a measure existed keep empty cells; names in docs/mlflow_schema.md and docs/collapse.md)
@@ -74,7 +75,8 @@ for _col in COLLAPSE_COLUMNS:
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
-           'lr', 'top1_best', 'top1_best_step', 'top1_final', 'holdout_top1_final', 'last_step'] + COLLAPSE_COLUMNS + \
+           'lr', 'top1_best', 'top1_best_step', 'top1_final', 'holdout_top1_final', 'train_top1_final',
+           'last_step'] + COLLAPSE_COLUMNS + \
           ['series', 'start_time', 'end_time']
 
 

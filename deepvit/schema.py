@@ -42,6 +42,8 @@ HOLDOUT_PREFIX = 'holdout/'                      # + loss, top1, top5, num_sampl
 TOP5 = 'val/top5'                               # percent, 0-100
 HOLDOUT_TOP1 = 'holdout/top1'                   # percent, 0-100, on the holdout split taken from the training data:
                                                 # what the analysis selects by (lr, convergence); val/top1 is the test
+TRAIN_EVAL_PREFIX = 'train_eval/'              # + loss, top1, top5, num_samples: a fixed subset of the samples
+TRAIN_EVAL_TOP1 = 'train_eval/top1'             # trained on, scored in eval mode (percent): train accuracy
 VAL_SAMPLES = 'val/num_samples'                 # images scored (each once, padding excluded)
 SKIPPED = 'data/skipped_samples'                # bad samples skipped so far, train and val, all ranks
 EPOCH = 'epoch'                                 # epochs completed

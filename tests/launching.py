@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 64 probe images (default 256): the launches test the probe's mechanics, and its statistics cost ~3 s per probe
 # at 256 images since the instrument grew row-wise, image-null, CKA and bootstrap measures (< 1 s at 64)
 TINY = ['--depth', '2', '--embed-dim', '32', '--num-heads', '2', '--epochs', '3', '--train.log_every', '2',
-        '--data.num_workers', '1', '--log.system_metrics_interval', '1', '--collapse-images', '64']
+        '--data.num_workers', '1', '--log.system_metrics_interval', '1', '--collapse-images', '64',
+        '--data.train_eval', '64']
 DIGITS_VAL = 360
 STAGES = ('softmax', 'mixed')
 COLLAPSE_METRICS = tuple(f'collapse/{name}_{stage}' for stage in STAGES for name in (

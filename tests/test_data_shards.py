@@ -315,8 +315,8 @@ def test_the_trainer_builds_its_loaders_on_its_device(tmp_path):
     cfg.data.source, cfg.output_dir, cfg.data.holdout = 'digits', str(tmp_path / 'run'), 64
     plan = trainer_preflight.preflight(cfg, str(Path(__file__).resolve().parents[1] / 'ds_configs' / 'zero2.json'))
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
-    loaders = trainer_build.build_loaders(plan, model, None, torch.device('cpu'))   # train, val, probe, holdout
-    assert len(loaders) == 4 and loaders[3].num_samples == 64
+    loaders = trainer_build.build_loaders(plan, model, None, torch.device('cpu'))   # + holdout, train_eval
+    assert len(loaders) == 5 and loaders[3].num_samples == 64 and loaders[4].num_samples == cfg.data.train_eval
     for loader in loaders:
         assert loader.device == torch.device('cpu')
 
@@ -493,5 +493,27 @@ def test_holdout_split_is_a_fixed_disjoint_tail_of_every_shard(cifar_shards):
     assert per_class.min() > 20   # a shuffled tail: every class is there
     assert create_loader(str(out), 'train', batch_size=100, train=True, img_size=32,
                          holdout_samples=500).num_batches == (shards.num_samples - 500) // 100
-    with pytest.raises(ValueError, match=r'data.holdout=5000: must be at least 1 and fewer than the 5000 samples'):
+    with pytest.raises(ValueError, match=r'data.holdout=5000: must be in \[1, 4999\], fewer than the 5000 samples'):
         shards.split_holdout(5000)
+
+
+def test_train_accuracy_subset_is_a_fixed_head_of_the_samples_trained_on(cifar_shards):
+    """The train-accuracy subset (issue 20.2) is the first samples of every shard of the train view: exact size,
+    inside what training reads (never the holdout), the same for every seed, and scored in eval mode."""
+    from deepvit.data import create_loader
+    from deepvit.data.sources import resolve_shards
+    out, _ = cifar_shards
+    train, held = resolve_shards(str(out), 'train').split_holdout(500)
+    head = train.head(300)
+    assert head.num_samples == 300 and all(h <= n for h, n in zip(head.lengths, train.lengths))
+    keys = {u: list(read_tar(u)) for u in train.urls}
+    head_keys = {k for i, u in enumerate(head.urls) for k in keys[u][:head.lengths[i]]}
+    train_keys = {k for i, u in enumerate(train.urls) for k in keys[u][:train.lengths[i]]}
+    held_keys = {k for i, u in enumerate(held.urls) for k in keys[u][held.offset(i):held.offset(i) + held.lengths[i]]}
+    assert len(head_keys) == 300 and head_keys <= train_keys and not head_keys & held_keys
+    assert train.head(10 ** 6) is train   # larger than the split: all of it
+    kw = dict(batch_size=64, train=False, img_size=32, holdout_samples=500, head_samples=300)
+    runs = [torch.cat([y for _, y in create_loader(str(out), 'train', seed=seed, **kw)]) for seed in (0, 1)]
+    assert len(runs[0]) == 300 and torch.equal(runs[0], runs[1])   # seed-independent, unshuffled
+    with pytest.raises(ValueError, match=r'data.train_eval=0: must be in \[1, '):
+        train.head(0)

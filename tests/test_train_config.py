@@ -65,16 +65,16 @@ def test_bad_yaml_names_the_field(tmp_path, text, needle):
 
 
 @pytest.mark.parametrize('argv, needle', [
-    (['--epochs', '0'], 'train.epochs is out of range: 0'),
+    (['--epochs', '0'], 'train.epochs=0 is out of range: must be >= 1'),
     (['--epochs', '2'], 'train.warmup_epochs=2 is not shorter than train.epochs=2'),   # was: never decayed, silently
     (['--lr', 'fast'], "train.lr must be a number, got 'fast'"),
-    (['--smoothing', '1.5'], 'train.label_smoothing is out of range: 1.5'),
+    (['--smoothing', '1.5'], 'train.label_smoothing=1.5 is out of range: must be in [0, 1)'),
     (['--data.scale', '0.5'], 'data.scale must be 2 comma-separated numbers'),
-    (['--collapse-every', '-1'], 'train.collapse_every is out of range: -1'),
-    (['--collapse-threshold', '0'], 'train.collapse_threshold is out of range: 0.0'),
-    (['--collapse-threshold', '1.2'], 'train.collapse_threshold is out of range: 1.2'),
-    (['--collapse-permutations', '0'], 'train.collapse_permutations is out of range: 0'),
-    (['--cosine-reg', '-0.1'], 'train.cosine_reg is out of range: -0.1'),
+    (['--collapse-every', '-1'], 'train.collapse_every=-1 is out of range: must be >= 0'),
+    (['--collapse-threshold', '0'], 'train.collapse_threshold=0.0 is out of range: must be in (0, 1]'),
+    (['--collapse-threshold', '1.2'], 'train.collapse_threshold=1.2 is out of range: must be in (0, 1]'),
+    (['--collapse-permutations', '0'], 'train.collapse_permutations=0 is out of range: must be >= 1'),
+    (['--cosine-reg', '-0.1'], 'train.cosine_reg=-0.1 is out of range: must be >= 0'),
 ])
 def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError) as err:
@@ -223,9 +223,9 @@ def launch_env(tmp_path, monkeypatch, data_cache):
      "has 360"),
     (['--deepspeed', ZERO2, '--collapse-images', '4'],
      "train.collapse_images=4: the collapse probe's bootstrap intervals need at least 8 images"),
-    (['--deepspeed', ZERO2, '--train.collapse_bootstrap', '10'], 'train.collapse_bootstrap is out of range: 10'),
+    (['--deepspeed', ZERO2, '--train.collapse_bootstrap', '10'], 'train.collapse_bootstrap=10 is out of range: must be >= 100'),
     (['--deepspeed', ZERO2, '--data.holdout', '1437'],
-     "data.holdout=1437: must be at least 1 and fewer than the 1437 samples of split 'train'"),
+     "data.holdout=1437: must be in [1, 1436], fewer than the 1437 samples of split 'train'"),
     (['--deepspeed', ZERO2, '--data.val_split', 'train', '--data.holdout', '10'],
      "data.holdout=10: the validation split 'train' is the split the holdout is taken from, so they would overlap"),
     (['--deepspeed', ZERO2, '--collapse-images', '8', '--train.collapse_cka_examples', '600'],

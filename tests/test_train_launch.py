@@ -127,7 +127,8 @@ def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, r
     the 2-rank ZeRO-3 run's of the same seed (same initial weights, same probe images, every rank probing).
     It also holds out 101 training images (data.holdout): training reads the other 1336, the holdout is scored
     every evaluation as holdout/* and recorded as a dataset input of its own. And its length is a compute budget
-    (train.budget_pflop) that buys 60 steps: 1 epoch of 41 steps and 19 of the next, one cosine over the 60."""
+    (train.budget_pflop) that buys 60 steps: 1 epoch of 41 steps and 19 of the next, one cosine over the 60.
+    Train accuracy is scored on 96 of the 1336 (data.train_eval) as train_eval/*."""
     import timm
     from deepvit.models import gmacs_per_image
     from deepvit.training.budget import pflop_per_step
@@ -135,12 +136,15 @@ def test_one_rank_one_epoch_records_the_probe_with_the_same_step0_numbers(env, r
     gmacs = gmacs_per_image(timm.create_model('deepvit_tiny_patch4_32', depth=2, embed_dim=32, num_heads=2, in_chans=1))
     budget = 60.5 * pflop_per_step(gmacs, 32)
     one = run_ok(env, tmp_path / 'one-rank', '--epochs', '1', '--warmup-epochs', '0.5', '--data.holdout', '101',
-                 '--train.budget_pflop', repr(budget), ds='zero3.json', num_gpus=1)
+                 '--train.budget_pflop', repr(budget), '--data.train_eval', '96', ds='zero3.json', num_gpus=1)
     c = client(env)
     steps_per_epoch = 60      # the budget's steps: the probe runs at step 0 and at the end
     held = {k: c.get_metric_history(run_id(one), f'holdout/{k}') for k in ('top1', 'loss', 'num_samples')}
     assert [m.step for m in held['top1']] == [41, 60] and held['num_samples'][0].value == 101
     assert 0 <= held['top1'][0].value <= 100 and held['loss'][0].value > 0
+    train_acc = {k: c.get_metric_history(run_id(one), f'train_eval/{k}') for k in ('top1', 'num_samples')}
+    assert [m.step for m in train_acc['top1']] == [41, 60] and train_acc['num_samples'][0].value == 96
+    assert 0 <= train_acc['top1'][-1].value <= 100
     p = c.get_run(run_id(one)).data.params
     assert (p['train.planned_steps'], p['train.epochs'], p['train.max_steps']) == ('60', '2', '60')
     assert 0 < budget - float(p['train.planned_pflop']) < pflop_per_step(gmacs, 32)

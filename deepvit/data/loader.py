@@ -432,7 +432,7 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
                   interpolation: str = 'bilinear', crop_pct: float = 0.875, re_prob: float = 0.0,
                   re_mode: str = 'pixel', re_count: int = 1, mixup=None, draft: bool = True, device=None,
                   pin_memory: bool | None = None, prefetch_factor: int = 2, holdout_samples: int = 0,
-                  holdout: bool = False) -> ShardLoader:
+                  holdout: bool = False, head_samples: int = 0) -> ShardLoader:
     """Build this rank's loader over the shards of ``source`` / ``split``.
 
     Args:
@@ -458,6 +458,8 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
         device: normalise (and return batches) on this device; pin_memory defaults to True for CUDA devices.
         holdout_samples: samples of ``split`` held out (:meth:`deepvit.data.sources.ShardSet.split_holdout`); the
             loader reads the rest, or only the holdout when ``holdout`` is set (0: the whole split).
+        head_samples: then read only the first ``head_samples`` of those (:meth:`~deepvit.data.sources.ShardSet.head`,
+            all of them when fewer): the fixed train-accuracy subset (0: all).
     Raises:
         FileNotFoundError / ValueError (from the source), ValueError for inconsistent arguments, all before any
         image is decoded.
@@ -477,6 +479,8 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
         shards = shards.split_holdout(holdout_samples)[1 if holdout else 0]
     elif holdout:
         raise ValueError('holdout=True needs holdout_samples >= 1')
+    if head_samples:
+        shards = shards.head(head_samples)
     if num_classes is None and shards.classes:
         num_classes = len(shards.classes)
     workers = max(1, num_workers)

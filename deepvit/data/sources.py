@@ -48,6 +48,22 @@ class ShardSet:
         """First sample of shard ``shard`` in this set (0 unless the set is a view)."""
         return 0 if self.offsets is None else self.offsets[shard]
 
+    def _allocate(self, samples: int, field: str) -> list[int]:
+        """``samples`` spread over the shards in proportion to their lengths (largest remainders first, ties to the
+        earlier shard). Raises ValueError naming ``field`` when lengths are unknown or ``samples`` is out of range."""
+        if self.lengths is None:
+            raise ValueError(f"{field}={samples}: needs shard lengths (an _info.json next to the shards of split "
+                             f"{self.split!r})")
+        total = sum(self.lengths)
+        if not 1 <= samples < total:
+            raise ValueError(f"{field}={samples}: must be in [1, {total - 1}], fewer than the {total} samples of "
+                             f"split {self.split!r}")
+        exact = [samples * n / total for n in self.lengths]
+        counts = [int(x) for x in exact]
+        for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - counts[i]), i))[:samples - sum(counts)]:
+            counts[i] += 1
+        return counts
+
     def split_holdout(self, samples: int) -> tuple['ShardSet', 'ShardSet']:
         """``(train, holdout)`` views: the holdout is the last h_i samples of every shard, h_i proportional to its
         length (largest remainders first, ties to the earlier shard), ``samples`` in all.
@@ -57,25 +73,28 @@ class ShardSet:
         a shuffled list, as :mod:`deepvit.data.convert` and the built-in data do (other shards: shuffle them first).
 
         Raises:
-            ValueError: ``samples`` < 1, not fewer than the split holds, or shard lengths unknown.
+            ValueError: ``samples`` not in [1, samples of the split), or shard lengths unknown.
         """
-        if self.lengths is None:
-            raise ValueError(f"data.holdout={samples}: the holdout needs shard lengths (an _info.json next to the "
-                             f"shards of split {self.split!r})")
-        total = sum(self.lengths)
-        if not 1 <= samples < total:
-            raise ValueError(f"data.holdout={samples}: must be at least 1 and fewer than the {total} samples of "
-                             f"split {self.split!r}")
-        exact = [samples * n / total for n in self.lengths]
-        held = [int(x) for x in exact]
-        for i in sorted(range(len(exact)), key=lambda i: (-(exact[i] - held[i]), i))[:samples - sum(held)]:
-            held[i] += 1
+        held = self._allocate(samples, 'data.holdout')
         base = self.offsets or (0,) * len(self.urls)
         train = replace(self, lengths=tuple(n - h for n, h in zip(self.lengths, held)))
         holdout = replace(self, lengths=tuple(held), offsets=tuple(o + n - h for o, n, h in
                                                                     zip(base, self.lengths, held)),
                           split=f'{self.split}:holdout')
         return train, holdout
+
+    def head(self, samples: int, field: str = 'data.train_eval') -> 'ShardSet':
+        """A view of the first samples of every shard, ``samples`` in all, spread as in :meth:`split_holdout`: a fixed
+        subset of the set (the train-accuracy subset is the head of the train view, samples trained on). ``samples``
+        not below the set's size returns the set itself.
+
+        Raises:
+            ValueError: ``samples`` < 1 or shard lengths unknown (the message names ``field``).
+        """
+        if self.lengths is not None and samples >= sum(self.lengths) >= 1:
+            return self
+        counts = self._allocate(samples, field)
+        return replace(self, lengths=tuple(counts), split=f'{self.split}:head{samples}')
 
     def digest(self) -> str:
         """BLAKE2b hex digest (16 bytes) of (shard file name, first sample, count) of every shard: names the set's

@@ -90,11 +90,8 @@ def unlink_shm_buffers() -> int:
     return removed
 
 
-def build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
-    """``(train, validation, probe, holdout)`` loaders (holdout None without ``data.holdout``). Batches leave the workers as uint8 and are normalised (and randomly
-    erased and mixed up, for training) on ``device``; on CUDA they are copied from pinned memory, non-blocking."""
-    from ..collapse import probe_chunk_size
-    from ..data import create_loader
+def _loader_args(plan: Plan, device: torch.device) -> dict:
+    """The :func:`deepvit.data.create_loader` arguments every loader of the run shares."""
     cfg, kwargs = plan.cfg, plan.model_kwargs
     img_size = int(kwargs['img_size'] if isinstance(kwargs['img_size'], int) else kwargs['img_size'][0])
     common = dict(img_size=img_size, in_chans=kwargs['in_chans'], num_classes=plan.num_classes,
@@ -102,20 +99,43 @@ def build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
                   interpolation=cfg.data.interpolation, device=device)
     if cfg.data.crop_pct is not None:
         common['crop_pct'] = cfg.data.crop_pct
-    train = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=True,
-                          scale=cfg.data.scale, ratio=cfg.data.ratio, hflip=cfg.data.hflip,
-                          auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn,
-                          holdout_samples=cfg.data.holdout, **common)
-    holdout = create_loader(cfg.data.source, cfg.data.train_split, batch_size=plan.ds.micro_batch_size, train=False,
-                            pad=True, holdout_samples=cfg.data.holdout, holdout=True, **common) \
-        if cfg.data.holdout else None
+    return common
+
+
+def build_eval_loaders(plan: Plan, model, device: torch.device):
+    """``(validation, probe)`` loaders: the validation split for this rank (padded to equal batches), and the whole
+    split on every rank in chunks the collapse probe can hold (:func:`deepvit.collapse.probe_chunk_size`)."""
+    from ..collapse import probe_chunk_size
+    from ..data import create_loader
+    cfg, common = plan.cfg, _loader_args(plan, device)
     val = create_loader(cfg.data.source, cfg.data.val_split, batch_size=plan.ds.micro_batch_size, train=False,
                         pad=True, **common)
     chunk = min(cfg.train.collapse_images, probe_chunk_size(model.model_cfg['depth'], model.model_cfg['num_heads'],
                                                             model.patch_embed.num_patches + model.num_prefix_tokens))
     probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=chunk, train=False,
                           **dict(common, rank=0, world_size=1, num_workers=0))
-    return train, val, probe, holdout
+    return val, probe
+
+
+def build_loaders(plan: Plan, model, mixup_fn, device: torch.device):
+    """``(train, validation, probe, holdout, train_eval)`` loaders (holdout None without ``data.holdout``, train_eval
+    None when ``data.train_eval`` is 0). Batches leave the workers as uint8 and are normalised (and randomly
+    erased and mixed up, for training) on ``device``; on CUDA they are copied from pinned memory, non-blocking.
+    The holdout and train-accuracy loaders score without augmentation, like the validation split."""
+    from ..data import create_loader
+    cfg, common = plan.cfg, _loader_args(plan, device)
+    batch, split = plan.ds.micro_batch_size, cfg.data.train_split
+    train = create_loader(cfg.data.source, split, batch_size=batch, train=True,
+                          scale=cfg.data.scale, ratio=cfg.data.ratio, hflip=cfg.data.hflip,
+                          auto_augment=cfg.data.aa, re_prob=cfg.data.reprob, mixup=mixup_fn,
+                          holdout_samples=cfg.data.holdout, **common)
+    holdout = create_loader(cfg.data.source, split, batch_size=batch, train=False, pad=True,
+                            holdout_samples=cfg.data.holdout, holdout=True, **common) if cfg.data.holdout else None
+    train_eval = create_loader(cfg.data.source, split, batch_size=batch, train=False, pad=True,
+                               holdout_samples=cfg.data.holdout, head_samples=cfg.data.train_eval,
+                               **common) if cfg.data.train_eval else None
+    val, probe = build_eval_loaders(plan, model, device)
+    return train, val, probe, holdout, train_eval
 
 
 @dataclass
@@ -135,6 +155,7 @@ class Job:
     val_loader: Any
     probe_loader: Any
     holdout_loader: Any        # None without data.holdout
+    train_eval_loader: Any     # None when data.train_eval is 0
     criterion: torch.nn.Module
     steps_per_epoch: int       # optimizer steps per epoch
     epoch_batches: int         # micro-batches trained per epoch: whole optimizer steps, the remainder is not used
@@ -173,7 +194,8 @@ def build_job(plan: Plan, device: torch.device) -> Job:
                             prob=cfg.train.mixup_prob, switch_prob=cfg.train.mixup_switch_prob,
                             label_smoothing=cfg.train.label_smoothing) \
         if (cfg.train.mixup > 0 or cfg.train.cutmix > 0) else None
-    train_loader, val_loader, probe_loader, holdout_loader = build_loaders(plan, model, mixup_fn, device)
+    train_loader, val_loader, probe_loader, holdout_loader, train_eval_loader = build_loaders(plan, model, mixup_fn,
+                                                                                             device)
     steps_per_epoch = train_loader.num_batches // ds.grad_accum_steps
     if steps_per_epoch < 1:
         raise ConfigError(f"{train_loader.num_batches} micro-batches per epoch per rank are fewer than "
@@ -195,7 +217,7 @@ def build_job(plan: Plan, device: torch.device) -> Job:
     return Job(device=device, dtype={'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ds.precision, torch.float32),
                model=model, engine=engine, scheduler=scheduler, lr=lr, n_params=n_params, gmacs=gmacs,
                family=model.family, remedy=remedy, train_loader=train_loader, val_loader=val_loader,
-               probe_loader=probe_loader, holdout_loader=holdout_loader,
+               probe_loader=probe_loader, holdout_loader=holdout_loader, train_eval_loader=train_eval_loader,
                criterion=_criterion(cfg, mixup_fn is not None),
                steps_per_epoch=steps_per_epoch, epoch_batches=steps_per_epoch * ds.grad_accum_steps,
                planned_steps=planned_steps,

@@ -36,11 +36,12 @@ class ConfigError(ValueError):
     """A user error in the configuration: the message names the field (or file) and the value."""
 
 
-def _check(section: str, obj, rules: Dict[str, bool]) -> None:
-    """Raise ConfigError for the first field whose rule is false: ``'train.epochs is out of range: 0'``."""
-    for name, ok in rules.items():
+def _check(section: str, obj, rules: Dict[str, Tuple[bool, str]]) -> None:
+    """Raise ConfigError for the first field whose rule ``(ok, allowed)`` is false:
+    ``'train.epochs=0 is out of range: must be >= 1'``."""
+    for name, (ok, allowed) in rules.items():
         if not ok:
-            raise ConfigError(f"{section}.{name} is out of range: {getattr(obj, name)!r}")
+            raise ConfigError(f"{section}.{name}={getattr(obj, name)!r} is out of range: must be {allowed}")
 
 
 @dataclass
@@ -88,7 +89,7 @@ class ModelConfig:
     """'patch' (one strided conv) or 'conv' (a convolutional stem)"""
 
     def __post_init__(self):
-        _check('model', self, {'drop_path_rate': 0 <= self.drop_path_rate < 1})
+        _check('model', self, {'drop_path_rate': (0 <= self.drop_path_rate < 1, 'in [0, 1)')})
 
 
 @dataclass
@@ -103,6 +104,10 @@ class DataConfig:
     holdout: int = 0
     """training samples held out for selection (learning rate, epochs, depth), scored every epoch as holdout/*:
     the last samples of every train shard in proportion to its length, the same for every seed (0: none)"""
+    train_eval: int = 512
+    """training samples scored every epoch in eval mode (no augmentation) as train_eval/*, to tell optimisation from
+    overfitting: the first samples of every train shard in proportion to its length (samples trained on, the same
+    for every seed); the whole train split when it is smaller; 0: off"""
     num_workers: int = 1
     """loader worker processes per rank"""
     aa: Optional[str] = None
@@ -121,8 +126,9 @@ class DataConfig:
     """centre-crop fraction at evaluation; null: the model's pretrained_cfg value"""
 
     def __post_init__(self):
-        _check('data', self, {'num_workers': self.num_workers >= 0, 'reprob': 0 <= self.reprob <= 1,
-                              'hflip': 0 <= self.hflip <= 1, 'holdout': self.holdout >= 0})
+        _check('data', self, {'num_workers': (self.num_workers >= 0, '>= 0'),
+                              'reprob': (0 <= self.reprob <= 1, 'in [0, 1]'), 'hflip': (0 <= self.hflip <= 1, 'in [0, 1]'),
+                              'holdout': (self.holdout >= 0, '>= 0'), 'train_eval': (self.train_eval >= 0, '>= 0')})
         if self.holdout and self.val_split == self.train_split:
             raise ConfigError(f"data.holdout={self.holdout}: the validation split {self.val_split!r} is the split the "
                               f"holdout is taken from, so they would overlap; score another split")
@@ -203,17 +209,20 @@ class TrainConfig:
             raise ConfigError(f"train.collapse_images={self.collapse_images}: the collapse probe's bootstrap "
                               f"intervals need at least {MIN_PROBE_IMAGES} images")
         _check('train', self, {
-            'epochs': self.epochs >= 1, 'lr': self.lr > 0, 'min_lr': self.min_lr >= 0,
-            'warmup_epochs': self.warmup_epochs >= 0, 'weight_decay': self.weight_decay >= 0,
-            'label_smoothing': 0 <= self.label_smoothing < 1, 'mixup': self.mixup >= 0, 'cutmix': self.cutmix >= 0,
-            'mixup_prob': 0 <= self.mixup_prob <= 1, 'max_steps': self.max_steps is None or self.max_steps >= 1,
-            'budget_pflop': self.budget_pflop is None or self.budget_pflop > 0,
-            'log_every': self.log_every >= 1, 'checkpoint_hist': self.checkpoint_hist >= 0,
-            'collapse_bootstrap': self.collapse_bootstrap >= 100,
-            'collapse_cka_examples': self.collapse_cka_examples is None or self.collapse_cka_examples >= 4,
-            'collapse_every': self.collapse_every >= 0, 'collapse_threshold': 0 < self.collapse_threshold <= 1,
-            'collapse_permutations': self.collapse_permutations >= 1, 'cosine_reg': self.cosine_reg >= 0,
-            'cosine_reg_blocks': self.cosine_reg_blocks >= 1})
+            'epochs': (self.epochs >= 1, '>= 1'), 'lr': (self.lr > 0, '> 0'), 'min_lr': (self.min_lr >= 0, '>= 0'),
+            'warmup_epochs': (self.warmup_epochs >= 0, '>= 0'), 'weight_decay': (self.weight_decay >= 0, '>= 0'),
+            'label_smoothing': (0 <= self.label_smoothing < 1, 'in [0, 1)'), 'mixup': (self.mixup >= 0, '>= 0'),
+            'cutmix': (self.cutmix >= 0, '>= 0'), 'mixup_prob': (0 <= self.mixup_prob <= 1, 'in [0, 1]'),
+            'max_steps': (self.max_steps is None or self.max_steps >= 1, 'null or >= 1'),
+            'budget_pflop': (self.budget_pflop is None or self.budget_pflop > 0, 'null or > 0'),
+            'log_every': (self.log_every >= 1, '>= 1'), 'checkpoint_hist': (self.checkpoint_hist >= 0, '>= 0'),
+            'collapse_bootstrap': (self.collapse_bootstrap >= 100, '>= 100 (percentile intervals need them)'),
+            'collapse_cka_examples': (self.collapse_cka_examples is None or self.collapse_cka_examples >= 4,
+                                      'null or >= 4 (the unbiased HSIC needs 4)'),
+            'collapse_every': (self.collapse_every >= 0, '>= 0'),
+            'collapse_threshold': (0 < self.collapse_threshold <= 1, 'in (0, 1]'),
+            'collapse_permutations': (self.collapse_permutations >= 1, '>= 1'),
+            'cosine_reg': (self.cosine_reg >= 0, '>= 0'), 'cosine_reg_blocks': (self.cosine_reg_blocks >= 1, '>= 1')})
         if self.warmup_epochs >= self.epochs:
             raise ConfigError(f"train.warmup_epochs={self.warmup_epochs:g} is not shorter than train.epochs="
                               f"{self.epochs}: the learning rate would rise for the whole run and never decay; "
@@ -241,7 +250,7 @@ class LogConfig:
     """log the exported weights as an MLflow model (false for very large models)"""
 
     def __post_init__(self):
-        _check('log', self, {'system_metrics_interval': self.system_metrics_interval >= 0})
+        _check('log', self, {'system_metrics_interval': (self.system_metrics_interval >= 0, '>= 0')})
 
 
 @dataclass

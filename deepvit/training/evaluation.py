@@ -39,7 +39,7 @@ def load_weights(path: str) -> dict:
 def run_eval(plan) -> int:
     """Evaluate on every rank; rank 0 records the run. Returns the exit status (0)."""
     import timm
-    from .build import build_loaders, start_process_group
+    from .build import build_eval_loaders, start_process_group
 
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
     device = start_process_group(plan)   # as training: quiet ranks, the device, DeepSpeed's /dev/shm unlinked
@@ -51,7 +51,7 @@ def run_eval(plan) -> int:
         raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} "
                           f"{plan.model_kwargs}: {str(err).splitlines()[0]}") from None
     model = model.to(device).eval()
-    _, val_loader, probe_loader, _ = build_loaders(plan, model, None, device)   # no train, no holdout needed
+    val_loader, probe_loader = build_eval_loaders(plan, model, device)
     family, remedy = model.family, getattr(model, 'remedy', model.family)
     tags = record.run_tags(cfg, model, family, remedy, device)
     tags[schema.KIND_TAG] = schema.EVAL_KIND

@@ -62,6 +62,9 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
             train_shards, holdout_shards = train_shards.split_holdout(cfg.data.holdout)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    if cfg.data.train_eval and train_shards.lengths is None:
+        raise ConfigError(f"data.train_eval={cfg.data.train_eval}: the train-accuracy subset needs shard lengths (an "
+                          f"_info.json next to the shards of split {train_shards.split!r}); pass --data.train_eval 0")
     if val_shards.num_samples is not None and val_shards.num_samples < cfg.train.collapse_images:
         raise ConfigError(f"train.collapse_images={cfg.train.collapse_images}: the collapse probe needs that many "
                           f"validation images, but split {val_shards.split!r} of {cfg.data.source!r} has "

@@ -231,9 +231,11 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
     metrics.update({schema.SKIPPED: skipped, schema.EPOCH: epoch + 1})
     metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
     logged = dict(metrics)
-    if job.holdout_loader is not None:   # selection data: the same keys under holdout/ (collective, every rank)
-        held = evaluate(engine, job.holdout_loader, device=job.device, dtype=job.dtype)
-        logged.update({schema.HOLDOUT_PREFIX + k.split('/', 1)[1]: v for k, v in held.items()})
+    for loader, prefix in ((job.holdout_loader, schema.HOLDOUT_PREFIX), (job.train_eval_loader,
+                                                                         schema.TRAIN_EVAL_PREFIX)):
+        if loader is not None:   # selection data, train accuracy: the same keys, another prefix (collective)
+            scored = evaluate(engine, loader, device=job.device, dtype=job.dtype)
+            logged.update({prefix + k.split('/', 1)[1]: v for k, v in scored.items()})
     tracker.log_metrics(logged, engine.global_steps)
     return metrics
 
