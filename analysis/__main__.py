@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--select-lr', action='store_true',
                    help='pick each (series, depth) learning rate (train.lr) by final holdout/top1 and report the test '
                         'result of that choice; an error when the sweep has no lr axis or no holdout')
+    p.add_argument('--plan', default=None, help='the study plan file (YAML, analysis/plan.py) written before the '
+                                                'runs: the report lists each planned item, what the data met and '
+                                                'every deviation')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
@@ -52,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                          threshold=args.threshold, metric=args.metric,
                          group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress,
                          baseline=args.baseline, n_boot=args.n_boot, collapse_measure=args.collapse_measure,
-                         rising_threshold=args.rising_threshold, select_lr=args.select_lr)
+                         rising_threshold=args.rising_threshold, select_lr=args.select_lr, plan=args.plan)
     except (AnalysisError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -2,8 +2,8 @@
 
 A paired cell is one series against the baseline at one depth and seed (the pairing of :mod:`analysis.stats`). Each
 run's commits are read from its ``code.*`` tags (``deepvit.code_version.run_commits``: the start's commit and each
-resume's, ``docs/mlflow_schema.md``). Not wired into the report (``analysis/report.py`` belongs to other work):
-call :func:`paired_code_versions` and :func:`code_versions_markdown`.
+resume's, ``docs/mlflow_schema.md``). The report (:mod:`analysis.report`) lists them under "Code versions of the
+pairs".
 """
 from __future__ import annotations
 

@@ -80,6 +80,11 @@ COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 
           ['series', 'start_time', 'end_time']
 
 
+def endpoint_columns() -> List[str]:
+    """The numeric per-run columns a study plan may name as its endpoint: every metric column and ``top1_best``."""
+    return [c for c, (src, _, _) in _FIELDS.items() if src == 'metric'] + ['top1_best']
+
+
 def series_label(remedy: str, embed_dim, num_heads, extra: Sequence[Tuple[str, object]] = ()) -> str:
     """Label of one curve: the remedy (``vit``, ``reattn``, ``layerscale``, …; the family for runs recorded before
     the ``remedy`` tag) and width, e.g. ``'reattn w64/h4'``, plus ``key=value`` of any grouping params."""

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import pandas as pd
+
 from .aggregate import METRICS, depth_stats
+from .code_versions import code_versions_markdown, paired_code_versions
 from .convergence import DEFAULT_RISING, add_convergence, convergence_histories, rising_cells, rising_markdown
 from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
                       plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
@@ -15,9 +18,11 @@ from .heatmaps import STAGES, load_similarities, plot_similarity_grid
 from .profiles import plot_collapse_profiles
 from .lr_selection import check_lr_axis, lr_markdown, plot_lr_grid
 from .lr_selection import select_lr as select_lr_table
+from .plan import load_plan, plan_markdown, split_point_key
 from .records import COLLAPSE, LR_PARAMS, REPRESENTATION, runs_frame
 from .saturation import DEFAULT_THRESHOLD, saturation_report
 from .store import get_experiment, metric_history, open_store, sweep_runs
+from .stats import from_runs_frame
 from .study import load_correct, statistics_markdown, study_statistics
 from .table import depth_table
 
@@ -34,6 +39,21 @@ def check_collapse_measure(measure: str) -> None:
     if measure not in COLLAPSE_MEASURES:
         raise ValueError(f"collapse measure {measure!r} is not one the analysis knows; choose one of "
                          f"{', '.join(COLLAPSE_MEASURES)}")
+
+
+def _code_versions(runs, train_runs, baseline: str) -> List[str]:
+    """The report's lines on whether each seed-paired cell's two runs ran on one commit (per learning rate when the
+    runs have an lr axis: the pairing is within one rate)."""
+    tags = {r.info.run_id: dict(r.data.tags) for r in train_runs}
+    paired = from_runs_frame(runs)
+    paired['lr'] = runs.set_index('run_id').loc[paired['run_id'], 'lr'].to_numpy()
+    groups = [g.drop(columns='lr') for _, g in paired.groupby('lr', dropna=False)] if paired['lr'].nunique() > 1 \
+        else [paired.drop(columns='lr')]
+    cells = [paired_code_versions(g, tags, baseline) for g in groups if not g.duplicated(['series', 'depth',
+                                                                                         'seed']).any()]
+    if len(cells) < len(groups):
+        return ['Not checked: more than one finished run per series, depth and seed (pass --sweep to pick one).']
+    return code_versions_markdown(pd.concat(cells, ignore_index=True) if cells else pd.DataFrame())
 
 
 def _report_md(title: str, table: str, saturation: Dict, figures: List[Path], out: Path,
@@ -53,7 +73,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             threshold: float = DEFAULT_THRESHOLD, metric: str = 'final', group_by: Sequence[str] = (),
             progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000,
             collapse_measure: str = TRAJECTORY, rising_threshold: float = DEFAULT_RISING,
-            select_lr: bool = False) -> Dict[str, object]:
+            select_lr: bool = False, plan: Optional[str] = None) -> Dict[str, object]:
     """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
 
     Args:
@@ -73,6 +93,8 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             still rising (:mod:`analysis.convergence`; default 1, issue 23's plateau criterion).
         select_lr: pick each series × depth's learning rate by holdout accuracy (:mod:`analysis.lr_selection`):
             writes ``lr_selection.csv``, ``figures/lr_grid`` and a report section with the test result of the choice.
+        plan: a study plan file (:mod:`analysis.plan`): the report lists each planned item, whether the data met it
+            and every deviation.
     Returns:
         ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
         'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str,
@@ -84,7 +106,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         (each ``.png`` and ``.svg``).
     Raises:
         analysis.store.AnalysisError: no store, experiment, sweep or training run to analyse.
-        ValueError: a bad ``metric``, ``threshold``, ``rising_threshold`` or ``collapse_measure``, or ``select_lr``
+        ValueError: a bad ``metric``, ``threshold``, ``rising_threshold``, ``collapse_measure`` or ``plan``, or ``select_lr``
             with a learning-rate param in ``group_by`` (before the store is opened); ``select_lr`` on runs without an
             lr axis or without ``holdout/top1`` (before anything is written).
     """
@@ -99,6 +121,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     if select_lr and lr_keys:
         raise ValueError(f"--select-lr selects over the learning rate, so series cannot be split by it: drop "
                          f"{', '.join(lr_keys)} from group_by")
+    study_plan = load_plan(plan) if plan else None   # a PlanError is a ValueError: before the store is opened
     client, uri = open_store(tracking_uri)
     exp = get_experiment(client, experiment)
     train, parents = sweep_runs(client, exp, sweep)
@@ -161,6 +184,10 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             result['differences'].to_csv(out / 'differences.csv', index=False)
             files.append(out / 'differences.csv')
         statistics = statistics_markdown(result)
+        statistics += ['', '### Code versions of the pairs', ''] + _code_versions(runs, train, baseline)
+    if study_plan is not None:
+        cells = {k[1] for k in map(split_point_key, runs['sweep_point'].dropna()) if k is not None}
+        extra = plan_markdown(study_plan, runs, sorted(cells)) + extra
     (out / 'report.md').write_text(_report_md(title, table, saturation, figures, out, statistics, extra))
     return {'runs': runs, 'stats': stats, 'saturation': saturation,
             'files': files + [out / 'report.md'] + figures, 'parents': [p.info.run_id for p in parents],

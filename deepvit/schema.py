@@ -16,7 +16,8 @@ TRAIN_KIND, SWEEP_KIND, EVAL_KIND = 'train', 'sweep', 'eval'
 FAMILY_TAG = 'family'
 REMEDY_TAG = 'remedy'
 SWEEP_ID_TAG = 'sweep_id'
-SWEEP_POINT_TAG = 'sweep_point'
+SWEEP_POINT_TAG = 'sweep_point'                 # the point's key (deepvit.sweep.plan.Point.key), matching:
+SWEEP_POINT_KEY = r'(?P<family>[A-Za-z0-9_]+)-(?P<cell>d\d+-w\d+-h\d+(?:-.+?)?)-s(?P<seed>\d+)'
 PARENT_TAG = 'mlflow.parentRunId'
 # architecture and seed as tags, for the UI's group-by and filters (the params carry the same values)
 MODEL_TAGS = ('model', 'depth', 'embed_dim', 'num_heads', 'seed')

@@ -34,7 +34,8 @@ FAKE_LAUNCHER = textwrap.dedent('''
     client = MlflowClient()
     exp = client.get_experiment_by_name(a['experiment'])
     log_training_run(client, exp.experiment_id, family=a['model'].split('_')[0], depth=int(a['depth']),
-                     embed_dim=int(a['embed-dim']), num_heads=int(a['num-heads']), seed=int(a['seed']), top1=[50.0],
+                     embed_dim=int(a['embed-dim']), num_heads=int(a['num-heads']), seed=int(a['seed']),
+                     top1=[json.loads(os.environ.get('FAKE_TOP1', '{}')).get(a['sweep-point'], 50.0)],
                      sweep_id=a['sweep-id'], sweep_point=a['sweep-point'], parent_run_id=a['parent-run-id'])
 ''')
 

@@ -4,10 +4,14 @@ The command line of :mod:`deepvit.sweep`; ``deepvit-sweep``, ``python -m deepvit
 the same program.
 
     deepvit-sweep --experiment NAME --families vit,deepvit --depths 2,4,8 [--widths 64,96:6] [--seeds 0,1]
-        [--size tiny|paper] [--grid FLAG=V1,V2 ...] [--num-gpus N | --hostfile F] [--launcher-args "..."]
+        [--lrs 1e-3,3e-3] [--plan PLAN.yaml] [--size tiny|paper] [--grid FLAG=V1,V2 ...] [--num-gpus N | --hostfile F] [--launcher-args "..."]
         [--dry-run] [--point-index I] [--prepare] [--count] [-- EXTRA TRAIN.PY ARGS]
 
-Grid: families × widths (``E`` → E / the size's head dimension heads, or ``E:H``) × depths × ``--grid`` axes × seeds.
+Grid: families × widths (``E`` → E / the size's head dimension heads, or ``E:H``) × depths × learning rates
+(``--lrs``, train.py's ``--lr``) × ``--grid`` axes × seeds. ``--plan`` takes the seeds from a study plan
+(:mod:`analysis.plan`): a fixed rule runs its n seeds; a sequential rule runs ``start`` seeds, then adds one paired
+seed at a time to each compared cell whose repeated confidence interval is still wider than the plan's half-width,
+until every cell is narrow enough or has ``max`` seeds.
 A family maps to its registered variant of one size (``tiny``: ``<family>_tiny_patch4_32``; ``paper``:
 ``<family>_16b_patch16_224``, the paper's models) with depth and width overridden; the default width and the head
 dimension are the registered variant's. Each point is launched as ``<launcher> [launcher flags] launch/train.py
@@ -49,7 +53,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p.add_argument('--widths', default=None, help='embed_dim[:num_heads],...; heads default embed_dim // the head '
                                                   'dimension of the size\'s registered variant; default: the '
                                                   'size\'s own width')
-    p.add_argument('--seeds', default='0', help='comma-separated seeds')
+    p.add_argument('--seeds', default=None, help='comma-separated seeds (default 0; with --plan: the plan\'s rule)')
+    p.add_argument('--lrs', default=None, help='comma-separated peak learning rates: an lr axis (train.py --lr), '
+                                               'e.g. 5e-4,1e-3,2e-3; select per depth with python -m analysis '
+                                               '--select-lr')
+    p.add_argument('--plan', default=None, help='study plan (YAML, see analysis/plan.py): endpoint, comparison, '
+                                                'test, alpha and seed rule; checked against the grid before any '
+                                                'run')
     p.add_argument('--size', choices=sorted(SIZES), default=DEFAULT_SIZE,
                    help='; '.join(f'{s}: {t.format(family="<family>")}' for s, t in SIZES.items()) +
                         ' (registered variants: tiny is 32 px, 10 classes, built-in digits; paper is ImageNet)')

@@ -162,6 +162,55 @@ class _Stop:
             self.proc.send_signal(signal.SIGTERM)
 
 
+def _launch_points(todo, cmds, plan: Plan, client, exp_id: str, stop: '_Stop', fail_fast: bool) -> List[str]:
+    """Launch every ``(point, action)`` of ``todo`` whose action is not None, one after another; return the keys of
+    the points that did not finish."""
+    failed = []
+    for i, (p, what) in enumerate(todo):
+        if stop.stopped:
+            break
+        print(f'[{i + 1}/{len(todo)}] {p.key}: {what or "skip (finished)"}', flush=True)
+        if what is None:
+            continue
+        (plan.root / p.key).mkdir(parents=True, exist_ok=True)
+        (plan.root / p.key / 'command.txt').write_text(shlex.join(cmds[p.key]) + '\n')
+        stop.proc = subprocess.Popen(cmds[p.key])
+        rc = stop.proc.wait()
+        stop.proc = None
+        now = point_statuses(sweep_runs(client, exp_id, plan.sweep_id)).get(p.key, [])
+        if 'FINISHED' not in now and not stop.stopped:
+            why = f'exit status {rc}' if rc else 'exit status 0 but no FINISHED run with this sweep_point'
+            print(f'[{i + 1}/{len(todo)}] {p.key}: FAILED ({why}); rerun the same command to resume it',
+                  file=sys.stderr, flush=True)
+            failed.append(p.key)
+            if fail_fast:
+                break
+    return failed
+
+
+def first_round(plan: Plan) -> list:
+    """A sequential plan's first round: the points of seeds below ``seeds.start`` (every cell, every family)."""
+    return [p for p in plan.points if p.seed < plan.study.seeds.start]
+
+
+def next_round(plan: Plan, client, exp_id: str, launched: set) -> list:
+    """The points of a sequential plan's next look: for every compared cell whose rule is not met
+    (:func:`analysis.plan.cell_decisions` on the sweep's finished runs), its next seed, every family of the sweep
+    (so the cell's other series keep the same seeds). Empty when every compared cell is done."""
+    from analysis.plan import cell_decisions
+    from analysis.records import runs_frame
+    runs = [r for r in sweep_runs(client, exp_id, plan.sweep_id) if r.data.tags.get(KIND_TAG) != SWEEP_KIND]
+    frame, _ = runs_frame(client, runs, progress=False)
+    table = cell_decisions(frame, plan.study)
+    want = {(r['cell'], int(r['next_seed'])) for _, r in table.iterrows() if not r['done']}
+    more = [p for p in plan.points if (plan.cell(p), p.seed) in want and p.key not in launched]
+    for _, r in table.iterrows():
+        state = 'done' if r['done'] else f"next seed {r['next_seed']}"
+        print(f"sequential plan: {r['cell']}: {r['n_pairs']} pairs, half-width {r['half_width']:.3g} "
+              f"(target {plan.study.seeds.half_width:g}, level {r['level']:.4g}): {state}", flush=True)
+    return more
+
+
 def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Carry out one sweep command (parsed by :func:`deepvit.sweep.cli.build_parser`; ``extra``: the train.py args
     after ``--``): ``--count`` prints the number of points; ``--prepare`` finds or creates the parent run and prints
@@ -205,44 +254,40 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 0
 
     launcher, flags = shlex.split(args.launcher_cmd), launcher_flags(args)
-    todo = [(p, action(statuses.get(p.key, []))) for p in plan.selected]
+    sequential = plan.study is not None and plan.study.seeds.rule == 'sequential' and args.point_index is None
+    selected = first_round(plan) if sequential else plan.selected
+    todo = [(p, action(statuses.get(p.key, []))) for p in selected]
     n_skip = sum(a is None for _, a in todo)
-    print(f'sweep {plan.sweep_id} of experiment {args.experiment!r} ({uri}): {len(plan.selected)} point(s), '
-          f'{n_skip} finished, {len(todo) - n_skip} to run; root {short_path(plan.root)}', flush=True)
+    print(f'sweep {plan.sweep_id} of experiment {args.experiment!r} ({uri}): {len(selected)} point(s)'
+          + (f' of the sequential plan\'s first round (up to {len(plan.points)})' if sequential else '')
+          + f', {n_skip} finished, {len(todo) - n_skip} to run; root {short_path(plan.root)}', flush=True)
     cmds = {p.key: point_command(p, launcher=launcher, launcher_flags=flags, train_script=train_script,
                                  ds_config=short_path(Path(args.ds_config).resolve()), model=plan.model(p),
                                  root=plan.root, experiment=args.experiment, sweep_id=plan.sweep_id,
-                                 parent_run_id=parent_id or '<PARENT_RUN_ID>', extra=plan.extra) for p in plan.selected}
+                                 parent_run_id=parent_id or '<PARENT_RUN_ID>', extra=plan.extra) for p in plan.points}
     if args.dry_run:
         for i, (p, what) in enumerate(todo):
             print(f'# [{i + 1}/{len(todo)}] {p.key}: {what or "skip (finished)"}')
             print(shlex.join(cmds[p.key]))
+        if sequential:
+            print(f'# then, per compared cell, one more paired seed while its interval is wider than the plan says '
+                  f'(at most {plan.study.seeds.max} seeds)')
         return 0
 
-    if any(a is not None for _, a in todo):
+    if any(a is not None for _, a in todo) or sequential:
         tracking.set_run_status(client, parent_id, 'RUNNING')
     stop, failed = _Stop(), []
-    for i, (p, what) in enumerate(todo):
-        if stop.stopped:
+    while True:
+        failed += _launch_points(todo, cmds, plan, client, exp_id, stop, args.fail_fast)
+        if not sequential or failed or stop.stopped:
             break
-        print(f'[{i + 1}/{len(todo)}] {p.key}: {what or "skip (finished)"}', flush=True)
-        if what is None:
-            continue
-        (plan.root / p.key).mkdir(parents=True, exist_ok=True)
-        (plan.root / p.key / 'command.txt').write_text(shlex.join(cmds[p.key]) + '\n')
-        stop.proc = subprocess.Popen(cmds[p.key])
-        rc = stop.proc.wait()
-        stop.proc = None
-        now = point_statuses(sweep_runs(client, exp_id, plan.sweep_id)).get(p.key, [])
-        if 'FINISHED' not in now and not stop.stopped:
-            why = f'exit status {rc}' if rc else 'exit status 0 but no FINISHED run with this sweep_point'
-            print(f'[{i + 1}/{len(todo)}] {p.key}: FAILED ({why}); rerun the same command to resume it',
-                  file=sys.stderr, flush=True)
-            failed.append(p.key)
-            if args.fail_fast:
-                break
+        more = next_round(plan, client, exp_id, {p.key for p, _ in todo} | {p.key for p in selected})
+        if not more:
+            break
+        selected = selected + more
+        todo = [(p, action(point_statuses(sweep_runs(client, exp_id, plan.sweep_id)).get(p.key, []))) for p in more]
     statuses = point_statuses(sweep_runs(client, exp_id, plan.sweep_id))
-    if all('FINISHED' in statuses.get(p.key, []) for p in plan.points):
+    if all('FINISHED' in statuses.get(p.key, []) for p in (selected if sequential else plan.points)):
         tracking.set_run_status(client, parent_id, 'FINISHED')
     elif failed or stop.stopped:
         tracking.set_run_status(client, parent_id, 'FAILED' if failed else 'KILLED')

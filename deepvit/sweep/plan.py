@@ -230,6 +230,11 @@ class Plan:
     extra: List[str]
     model_template: str
     spec: Dict
+    study: Optional[object] = None   # the --plan (analysis.plan.StudyPlan), None without one
+
+    def cell(self, point: Point) -> str:
+        """The point's cell: its key without the family and the seed (what a plan compares paired by seed)."""
+        return point.key[len(point.family) + 1:point.key.rindex('-s')]
 
     def model(self, point: Point) -> str:
         """The registered model name ``point`` trains, e.g. ``deepvit_tiny_patch4_32`` for ``bn_only``."""
@@ -258,13 +263,42 @@ def make_plan(args: argparse.Namespace, extra: Sequence[str]) -> Plan:
     template = SIZES[args.size]
     depths = parse_ints('--depths', args.depths, minimum=1)
     widths = parse_widths(args.widths or f'{embed}:{heads}', head_dim=size_head_dim(args.size))
-    seeds = parse_ints('--seeds', args.seeds)
     axes = [parse_grid_axis(s) for s in args.grid]
+    if getattr(args, 'lrs', None):
+        if any(flag == '--lr' for flag, _ in axes):
+            raise SweepError('--lrs and --grid lr=...: give the learning rates once')
+        lrs = [v.strip() for v in args.lrs.split(',') if v.strip()]
+        try:
+            bad = [v for v in lrs if not float(v) > 0]
+        except ValueError:
+            bad = lrs
+        if bad or not lrs or len(set(map(float, lrs))) != len(lrs):
+            raise SweepError(f'--lrs must be distinct positive numbers, e.g. 5e-4,1e-3, got {args.lrs!r}')
+        axes.insert(0, ('--lr', lrs))
+    study = None
+    if getattr(args, 'plan', None):
+        from analysis.plan import PlanError, check_against_sweep, load_plan
+        if args.seeds is not None:
+            raise SweepError(f'--seeds {args.seeds} and --plan {args.plan}: the plan\'s seed rule sets the seeds')
+        try:
+            study = load_plan(args.plan)
+            check_against_sweep(study, families, depths)
+        except PlanError as err:
+            raise SweepError(str(err)) from None
+        seeds = study.seeds.seeds
+    else:
+        seeds = parse_ints('--seeds', args.seeds if args.seeds is not None else '0')
     root_arg, extra = split_output_dir(extra)
+    if any(flag == '--lr' for flag, _ in axes) and any(a.split('=', 1)[0] == '--lr' for a in extra):
+        raise SweepError('--lr after -- and an lr axis (--lrs or --grid lr=...): give the learning rate once')
     spec = {'experiment': args.experiment, 'families': sorted(families), 'depths': sorted(depths),
             'widths': sorted(widths), 'seeds': sorted(seeds), 'model': template,
             'grid': sorted((f, sorted(v)) for f, v in axes),
             'ds_config': _repo_relative(Path(args.ds_config)), 'train_args': list(extra)}
+    if study is not None:   # the plan is part of what the sweep is (its rule decides which seeds run)
+        spec['plan'] = {'endpoint': study.endpoint, 'treatment': study.treatment, 'control': study.control,
+                        'depths': list(study.depths) if study.depths else None, 'test': study.test,
+                        'alpha': study.alpha, 'seeds': vars(study.seeds)}
     sweep_id = args.sweep_id or sweep_id_for(spec)
     if not all(c.isalnum() or c in '._-' for c in sweep_id):
         raise SweepError(f'--sweep-id may hold letters, digits, ".", "_", "-" only, got {sweep_id!r}')
@@ -276,4 +310,4 @@ def make_plan(args: argparse.Namespace, extra: Sequence[str]) -> Plan:
             raise SweepError(f'--point-index {args.point_index} out of range: the grid has {len(points)} points '
                              f'(0..{len(points) - 1})')
         selected = [points[args.point_index]]
-    return Plan(points, selected, sweep_id, root, list(extra), template, spec)
+    return Plan(points, selected, sweep_id, root, list(extra), template, spec, study)
