@@ -35,7 +35,7 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
             history: optimistic, a maximum over evaluations on the same images).
     Returns:
         Columns ``series, family, remedy, embed_dim, num_heads, depth, n_runs, n_finished, status, top1_mean,
-        top1_std, top1_best_mean, params, gmacs`` and the mean over finished runs of every collapse column of
+        top1_std, top1_best_mean, params, gmacs, pflop`` (mean planned training PFLOP) and the mean over finished runs of every collapse column of
         :data:`analysis.records.COLLAPSE` (``similar_blocks_softmax``, ``calibrated_similar_blocks_mixed``, …),
         ordered as ``runs``; when ``runs`` has the columns of :func:`analysis.convergence.add_convergence`:
         ``n_converge_measured`` (finished runs with a last-quarter gain), ``n_rising`` (of them, still rising) and
@@ -60,6 +60,7 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
             'top1_std': float(done[col].dropna().astype(float).std(ddof=1)),
             'top1_best_mean': _mean(done['top1_best']),
             'params': _mean(g['params']), 'gmacs': _mean(g['gmacs']),
+            'pflop': _mean(done['planned_pflop']) if 'planned_pflop' in done else float('nan'),
         }
         row.update({c: _mean(done[c]) for c in collapse_cols})
         gains = done['top1_gain_last25'].dropna() if 'top1_gain_last25' in done else pd.Series([], dtype=float)
@@ -68,4 +69,5 @@ def depth_stats(runs: pd.DataFrame, metric: str = 'final') -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows, columns=['series', 'family', 'remedy', 'embed_dim', 'num_heads', 'depth', 'n_runs',
                                        'n_finished', 'status', 'top1_mean', 'top1_std', 'top1_best_mean', 'params',
-                                       'gmacs'] + collapse_cols + ['n_converge_measured', 'n_rising', 'gain_mean'])
+                                       'gmacs', 'pflop'] + collapse_cols + ['n_converge_measured', 'n_rising',
+                                                                             'gain_mean'])

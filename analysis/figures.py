@@ -142,24 +142,57 @@ def plot_paired_differences(diffs: pd.DataFrame, baseline: str, out_dir: Path) -
     return save(fig, out_dir, 'difference_vs_depth')
 
 
-def plot_top1_vs_gmacs(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
-    """Mean top-1 vs GMACs per image per family × width, each point labelled with its depth."""
+def _plot_top1_vs(stats: pd.DataFrame, col: str, xlabel: str, title: str, name: str, out_dir: Path,
+                  logx: bool = False) -> List[Path]:
+    """Mean top-1 (± sd over seeds) against ``col`` per family × width, each point labelled with its depth."""
     fig = Figure(figsize=(6.4, 4.4), layout='constrained')
     ax = fig.add_subplot()
     styles = _series_styles(stats)
     for series, g in stats.groupby('series', sort=False):
-        g = g[g['top1_mean'].notna() & g['gmacs'].notna()].sort_values('gmacs')
+        g = g[g['top1_mean'].notna() & g[col].notna()].sort_values(col)
         color, marker = styles[series]
-        ax.errorbar(g['gmacs'], g['top1_mean'], yerr=g['top1_std'].fillna(0), color=color, marker=marker,
+        ax.errorbar(g[col], g['top1_mean'], yerr=g['top1_std'].fillna(0), color=color, marker=marker,
                     capsize=3, label=series)
-        for x, y, d in zip(g['gmacs'], g['top1_mean'], g['depth']):
+        for x, y, d in zip(g[col], g['top1_mean'], g['depth']):
             ax.annotate(f'd{d}', (x, y), textcoords='offset points', xytext=(4, 4), fontsize='x-small')
-    ax.set_xlabel('GMACs per image')
+    if logx:
+        ax.set_xscale('log')
+    ax.set_xlabel(xlabel)
     ax.set_ylabel('val top-1 (%)')
-    ax.set_title('top-1 vs compute')
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize='small')
-    return save(fig, out_dir, 'top1_vs_gmacs')
+    return save(fig, out_dir, name)
+
+
+def plot_top1_vs_gmacs(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """Mean top-1 vs GMACs per image (inference cost) per family × width, each point labelled with its depth."""
+    return _plot_top1_vs(stats, 'gmacs', 'GMACs per image', 'top-1 vs inference compute', 'top1_vs_gmacs', out_dir)
+
+
+def plot_top1_vs_compute(stats: pd.DataFrame, out_dir: Path) -> List[Path]:
+    """Mean top-1 vs training compute (``train.planned_pflop``: 6 × MACs × images trained, PFLOP, log scale) per
+    family × width (issue 20.4). Nothing is drawn (empty list) when no run recorded its planned compute."""
+    if 'pflop' not in stats or not stats['pflop'].notna().any():
+        return []
+    return _plot_top1_vs(stats, 'pflop', 'training compute (PFLOP, 6 × MACs × images)', 'top-1 vs training compute',
+                         'top1_vs_compute', out_dir, logx=True)
+
+
+def budget_note(runs: pd.DataFrame) -> str:
+    """How the runs' lengths compare across depths, for the report: fixed compute (every finished run's planned
+    PFLOP within 2 % of the median), fixed epochs, or neither — said in one sentence with the numbers."""
+    done = runs[runs['status'] == 'FINISHED']
+    pflop = done['planned_pflop'].dropna().astype(float) if 'planned_pflop' in done else pd.Series([], dtype=float)
+    epochs = done['epochs'].dropna().astype(int)
+    if len(pflop) == len(done) and len(done) and (abs(pflop / pflop.median() - 1) <= 0.02).all():
+        return (f'Training budget: fixed compute — every finished run planned {pflop.median():.4g} PFLOP (within 2 %); '
+                f'epochs differ by depth ({epochs.min()}–{epochs.max()}).')
+    if len(epochs) and epochs.nunique() == 1:
+        spread = f' (planned compute {pflop.min():.3g}–{pflop.max():.3g} PFLOP)' if len(pflop) else ''
+        return f'Training budget: fixed epochs — {epochs.iloc[0]} for every finished run{spread}: deeper models ' \
+               f'got more compute.'
+    return 'Training budget: neither fixed epochs nor fixed compute across the finished runs (see runs.csv).'
 
 
 def _series_lines(ax, stats: pd.DataFrame, col: str) -> None:

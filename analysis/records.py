@@ -16,8 +16,9 @@ from .store import metric_history
 __all__ = ['COLUMNS', 'TOP1', 'runs_frame', 'series_label', 'FAMILY_ORDER', 'REMEDY_ORDER', 'COLLAPSE', 'STAGES',
            'COLLAPSE_COLUMNS', 'REPRESENTATION', 'LR_PARAMS']
 
-from deepvit.schema import (COLLAPSE_PREFIX, FAMILY_TAG, HOLDOUT_TOP1, REMEDY_TAG, SWEEP_ID_TAG,  # noqa: E402
-                            SWEEP_POINT_TAG, TOP1, TRAIN_EVAL_TOP1)  # (the record's names)
+from deepvit.schema import (COLLAPSE_PREFIX, CORRECT_ORDER_TAG, FAMILY_TAG, HOLDOUT_TOP1,  # noqa: E402
+                            PLANNED_PFLOP_PARAM, REMEDY_TAG, SWEEP_ID_TAG, SWEEP_POINT_TAG, TOP1,
+                            TRAIN_EVAL_TOP1)  # (the record's names)
 FAMILY_ORDER = ('vit', 'deepvit')
 # series order in tables and figures: the baseline, the paper's remedy, its ablations, the other remedies
 REMEDY_ORDER = ('vit', 'deepvit', 'reattn', 'reattn_ln', 'reattn_nonorm', 'reattn_identity', 'bn_only', 'layerscale',
@@ -46,6 +47,8 @@ _FIELDS = {
     'lr': ('param', LR_PARAMS, 'Float64'),
     'holdout_top1_final': ('metric', HOLDOUT_TOP1, 'Float64'),   # latest holdout top-1 (%); empty without a holdout
     'train_top1_final': ('metric', TRAIN_EVAL_TOP1, 'Float64'),  # latest train-subset top-1 (%, eval mode)
+    'planned_pflop': ('param', PLANNED_PFLOP_PARAM, 'Float64'),  # training compute planned (6 x MACs x images)
+    'correct_order': ('tag', CORRECT_ORDER_TAG, 'string'),       # 'sample': eval/correct.npy in sample order
 }
 # collapse figures of the final probe, for both map stages: column ``<name>_<stage>`` ← metric ``collapse/<name>_<stage>``
 # (runs recorded before a measure existed keep empty cells; names in docs/mlflow_schema.md and docs/collapse.md)
@@ -75,8 +78,8 @@ for _col in COLLAPSE_COLUMNS:
 
 COLUMNS = ['run_id', 'run_name', 'status', 'sweep_id', 'sweep_point', 'family', 'remedy', 'model', 'depth',
            'embed_dim', 'num_heads', 'seed', 'params', 'gmacs', 'world_size', 'num_workers', 'data_source', 'epochs',
-           'lr', 'top1_best', 'top1_best_step', 'top1_final', 'holdout_top1_final', 'train_top1_final',
-           'last_step'] + COLLAPSE_COLUMNS + \
+           'lr', 'planned_pflop', 'top1_best', 'top1_best_step', 'top1_final', 'holdout_top1_final',
+           'train_top1_final', 'last_step', 'correct_order'] + COLLAPSE_COLUMNS + \
           ['series', 'start_time', 'end_time']
 
 
@@ -137,7 +140,7 @@ def runs_frame(client, runs: Sequence, group_by: Sequence[str] = (),
                'remedy': t.get(REMEDY_TAG) or p.get('model.remedy') or t.get(FAMILY_TAG) or p.get('model.family'),
                'start_time': _time(run.info.start_time), 'end_time': _time(run.info.end_time)}
         for col, (src, key, dtype) in _FIELDS.items():
-            row[col] = _param(p, key, dtype) if src == 'param' else m.get(key)
+            row[col] = _param(p, key, dtype) if src == 'param' else t.get(key) if src == 'tag' else m.get(key)
         for key in group_by:
             row[key] = p.get(key)
         for name in STEP0:   # the first probe's value (step 0), only for runs that logged the measure

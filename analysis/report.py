@@ -12,8 +12,9 @@ import pandas as pd
 from .aggregate import METRICS, depth_stats
 from .code_versions import code_versions_markdown, paired_code_versions
 from .convergence import DEFAULT_RISING, add_convergence, convergence_histories, rising_cells, rising_markdown
-from .figures import (plot_collapse_over_training, plot_effective_keys, plot_paired_differences, plot_similar_blocks,
-                      plot_top1_vs_depth, plot_top1_vs_gmacs, plot_training_curves)
+from .figures import (budget_note, plot_collapse_over_training, plot_effective_keys, plot_paired_differences,
+                      plot_similar_blocks, plot_top1_vs_compute, plot_top1_vs_depth, plot_top1_vs_gmacs,
+                      plot_training_curves)
 from .heatmaps import STAGES, load_similarities, plot_similarity_grid
 from .profiles import plot_collapse_profiles
 from .lr_selection import check_lr_axis, lr_markdown, plot_lr_grid
@@ -101,7 +102,8 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         'lr_selection': DataFrame or None}``. ``runs.csv`` has each run's ``top1_gain_last25`` and ``still_rising``.
     Writes:
         ``runs.csv``, ``depth_table.md``, ``saturation.json``, ``report.md`` and under ``figures/``:
-        ``top1_vs_depth``, ``top1_vs_gmacs``, ``similar_blocks_vs_depth``, ``similarity_{softmax,mixed}``,
+        ``top1_vs_depth``, ``top1_vs_gmacs``, ``top1_vs_compute`` (runs that recorded their planned compute),
+        ``similar_blocks_vs_depth``, ``similarity_{softmax,mixed}``,
         ``curves_<family>``, ``row_{softmax,mixed}``, ``collapse_profiles``, ``collapse_over_training``
         (each ``.png`` and ``.svg``).
     Raises:
@@ -149,6 +151,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     metric_col = METRICS[metric]
     figures = plot_top1_vs_depth(stats, runs, saturation, metric_col, fig_dir)
     figures += plot_top1_vs_gmacs(stats, fig_dir)
+    figures += plot_top1_vs_compute(stats, fig_dir)
     figures += plot_similar_blocks(stats, fig_dir)
     figures += plot_effective_keys(stats, fig_dir)
     for variant in GRIDS:
@@ -167,7 +170,7 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     if baseline is None:
         vit = [s for s in dict.fromkeys(runs['series']) if s.split(' ')[0] == 'vit']
         baseline = vit[0] if vit else None
-    extra = rising_markdown(rising_cells(runs), converge_metric, rising_threshold)
+    extra = [budget_note(runs), ''] + rising_markdown(rising_cells(runs), converge_metric, rising_threshold)
     lr_table = None
     if select_lr:
         lr_table = select_lr_table(runs)

@@ -17,30 +17,33 @@ from .store import load_array
 
 __all__ = ['CORRECT_ARTIFACT', 'load_correct', 'study_statistics', 'statistics_markdown']
 
-from deepvit.schema import CORRECT_ARTIFACT  # noqa: E402  (the record's names: one place)
+from deepvit.schema import CORRECT_ARTIFACT, SAMPLE_ORDER  # noqa: E402  (the record's names: one place)
 
 
 def load_correct(client, frame: pd.DataFrame, progress: bool = True) -> Optional[Dict[str, np.ndarray]]:
-    """Per-image correctness of every finished run, or ``None`` (with the reason printed in the report) when some
-    finished run has none or the runs do not share one image order (different world size, data workers, data
-    source, or padding positions)."""
+    """Per-image correctness of every finished run, restricted to the images every run scored, or ``None`` when some
+    finished run has none or the runs cannot be aligned image by image.
+
+    Runs tagged ``eval.correct_order=sample`` (docs/mlflow_schema.md) hold their array in sample order: they align
+    whatever their world size and data workers, given one data source. Older runs hold the loader's rank-major order
+    with padding: they align only with runs of the same world size, data workers and data source."""
     done = frame[frame['status'] == 'FINISHED']
     if done.empty:
         return None
-    keys = done[['world_size', 'num_workers', 'data_source']].astype(str).drop_duplicates()
-    if len(keys) > 1:
+    by_sample = 'correct_order' in done.columns and bool((done['correct_order'].fillna('') == SAMPLE_ORDER).all())
+    layout = ['data_source'] if by_sample else ['world_size', 'num_workers', 'data_source']
+    if len(done[layout].astype(str).drop_duplicates()) > 1:
         return None
-    arrays, mask = {}, None
+    arrays = {}
     for run_id in tqdm(done['run_id'], desc='per-image results', unit='run', disable=not progress):
         a = load_array(client, run_id, CORRECT_ARTIFACT)
-        if a is None:
+        if a is None or (arrays and a.shape != next(iter(arrays.values())).shape):
             return None
-        valid = a >= 0
-        if mask is not None and (valid.shape != mask.shape or not np.array_equal(valid, mask)):
-            return None
-        mask = valid
         arrays[run_id] = a
-    return {k: v[mask].astype(np.uint8) for k, v in arrays.items()}
+    valid = np.logical_and.reduce([a >= 0 for a in arrays.values()])
+    if not by_sample and not all(np.array_equal(a >= 0, valid) for a in arrays.values()):
+        return None      # loader order: padding positions must agree, or the orders differ
+    return {k: v[valid].astype(np.uint8) for k, v in arrays.items()}
 
 
 def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray]], baseline: str,

@@ -74,7 +74,9 @@ EVAL_WEIGHTS_PARAM, EVAL_SPLIT_PARAM = 'eval.weights', 'eval.split'   # eval run
 COLLAPSE_ARRAY = 'collapse/{stem}_{stage}.npy'  # the final probe's matrices (float32)
 COLLAPSE_REPRESENTATION_ARRAY = 'collapse/{name}.npy'   # the final probe's CKA (L, L), token residual/cosine (L,)
 COLLAPSE_PROFILES = 'collapse/profiles/step_{step:08d}.json'   # every probe's per-block profiles
-CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (positions,): 1 right, 0 wrong, -1 padding / skipped sample
+CORRECT_ARTIFACT = 'eval/correct.npy'           # int8 (num_samples,) in sample order: 1 right, 0 wrong, -1 skipped
+CORRECT_ORDER_TAG = 'eval.correct_order'        # run tag: SAMPLE_ORDER; absent in older runs, whose array is in the
+SAMPLE_ORDER = 'sample'                         # loader's rank-major order with -1 padding (same world size needed)
 
 # ---- dataset inputs (``mlflow.log_input`` contexts)
 TRAIN_CONTEXT, VAL_CONTEXT, HOLDOUT_CONTEXT = 'training', 'validation', 'holdout'

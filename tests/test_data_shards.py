@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -495,6 +496,34 @@ def test_holdout_split_is_a_fixed_disjoint_tail_of_every_shard(cifar_shards):
                          holdout_samples=500).num_batches == (shards.num_samples - 500) // 100
     with pytest.raises(ValueError, match=r'data.holdout=5000: must be in \[1, 4999\], fewer than the 5000 samples'):
         shards.split_holdout(5000)
+
+
+def test_per_image_results_go_back_to_sample_order_for_any_world_size_and_workers(cifar_shards):
+    """Issue 20.8: eval/correct.npy is indexed by sample. Every rank's loader rows (labels here, padding -1) put back
+    through sample_positions / by_sample give the split's labels in shard order, for world sizes 1-3 and 0-3
+    workers; the old rank-major order differs between layouts, which is why it could not be paired."""
+    from deepvit.data import create_loader
+    from deepvit.training.engine import by_sample
+    out, _ = cifar_shards
+    kw = dict(batch_size=64, train=False, img_size=8, pad=True)
+    one = create_loader(str(out), 'val', rank=0, world_size=1, num_workers=0, **kw)
+    reference = torch.cat([y for _, y in one])[:one.num_samples]    # one reader: shard order, then padding
+    assert len(reference) == 1000 and (reference >= 0).all()
+    layouts = []
+    for world, workers in ((1, 0), (1, 3), (2, 2), (3, 1), (3, 3)):
+        rows = []
+        for rank in range(world):
+            loader = create_loader(str(out), 'val', rank=rank, world_size=world, num_workers=workers, **kw)
+            labels = torch.cat([y for _, y in loader])
+            positions = loader.sample_positions()
+            assert len(positions) == len(labels) == loader.num_batches * 64
+            expect = torch.tensor([reference[p] if p >= 0 else -1 for p in positions])
+            assert torch.equal(labels, expect), (world, workers, rank)
+            rows.append(labels.to(torch.int8))
+        gathered = torch.cat(rows)
+        layouts.append(gathered)
+        assert np.array_equal(by_sample(gathered, loader), reference.numpy().astype(np.int8)), (world, workers)
+    assert not torch.equal(layouts[1][:len(reference)], layouts[0][:len(reference)])   # loader orders differ
 
 
 def test_train_accuracy_subset_is_a_fixed_head_of_the_samples_trained_on(cifar_shards):

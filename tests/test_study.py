@@ -143,3 +143,31 @@ def test_statistics_compare_series_of_the_baseline_width_only():
     assert set(result['differences']['series']) == {'reattn w64/h4'}     # never reattn w96 vs vit w64
     assert (result['differences']['mean_diff'] == 1.0).all()
     assert 'reattn w96/h6, vit w96/h6' in ' '.join(statistics_markdown(result))
+
+
+def test_per_image_results_pair_across_world_sizes_only_in_sample_order(tmp_path, store_template):
+    """Issue 20.8: runs whose eval/correct.npy is in sample order (tag eval.correct_order=sample) pair image by image
+    whatever their world size and workers, and images one run skipped (-1) drop out of every run; older loader-order
+    arrays of different world sizes are refused (their positions name different images)."""
+    from analysis.records import runs_frame
+    from analysis.study import load_correct
+    shutil.copy(store_template, tmp_path / 'mlflow.db')
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.create_experiment('e', artifact_location=str(tmp_path / 'artifacts'))
+    a = _correct(60, 0)[:N_IMAGES]
+    b = _correct(40, 1)[:N_IMAGES]
+    b[7] = -1                                                # skipped as bad in one run
+    ids = [log_training_run(client, exp_id, family=f, depth=2, seed=0, top1=[50.0], correct=c,
+                            extra_params={'world_size': w, 'data.num_workers': k, 'data.source': 'd'})
+           for f, c, w, k in (('vit', a, 1, 1), ('deepvit', b, 4, 2))]
+
+    def frame():
+        return runs_frame(client, client.search_runs([exp_id]), progress=False)[0]
+
+    assert len(frame()) == 2, frame()[["status", "world_size", "family"]]
+    assert load_correct(client, frame(), progress=False) is None     # loader order, world sizes 1 and 4
+    for rid in ids:
+        client.set_tag(rid, 'eval.correct_order', 'sample')
+    got = load_correct(client, frame(), progress=False)
+    keep = np.arange(N_IMAGES) != 7
+    assert np.array_equal(got[ids[0]], a[keep]) and np.array_equal(got[ids[1]], b[keep])

@@ -60,9 +60,9 @@ def test_zero_stages_train_and_record(stage, env, references, tmp_path):
                  'collapse/calibrated_softmax.png', 'eval/correct.npy') + COLLAPSE_ARRAYS:
         assert path in artifacts, path
     correct = np.load(c.download_artifacts(run.info.run_id, 'eval/correct.npy', str(tmp_path)))
-    valid = correct[correct >= 0]
     top1 = final_metric(c, run.info.run_id, 'val/top1')  # logged rounded to 1e-4 points
-    assert valid.size == DIGITS_VAL and 100 * valid.mean() == pytest.approx(top1, abs=5e-5)
+    assert correct.shape == (DIGITS_VAL,) and set(np.unique(correct)) <= {0, 1}   # sample order: no padding
+    assert 100 * correct.mean() == pytest.approx(top1, abs=5e-5) and run.data.tags['eval.correct_order'] == 'sample'
     sim = np.load(c.download_artifacts(run.info.run_id, 'collapse/similarity_softmax.npy', str(tmp_path)))
     assert sim.shape == (2, 2) and np.allclose(sim, sim.T) and np.allclose(np.diag(sim), 1)
     text = log_of(out)

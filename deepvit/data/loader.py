@@ -375,6 +375,19 @@ class ShardLoader:
     def skipped_samples(self) -> int:
         return sum(self.skipped[r] for r in SAMPLE_REASONS)
 
+    def sample_positions(self, rank: int | None = None) -> list[int]:
+        """The split position of every row ``rank`` (default: this loader's) yields, in order; -1 for padding
+        (:func:`deepvit.data.plan.eval_positions`). Evaluation with ``pad=True`` only.
+
+        Raises:
+            ValueError: a training loader, or one without ``pad`` or shard lengths.
+        """
+        ds = self.dataset
+        if ds.train or not ds.pad or ds.shards.lengths is None:
+            raise ValueError('sample_positions: only for pad=True evaluation over shards of known lengths')
+        return planning.eval_positions(ds.shards.num_samples, ds.batch_size, ds.world_size, max(1, ds.num_workers),
+                                       ds.rank if rank is None else rank, self.num_batches)
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch (shard order, shuffle, augmentation seeds) and the first batch to yield (resume)."""
         if not 0 <= start_batch <= self.num_batches:

@@ -134,3 +134,28 @@ def eval_batches(num_samples: int, batch_size: int, world_size: int, num_workers
     """Batches each rank yields in evaluation (a worker's last batch may be partial): one count per rank."""
     return [sum(-(-(b - a) // batch_size) for a, b in workers)
             for workers in eval_ranges(num_samples, world_size, num_workers)]
+
+
+def eval_positions(num_samples: int, batch_size: int, world_size: int, num_workers: int, rank: int,
+                   num_batches: int) -> list[int]:
+    """The split position (0 .. num_samples-1, shard order) of every row a ``pad=True`` evaluation loader of ``rank``
+    yields, in the order it yields them; -1 for padding rows. ``num_batches``: the loader's (the maximum over ranks).
+
+    Each worker reads its range of :func:`eval_ranges` in order, in full batches (its last one padded); the DataLoader
+    takes batches from the workers round-robin, skipping a worker once it is done; padding batches follow. A bad
+    sample keeps its place (as padding). So ``positions[i]`` names the image behind row i whatever the world size and
+    worker count: per-image results can be put back in sample order (``eval/correct.npy``).
+    """
+    per_worker = []
+    for start, stop in eval_ranges(num_samples, world_size, num_workers)[rank]:
+        rows = list(range(start, stop))
+        rows += [-1] * (-len(rows) % batch_size)
+        per_worker.append([rows[i:i + batch_size] for i in range(0, len(rows), batch_size)])
+    out, k = [], 0
+    while any(k < len(b) for b in per_worker):
+        for batches in per_worker:
+            if k < len(batches):
+                out += batches[k]
+        k += 1
+    out += [-1] * (num_batches * batch_size - len(out))
+    return out

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -190,6 +191,24 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
     if per_sample:
         return metrics, (torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
     return metrics
+
+
+def by_sample(gathered: torch.Tensor, loader) -> np.ndarray:
+    """Rank-major per-row correctness (:func:`gather_correct`) put in sample order: ``(num_samples,)`` int8, entry i
+    for position i of the split (shard order; 1 right, 0 wrong, -1 a sample skipped as bad), the same for any world
+    size and worker count. ``loader``: the validation loader (its :meth:`~deepvit.data.loader.ShardLoader.sample_positions`).
+
+    Raises:
+        ValueError: ``gathered`` does not have one entry per row of every rank.
+    """
+    world = len(gathered) // max(1, len(loader.sample_positions(0)))
+    positions = np.concatenate([np.asarray(loader.sample_positions(r), dtype=np.int64) for r in range(world)])
+    if len(positions) != len(gathered):
+        raise ValueError(f'{len(gathered)} per-row results for {len(positions)} rows of {world} rank(s)')
+    out = np.full(loader.num_samples, -1, dtype=np.int8)
+    real = positions >= 0
+    out[positions[real]] = gathered.numpy()[real]
+    return out
 
 
 def gather_correct(correct: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -21,7 +21,7 @@ from . import record
 from .checkpoint import latest_tag, seed_everything
 from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
 from .config import ConfigError, to_yaml
-from .engine import evaluate, gather_correct
+from .engine import by_sample, evaluate, gather_correct
 from .tracking import create_tracker
 
 
@@ -78,7 +78,8 @@ def run_eval(plan) -> int:
         final = probe(model, 0)
         if rank == 0:
             tracker.log_metrics(metrics, 0)
-            tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
+            tracker.log_numpy(by_sample(correct, val_loader), schema.CORRECT_ARTIFACT)
+            tracker.set_tags({schema.CORRECT_ORDER_TAG: schema.SAMPLE_ORDER})
             log_collapse_artifacts(tracker, final, similarity_figure)
             print(f"[deepvit] eval {cfg.eval_weights}: top1 {metrics[schema.TOP1]:.2f} top5 {metrics[schema.TOP5]:.2f} "
                   f"({int(metrics[schema.VAL_SAMPLES])} images of split {cfg.data.val_split!r}) | MLflow run "

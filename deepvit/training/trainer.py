@@ -218,15 +218,16 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
 def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> Dict[str, float]:
     """Average BatchNorm buffers over ranks, evaluate ``epoch`` (0-based), log ``val/*``, the best top-1 and skipped samples; the final
     evaluation also stores each image's correctness (a collective gather). ``final`` is the same on every rank."""
-    from .engine import gather_correct
+    from .engine import by_sample, gather_correct
     engine = job.engine
     average_buffers(engine.module, job.device)
     metrics = evaluate(engine, job.val_loader, device=job.device, dtype=job.dtype, per_sample=final)
     if final:
         metrics, correct = metrics
         correct = gather_correct(correct, job.device)
-        if plan.rank == 0:
-            tracker.log_numpy(correct.numpy(), schema.CORRECT_ARTIFACT)
+        if plan.rank == 0:   # in sample order: paired image by image across world sizes and worker counts
+            tracker.log_numpy(by_sample(correct, job.val_loader), schema.CORRECT_ARTIFACT)
+            tracker.set_tags({schema.CORRECT_ORDER_TAG: schema.SAMPLE_ORDER})
     skipped = _all_skipped(job.train_loader, job.val_loader, job.device)
     metrics.update({schema.SKIPPED: skipped, schema.EPOCH: epoch + 1})
     metrics.update(best.update(metrics[schema.TOP1], engine.global_steps))
