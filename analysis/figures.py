@@ -91,6 +91,8 @@ def plot_top1_vs_depth(stats: pd.DataFrame, runs: pd.DataFrame, saturation: Dict
     for series, g in stats.groupby('series', sort=False):
         color, marker = styles[series]
         g = g[g['top1_mean'].notna()].sort_values('depth')
+        if g.empty:      # no finished run of the series yet: its unfinished runs are drawn below
+            continue
         x = g['depth'] * offsets[series]
         n = g['n_finished']
         ax.errorbar(x, g['top1_mean'], yerr=_t_half(g['top1_std'], n), color=color, marker=marker, capsize=3,

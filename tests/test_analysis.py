@@ -209,6 +209,19 @@ def test_group_by_splits_series(store, tmp_path):
     assert '| vit model.drop_path_rate=0.1 | 4 | 32/2 | 59.00 |' in (tmp_path / 'r' / 'depth_table.md').read_text()
 
 
+def test_a_series_with_no_finished_run_yet_is_drawn_hollow_not_a_crash(store, tmp_path):
+    """A sweep's first minutes: ViT finished at one depth, DeepViT still running everywhere. The analysis used to
+    stop at the saturation figure ("cannot convert float NaN to integer"); now the report is written and the
+    unfinished series is listed with its status."""
+    client, uri, exp_id = store
+    log_training_run(client, exp_id, family='vit', depth=2, top1=[40.0, 50.0], **WIDTH)
+    log_training_run(client, exp_id, family='deepvit', depth=2, top1=[41.0], status='RUNNING', **WIDTH)
+    result = analyze('study', tmp_path / 'r', tracking_uri=uri, progress=False, n_boot=200)
+    assert (tmp_path / 'r' / 'figures' / 'top1_vs_depth.png').is_file()
+    assert set(result['runs']['status']) == {'FINISHED', 'RUNNING'}
+    assert '0/1 (1 running)' in (tmp_path / 'r' / 'depth_table.md').read_text()
+
+
 def test_missing_experiment_sweep_and_store_are_clear_errors(filled, tmp_path):
     _, uri, _ = filled
     with pytest.raises(AnalysisError, match=r"experiment 'nope' not found .*experiments there: Default, study"):
