@@ -131,7 +131,9 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
                                    step=job.engine.global_steps))
     print(f"[deepvit] {cfg.model.name} ({job.family}, {job.n_params / 1e6:.2f}M params, {job.gmacs:.3f} GMACs/img) | "
           f"world {world} | ZeRO-{ds.zero_stage} | {ds.precision} | global batch {ds.global_batch_size} | "
-          f"lr {job.lr:.2e} | {job.steps_per_epoch} steps/epoch | MLflow run {tracker.run_id} "
+          f"lr {job.lr:.2e} | {job.steps_per_epoch} steps/epoch, {job.planned_steps} planned "
+          f"({job.planned_pflop:.3g} PFLOP{', the budget' if cfg.train.budget_pflop else ''}) | "
+          f"MLflow run {tracker.run_id} "
           f"({tracker.uri})", flush=True)
     if resumed.state is not None:
         print(f"[deepvit] resumed from {out_dir / 'checkpoints' / resumed.state['tag']} (epoch {resumed.epoch}, "
