@@ -19,7 +19,7 @@ from .calibrated import DEFAULT_PERMUTATIONS, CrossLayerAccumulator, measures
 from .maps import MAP_STAGES, probe_maps
 from .paper import DEFAULT_SIMILARITY_THRESHOLD, _check_threshold
 from .representation import CKAAccumulator, token_uniformity
-from .sharpness import row_entropy
+from .sharpness import per_image_sharpness
 from .summary import adjacent_summaries, deep_blocks, percentile_interval, profiles
 
 __all__ = ['CollapseResult', 'collapse_probe', 'probe_chunk_size', 'DEFAULT_PROBE_BUDGET_MIB',
@@ -57,8 +57,7 @@ def _count_similar(sim: np.ndarray, threshold: float) -> np.ndarray:
     return hit.any(axis=-1).sum(axis=-1)
 
 
-def _attention_scalars(m: Dict[str, np.ndarray], entropy: np.ndarray, keys: np.ndarray,
-                       threshold: float) -> Dict[str, np.ndarray]:
+def _attention_scalars(m: Dict[str, np.ndarray], entropy: np.ndarray, keys: np.ndarray) -> Dict[str, np.ndarray]:
     """Summary scalars of one stage; every input may carry leading bootstrap axes (``m``: (..., L, L), ``entropy``:
     (..., L, H), ``keys``: (..., L))."""
     L = m['paper'].shape[-1]
@@ -139,7 +138,7 @@ class CollapseResult:
         ``cka_mean_adjacent``, ``cka_deep_adjacent``, ``cka_first_last``."""
         out: Dict[str, float] = {}
         for stage, m in self.matrices.items():
-            scalars = _attention_scalars(m, m['entropy'], m['effective_keys'], self.threshold)
+            scalars = _attention_scalars(m, m['entropy'], m['effective_keys'])
             out.update({f'{k}_{stage}': float(v) for k, v in scalars.items()})
             out.update({f'{k}_{stage}': v for k, v in _counts(m, self.threshold).items()})   # ints and fractions
         rep = self.representation
@@ -235,11 +234,10 @@ def collapse_probe(model: nn.Module, images: Iterable[torch.Tensor], num_images:
                             accumulators[stage] = CrossLayerAccumulator(maps.shape[0], maps.shape[-1],
                                                                         num_permutations, seed)
                         accumulators[stage].update(maps)
-                        ent = row_entropy(maps)                                             # (L, b, H, N)
-                        n = maps.shape[-1]
-                        entropy[stage].append((ent.mean(-1).double() / np.log(n)).permute(1, 0, 2).cpu())
-                        keys[stage].append(ent.exp().mean(dim=(2, 3)).double().t().cpu())
-                        del maps, ent
+                        ent, k = per_image_sharpness(maps)                    # (b, L, H), (b, L)
+                        entropy[stage].append(ent)
+                        keys[stage].append(k)
+                        del maps
                     for layer in layers:
                         layer.maps = None
                     if outputs:
@@ -271,12 +269,11 @@ def collapse_probe(model: nn.Module, images: Iterable[torch.Tensor], num_images:
         u = torch.cat(uniformity)                                                    # (n, L, 2)
         result.representation = {'cka': cka.result().numpy(), 'token_residual': u[..., 0].mean(0).numpy(),
                                  'token_cosine': u[..., 1].mean(0).numpy()}
-    result.intervals = _intervals(per_image, torch.cat(uniformity) if uniformity else None, seen, threshold,
-                                  bootstrap, seed)
+    result.intervals = _intervals(per_image, torch.cat(uniformity) if uniformity else None, seen, bootstrap, seed)
     return result
 
 
-def _intervals(per_image, uniformity: Optional[torch.Tensor], n: int, threshold: float, replicates: int,
+def _intervals(per_image, uniformity: Optional[torch.Tensor], n: int, replicates: int,
                seed: int) -> Dict[str, Tuple[float, float]]:
     """95 % percentile intervals of every non-count summary: images resampled with replacement, the same draws for
     every figure (so intervals of differences between figures of one probe could be formed from the replicates)."""
@@ -290,7 +287,7 @@ def _intervals(per_image, uniformity: Optional[torch.Tensor], n: int, threshold:
         m = {name: v.numpy() for name, v in measures(sums, weights).items()}
         e = torch.einsum('rn,nlh->rlh', share, ent).numpy()
         k = (share @ keys).numpy()
-        for name, reps in _attention_scalars(m, e, k, threshold).items():
+        for name, reps in _attention_scalars(m, e, k).items():
             out[f'{name}_{stage}'] = percentile_interval(reps)
     if uniformity is not None:
         u = torch.einsum('rn,nlc->rlc', share, uniformity).numpy()

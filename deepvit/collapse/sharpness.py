@@ -14,7 +14,7 @@ import math
 
 import torch
 
-__all__ = ['row_entropy', 'attention_entropy', 'effective_keys']
+__all__ = ['row_entropy', 'attention_entropy', 'effective_keys', 'per_image_sharpness']
 
 _EPS = 1e-12
 
@@ -40,6 +40,22 @@ def attention_entropy(maps: torch.Tensor) -> torch.Tensor:
     N = maps.shape[-1]
     ent = row_entropy(maps.detach().float()).mean(dim=-1)          # (L, B, H)
     return (ent.double() / (math.log(N) if N > 1 else float('nan'))).permute(1, 0, 2).cpu()
+
+
+def per_image_sharpness(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both readings per image from one entropy pass, as the probe accumulates them.
+
+    Args:
+        maps: (L, B, H, N, N) float maps.
+    Returns:
+        ``(entropy, keys)``: (B, L, H) float64 normalised entropy (as :func:`attention_entropy`) and (B, L) float64
+        effective keys, mean over heads and queries (per image: :func:`effective_keys` is their mean over images).
+    """
+    N = maps.shape[-1]
+    ent = row_entropy(maps.detach().float())                         # (L, B, H, N)
+    entropy = (ent.mean(-1).double() / (math.log(N) if N > 1 else float('nan'))).permute(1, 0, 2).cpu()
+    keys = ent.exp().mean(dim=(2, 3)).double().t().cpu()             # (B, L)
+    return entropy, keys
 
 
 def effective_keys(maps: torch.Tensor) -> torch.Tensor:
