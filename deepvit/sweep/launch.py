@@ -96,7 +96,8 @@ def summarise_parent(client, parent_id: str, exp_id: str, experiment: str, uri: 
         out, best, files = Path(tmp) / 'analysis', {}, []
         if counts['FINISHED']:
             try:
-                result = analyze(experiment, out, sweep=plan.sweep_id, tracking_uri=uri, progress=False)
+                result = analyze(experiment, out, sweep=plan.sweep_id, tracking_uri=uri, progress=False,
+                                 plan=plan.study.path if plan.study is not None else None)
             except (AnalysisError, ValueError) as e:
                 print(f'sweep {plan.sweep_id}: analysis for the parent run skipped ({e})', file=sys.stderr,
                       flush=True)
