@@ -6,28 +6,28 @@
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --output-dir runs/a --resume   # continue a run
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors
 
-``--help`` explains every config field with its default; ``--print_config`` prints the resolved configuration. User errors (a bad config, an unknown field, missing data)
-print one paragraph and exit with status 2 before any model is built or any process group waits.
+``--help`` explains every config field with its default; ``--print_config`` prints the resolved configuration. User
+errors (a bad config, an unknown field, missing data: the project's own error types) print one paragraph and exit with
+status 2 before any model is built or any process group waits; any other exception keeps its traceback.
 """
 import sys
 
 
 def main(argv=None) -> int:
     from deepvit.training import build_parser, resolve
-    from deepvit.training.evaluation import run_eval
     from deepvit.training.build import LaunchError
+    from deepvit.training.config import ConfigError
+    from deepvit.training.ds_config import DeepSpeedConfigError
+    from deepvit.training.evaluation import run_eval
     from deepvit.training.preflight import preflight
     from deepvit.training.trainer import run
 
+    ours = (ConfigError, DeepSpeedConfigError, LaunchError)   # anything else is a bug: it keeps its traceback
     try:
         args = build_parser().parse_args(argv)
         plan = preflight(resolve(args), args.deepspeed)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:  # ConfigError & DeepSpeedConfigError too
-        print(f"launch/train.py: error: {err}", file=sys.stderr)
-        return 2
-    try:
         return run_eval(plan) if plan.cfg.eval_only else run(plan)
-    except (LaunchError, ValueError) as err:  # ValueError: ConfigError found once the model is built
+    except ours as err:
         print(f"launch/train.py: error: {err}", file=sys.stderr)
         return 2
 

@@ -232,6 +232,8 @@ def launch_env(tmp_path, monkeypatch, data_cache):
      "train.collapse_cka_examples=600: the probe holds only 8 images × 65 tokens = 520 examples"),
     (['--deepspeed', ZERO2, '--model', 'vit_tiny_patch4_32', '--reattn-norm', 'ln'], 'reattn_norm'),
     (['--deepspeed', ZERO2, '--reattn-theta', 'fixed'], 'reattn_theta'),
+    (['--deepspeed', ZERO2, '--depth', '2', '--cosine-reg', '0.1', '--train.cosine_reg_blocks', '2'],
+     'train.cosine_reg_blocks=2 needs 3 attention blocks, the model has 2'),   # was: found after the model was built
 ])
 def test_launch_script_user_errors(launch_env, capsys, argv, needle):
     assert load_launch_main()(argv) == 2
@@ -239,6 +241,18 @@ def test_launch_script_user_errors(launch_env, capsys, argv, needle):
     assert needle in err and err.startswith('launch/train.py: error: ')
     assert len(err.strip().splitlines()) == 1
     assert not (launch_env / 'm.db').exists()  # nothing started: no MLflow run, no process group
+
+
+def test_a_bug_keeps_its_traceback(launch_env, monkeypatch):
+    """Only the project's own error types become one-line messages: any other exception (here a ValueError from a
+    broken data layer) propagates with its traceback instead of posing as a usage error."""
+    from deepvit.training import preflight as trainer_preflight
+
+    def broken(*args, **kwargs):
+        raise ValueError('an internal bug, not the user\'s input')
+    monkeypatch.setattr(trainer_preflight, 'preflight', broken)
+    with pytest.raises(ValueError, match='an internal bug'):
+        load_launch_main()(['--deepspeed', ZERO2])
 
 
 def test_existing_run_is_never_overwritten(launch_env, capsys):

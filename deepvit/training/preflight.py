@@ -51,8 +51,11 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     if cfg.eval_only:
         _check_eval_weights(cfg.eval_weights)
     _check_model_name(cfg.model.name)
-    train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
-    val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
+    try:
+        train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
+        val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
+    except (ValueError, OSError) as err:   # the source's own words (they name the argument and its value)
+        raise ConfigError(str(err)) from None
     for what, shards in (('train', train_shards), ('val', val_shards)):
         if shards.num_samples == 0:
             raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
@@ -91,6 +94,10 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
         raise ConfigError(f"model: {err}") from None
     except TypeError as err:
         raise ConfigError(f"model: {cfg.model.name}: {err}") from None
+    depth = int(meta.model_cfg['depth'])
+    if cfg.train.cosine_reg and cfg.train.cosine_reg_blocks + 1 > depth:
+        raise ConfigError(f"train.cosine_reg_blocks={cfg.train.cosine_reg_blocks} needs "
+                          f"{cfg.train.cosine_reg_blocks + 1} attention blocks, the model has {depth}")
     if cfg.train.grad_checkpointing and not hasattr(meta, 'set_grad_checkpointing'):
         raise ConfigError(f"train.grad_checkpointing: model {cfg.model.name!r} has no set_grad_checkpointing")
     if cfg.train.compile and ds.zero_stage == 3:
