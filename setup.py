@@ -30,6 +30,8 @@ setup(
         'nvidia-ml-py>=12.0',    # MLflow's GPU system metrics (pynvml); unused without a GPU
         'numpy>=1.24',
         'pandas>=2.0',
+        'scipy>=1.11',           # the analysis: t intervals and tests, the t quantiles of the plan's intervals
+        'statsmodels>=0.14',     # the analysis: power of the paired t test
         'matplotlib>=3.7',
         'scikit-learn>=1.3',     # the built-in `digits` sample data
         'pillow>=10.0',

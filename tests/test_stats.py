@@ -353,13 +353,14 @@ def test_seeds_needed_limits():
 
 
 def test_detectable_effect_has_the_stated_power():
+    rng = np.random.default_rng(8)
+    for n in (2, 3, 5):   # n = 2: the hand-written nct search this replaced said 5.4 sd, with power 0.45
+        d = S.detectable_effect(1.0, n)
+        x = rng.normal(d, 1.0, size=(40000, n))
+        t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
+        assert np.mean(np.abs(t) > sst.t.ppf(0.975, n - 1)) == pytest.approx(0.8, abs=0.01), n
     sd, n = 1.0, 5
     delta = S.detectable_effect(sd, n)
-    rng = np.random.default_rng(8)
-    x = rng.normal(delta, sd, size=(40000, n))
-    t = x.mean(1) / (x.std(1, ddof=1) / math.sqrt(n))
-    power = np.mean(np.abs(t) > sst.t.ppf(0.975, n - 1))
-    assert power == pytest.approx(0.8, abs=0.01)
     normal = (sst.norm.ppf(0.975) + sst.norm.ppf(0.8)) * sd / math.sqrt(n)
     assert delta > 1.2 * normal  # the t test on 5 seeds needs clearly more than the normal approximation says
     assert S.detectable_effect(1.0, 4000) == pytest.approx((sst.norm.ppf(0.975) + sst.norm.ppf(0.8)) / math.sqrt(4000),
