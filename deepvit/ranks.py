@@ -1,9 +1,12 @@
-"""This process's place in the job as the launcher states it (``$RANK``, ``$WORLD_SIZE``, ``$LOCAL_RANK``; torchrun's
-and DeepSpeed's launcher set them): one reading for training and data, which may both import this module.
+"""This process's place in the job: as the launcher states it (``$RANK``, ``$WORLD_SIZE``, ``$LOCAL_RANK``; torchrun's
+and DeepSpeed's launcher set them), or as torch.distributed knows it once initialised. The one place training and data
+read it.
 """
+from __future__ import annotations
+
 import os
 
-__all__ = ['env_rank', 'env_world_size', 'env_local_rank']
+__all__ = ['env_rank', 'env_world_size', 'env_local_rank', 'resolve_rank']
 
 
 def env_rank() -> int:
@@ -16,3 +19,19 @@ def env_world_size() -> int:
 
 def env_local_rank() -> int:
     return int(os.environ.get('LOCAL_RANK', 0))
+
+
+def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world_size): explicit arguments, else torch.distributed when initialised, else $RANK / $WORLD_SIZE,
+    else (0, 1). Raises ``ValueError`` unless 0 <= rank < world_size."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            found_rank, found_world = dist.get_rank(), dist.get_world_size()
+        else:
+            found_rank, found_world = env_rank(), env_world_size()
+        rank = found_rank if rank is None else rank
+        world_size = found_world if world_size is None else world_size
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f'rank={rank} must be in [0, world_size={world_size})')
+    return rank, world_size

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..ranks import resolve_rank
 from . import plan as planning
 from . import shards as shardio
 from .sample import (BAD_IMAGE, CORRUPT_SHARD, IMAGE_EXTS, LOST_SAMPLES, MISSING_IMAGE, REASONS, SAMPLE_REASONS,
@@ -485,7 +486,7 @@ def create_loader(source, split: str = 'train', *, batch_size: int, train: bool,
         raise ValueError('pad=True is for evaluation (train=False); training batches are always full and equal')
     if mixup is not None and (not train or batch_size % 2):
         raise ValueError(f'mixup needs train=True and an even batch_size (got train={train}, batch_size={batch_size})')
-    rank, world_size = planning.resolve_rank(rank, world_size)
+    rank, world_size = resolve_rank(rank, world_size)
     mean, std = default_mean_std(in_chans, mean, std)
     shards = resolve_shards(source, split)
     if holdout_samples:

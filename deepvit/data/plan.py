@@ -24,7 +24,6 @@ from typing import Iterator
 
 import numpy as np
 
-from ..ranks import env_rank, env_world_size
 
 
 @dataclass(frozen=True)
@@ -33,22 +32,6 @@ class Segment:
     shard: int
     start: int = 0
     count: int | None = None
-
-
-def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """(rank, world_size): explicit arguments, else torch.distributed when initialised, else $RANK / $WORLD_SIZE,
-    else (0, 1). Raises ``ValueError`` unless 0 <= rank < world_size."""
-    if rank is None or world_size is None:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            found_rank, found_world = dist.get_rank(), dist.get_world_size()
-        else:
-            found_rank, found_world = env_rank(), env_world_size()
-        rank = found_rank if rank is None else rank
-        world_size = found_world if world_size is None else world_size
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f'rank={rank} must be in [0, world_size={world_size})')
-    return rank, world_size
 
 
 def shard_order(num_shards: int, seed: int, epoch: int, pass_: int = 0) -> list[int]:

@@ -5,7 +5,7 @@ mode (Re-attention's ``norm='bn'``) would then update its running statistics twi
 ``num_batches_tracked`` twice). :func:`checkpoint_blocks` runs the recomputation inside :func:`recompute_scope`, in
 which :class:`~deepvit.models.reattention.ReAttentionMix` uses batch statistics as in the first forward but leaves
 the running ones untouched: with checkpointing a step gives the same outputs, gradients and BatchNorm buffers as
-without (``tests/test_checkpointing.py``).
+without (``tests/test_step_options.py``).
 
 Uses ``torch.utils.checkpoint.checkpoint(use_reentrant=False, context_fn=...)`` (PyTorch's non-reentrant
 checkpoint; its ``context_fn`` gives the recomputation its own context).

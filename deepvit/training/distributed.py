@@ -1,4 +1,4 @@
-"""Rank/world-size helpers and the few collectives the loop needs (work with or without a process group)."""
+"""The few collectives the loop needs (they work with or without a process group; ranks: :mod:`deepvit.ranks`)."""
 
 import torch
 import torch.distributed as dist
