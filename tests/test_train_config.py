@@ -66,7 +66,7 @@ def test_bad_yaml_names_the_field(tmp_path, text, needle):
 
 @pytest.mark.parametrize('argv, needle', [
     (['--epochs', '0'], 'train.epochs=0 is out of range: must be >= 1'),
-    (['--epochs', '2'], 'train.warmup_epochs=2 is not shorter than train.epochs=2'),   # was: never decayed, silently
+    (['--epochs', '2', '--warmup-epochs', '2'], 'train.warmup_epochs=2 is not shorter than train.epochs=2'),
     (['--lr', 'fast'], "train.lr must be a number, got 'fast'"),
     (['--smoothing', '1.5'], 'train.label_smoothing=1.5 is out of range: must be in [0, 1)'),
     (['--data.scale', '0.5'], 'data.scale must be 2 comma-separated numbers'),
@@ -80,6 +80,16 @@ def test_bad_values_name_the_field(argv, needle):
     with pytest.raises(ConfigError) as err:
         parse(*argv)
     assert needle in str(err.value)
+
+
+def test_default_warmup_fits_a_short_run():
+    """Issue 22.7: `--epochs 1`, the first smoke test anyone types, was refused by the default 2-epoch warm-up.
+    The default is 2 epochs, or a quarter of a run of 2 epochs or fewer; an explicit warm-up is checked as before
+    (the refusal above now needs --warmup-epochs 2 to happen)."""
+    assert parse().train.warmup_epochs == 2.0
+    assert parse('--epochs', '3').train.warmup_epochs == 2.0
+    assert parse('--epochs', '1').train.warmup_epochs == 0.25 and parse('--epochs', '2').train.warmup_epochs == 0.5
+    assert parse('--epochs', '1', '--warmup-epochs', '0').train.warmup_epochs == 0
 
 
 def test_unknown_flag_is_an_error():

@@ -201,7 +201,7 @@ def build_job(plan: Plan, device: torch.device) -> Job:
         raise ConfigError(f"{train_loader.num_batches} micro-batches per epoch per rank are fewer than "
                           f"gradient_accumulation_steps={ds.grad_accum_steps}: no optimizer step would be made")
     planned_steps, sched_epochs, sched_updates = cfg.train.epochs * steps_per_epoch, cfg.train.epochs, steps_per_epoch
-    warmup = cfg.train.warmup_epochs
+    warmup = cfg.train.warmup
     if cfg.train.budget_pflop is not None:   # fixed compute: the length and the schedule come from the budget
         budget = plan_budget(cfg.train.budget_pflop, gmacs, ds.global_batch_size, steps_per_epoch, warmup)
         cfg.train.epochs, cfg.train.max_steps = budget.epochs, budget.steps

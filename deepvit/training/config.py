@@ -150,8 +150,9 @@ class TrainConfig:
     """learning rate at the end of the cosine schedule"""
     warmup_lr: float = 1e-6
     """learning rate at the start of the warm-up"""
-    warmup_epochs: float = 2.0
-    """linear warm-up length (ImageNet recipe: 5); must be shorter than epochs"""
+    warmup_epochs: Optional[float] = None
+    """linear warm-up length (ImageNet recipe: 5); must be shorter than epochs; null: 2, or a quarter of the run
+    for runs of 2 epochs or fewer (so a 1-epoch smoke test runs)"""
     weight_decay: float = 0.05
     """AdamW weight decay"""
     opt: str = 'adamw'
@@ -210,7 +211,7 @@ class TrainConfig:
                               f"intervals need at least {MIN_PROBE_IMAGES} images")
         _check('train', self, {
             'epochs': (self.epochs >= 1, '>= 1'), 'lr': (self.lr > 0, '> 0'), 'min_lr': (self.min_lr >= 0, '>= 0'),
-            'warmup_epochs': (self.warmup_epochs >= 0, '>= 0'), 'weight_decay': (self.weight_decay >= 0, '>= 0'),
+            'warmup_epochs': (self.warmup_epochs is None or self.warmup_epochs >= 0, 'null or >= 0'), 'weight_decay': (self.weight_decay >= 0, '>= 0'),
             'label_smoothing': (0 <= self.label_smoothing < 1, 'in [0, 1)'), 'mixup': (self.mixup >= 0, '>= 0'),
             'cutmix': (self.cutmix >= 0, '>= 0'), 'mixup_prob': (0 <= self.mixup_prob <= 1, 'in [0, 1]'),
             'max_steps': (self.max_steps is None or self.max_steps >= 1, 'null or >= 1'),
@@ -223,10 +224,18 @@ class TrainConfig:
             'collapse_threshold': (0 < self.collapse_threshold <= 1, 'in (0, 1]'),
             'collapse_permutations': (self.collapse_permutations >= 1, '>= 1'),
             'cosine_reg': (self.cosine_reg >= 0, '>= 0'), 'cosine_reg_blocks': (self.cosine_reg_blocks >= 1, '>= 1')})
-        if self.warmup_epochs >= self.epochs:
+        if self.warmup_epochs is not None and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"train.warmup_epochs={self.warmup_epochs:g} is not shorter than train.epochs="
                               f"{self.epochs}: the learning rate would rise for the whole run and never decay; "
                               f"lower --warmup-epochs (e.g. 0) or train longer")
+
+
+    @property
+    def warmup(self) -> float:
+        """The warm-up in force (epochs): ``warmup_epochs``, or by default 2, or a quarter of a run of ≤ 2 epochs."""
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return 2.0 if self.epochs > 2 else self.epochs / 4
 
 
 @dataclass
@@ -462,6 +471,7 @@ def resolve(args) -> Config:
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
     sections = {name: cls(**vars(values.pop(name))) for name, cls in
                 (('model', ModelConfig), ('data', DataConfig), ('train', TrainConfig), ('log', LogConfig))}
+    sections['train'].warmup_epochs = sections['train'].warmup   # the default made explicit: the record shows it
     return Config(**sections, **values)
 
 
