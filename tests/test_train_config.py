@@ -265,6 +265,31 @@ def test_a_bug_keeps_its_traceback(launch_env, monkeypatch):
         load_launch_main()(['--deepspeed', ZERO2])
 
 
+def test_one_job_per_output_folder_and_a_dead_holder_blocks_nothing(launch_env, capsys):
+    """Issue 22.2: a second job on a folder a live job holds is refused in one line naming the holder (host, pid,
+    run id); once the holder is killed (-9, no clean-up) the lock is free again: a crash never blocks its resume."""
+    import signal
+    import subprocess
+    import sys
+    from deepvit.training.joblock import acquire
+    out = launch_env / 'run'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time, pathlib; from deepvit.training.joblock import acquire; '
+        f'lock = acquire(pathlib.Path({str(out)!r})); lock.note(run_id="abc123"); print("held", flush=True); '
+        'time.sleep(120)')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        assert load_launch_main()(['--deepspeed', ZERO2, '--output-dir', str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f'is in use by another job (host ' in err and f'pid {holder.pid}' in err and 'MLflow run abc123' in err
+        assert len(err.strip().splitlines()) == 1
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    acquire(out).release()          # the kernel dropped the dead holder's lock
+
+
 def test_existing_run_is_never_overwritten(launch_env, capsys):
     out = launch_env / 'run'
     (out / 'checkpoints').mkdir(parents=True)

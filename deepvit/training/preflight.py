@@ -12,6 +12,7 @@ from .checkpoint import latest_tag
 from .config import Config, ConfigError, model_overrides
 from ..ranks import env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
+from .joblock import acquire as acquire_job_lock
 from .universal import WorldChange, refuse_reason, saved_batch
 
 RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
@@ -31,6 +32,7 @@ class Plan:
     val_shards: Any = None
     holdout_shards: Any = None   # the held-out view of the train split (data.holdout > 0); train_shards is the rest
     world_change: Optional[WorldChange] = None   # resume on another world size, through a universal checkpoint
+    job_lock: Any = None   # rank 0 of a training job: the output folder's lock (deepvit.training.joblock), held
 
 
 def _is_gray_source(source: str) -> bool:
@@ -120,7 +122,7 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     # last: the output directory (created or refused on every rank, before any process group waits), so a bad
     # value anywhere above is reported first and leaves no empty folder behind
     out_dir = Path(cfg.output_dir)
-    if not cfg.eval_only and not cfg.resume and ((out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()):
+    if not cfg.eval_only and not cfg.resume and _holds_run(out_dir):
         raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
                           f"another --output-dir")
     try:  # created (or refused) here, on every rank, before any process group waits
@@ -130,11 +132,22 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
                           f"{' (a parent is a regular file)' if isinstance(err, (FileExistsError, NotADirectoryError)) else ''}") from None
     if not os.access(out_dir, os.W_OK):
         raise ConfigError(f"output_dir {str(out_dir)!r} is not writable")
+    lock = None
+    if rank == 0 and not cfg.eval_only:   # one job per folder, for the job's life; then the check again, under it
+        lock = acquire_job_lock(out_dir)
+        if not cfg.resume and _holds_run(out_dir):
+            lock.release()
+            raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or "
+                              f"choose another --output-dir")
     world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
-                world_change=world_change)
+                world_change=world_change, job_lock=lock)
+
+
+def _holds_run(out_dir: Path) -> bool:
+    return (out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()
 
 
 def _check_eval_weights(path: Optional[str]) -> None:

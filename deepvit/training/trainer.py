@@ -113,6 +113,8 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
     if plan.rank != 0:
         return tracker, best
     (out_dir / RUN_FILE).write_text(json.dumps({'run_id': tracker.run_id}))
+    if plan.job_lock is not None:
+        plan.job_lock.note(run_id=tracker.run_id)
     (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
     tracker.log_params({**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
                                             family=job.family, remedy=job.remedy, lr=job.lr),
