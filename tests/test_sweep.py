@@ -98,6 +98,19 @@ def test_bad_requests_name_the_field(args, message):
         _plan([x for kv in base.items() for x in kv])
 
 
+def test_a_grid_value_the_trainer_refuses_stops_the_sweep_before_anything_starts(tmp_path, monkeypatch, capsys):
+    """Issue 22.6: every point's train.py arguments go through the trainer's own parser and checks first; a refused
+    value names the point and the trainer's words, and nothing is created (was: launched, refused point by point,
+    counted as pending, and "rerun to resume" failed the same way)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('MLFLOW_TRACKING_URI', f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rc = sweep.main(GRID + ['--grid', 'drop-path=0,1.5', '--', '--epochs', '2'])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'error: point vit-d2-w32-h2-drop-path1.5-s0: launch/train.py would refuse it: ' \
+                       'model.drop_path_rate=1.5 is out of range: must be in [0, 1)' in err
+    assert not (tmp_path / 'mlflow.db').exists() and not (tmp_path / 'runs').exists()
+
+
 def test_extra_args_output_dir_and_forbidden_flags():
     assert sweep.split_output_dir(['--epochs', '2', '--output-dir=/x', '--data', 'd']) == ('/x', ['--epochs', '2',
                                                                                              '--data', 'd'])
@@ -190,6 +203,8 @@ def test_skips_finished_and_resumes_interrupted_points(tmp_path, env):
     assert again.returncode == 0 and len(launches(tmp_path)) == 2 and '3 finished, 0 to run' in again.stdout
     parents = [r for r in client.search_runs([exp_id]) if r.data.tags.get('deepvit.kind') == 'sweep']
     assert len(parents) == 1
+    history = client.get_metric_history(parent, 'sweep/children_finished')   # the rerun changed nothing: no duplicate
+    assert len(history) == len({(m.step, m.value) for m in history})
 
 
 @pytest.mark.slow  # drives the sweep command in subprocesses

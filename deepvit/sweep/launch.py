@@ -189,6 +189,34 @@ def _launch_points(todo, cmds, plan: Plan, client, exp_id: str, stop: '_Stop', f
     return failed
 
 
+_PER_POINT = ('--seed', '--output-dir', '--run-name', '--sweep-point', '--parent-run-id')
+
+
+def check_points(plan: Plan, ds_config: str, experiment: str) -> None:
+    """Parse every selected point's train.py arguments with the trainer's own parser and config checks, before
+    anything launches: a grid value the trainer refuses (``--grid drop-path=0,1.5``) stops the sweep here, naming the
+    point and the trainer's words, instead of failing point by point. Points differing only in seed and paths are
+    checked once.
+
+    Raises:
+        SweepError: a point's arguments the trainer refuses.
+    """
+    from ..training.config import ConfigError, build_parser, resolve
+    parser, seen = build_parser(), set()
+    for p in plan.selected:
+        argv = point_command(p, launcher=[], launcher_flags=[], train_script=Path('train.py'), ds_config=ds_config,
+                             model=plan.model(p), root=plan.root, experiment=experiment, sweep_id=plan.sweep_id,
+                             parent_run_id='<PARENT_RUN_ID>', extra=plan.extra)[1:]
+        key = tuple(v if i == 0 or argv[i - 1] not in _PER_POINT else '' for i, v in enumerate(argv))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            resolve(parser.parse_args(argv))
+        except ConfigError as err:
+            raise SweepError(f'point {p.key}: launch/train.py would refuse it: {err}') from None
+
+
 def first_round(plan: Plan) -> list:
     """A sequential plan's first round: the points of seeds below ``seeds.start`` (every cell, every family)."""
     return [p for p in plan.points if p.seed < plan.study.seeds.start]
@@ -232,6 +260,7 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if not (args.dry_run or args.prepare or train_script.is_file()):
         raise SweepError(f'--train-script {train_script} is not a file: the sweep launches launch/train.py of a '
                          f'source checkout of this repository')
+    check_points(plan, short_path(Path(args.ds_config).resolve()), args.experiment)   # before any store is touched
     from analysis.store import store_exists
     from ..tracking_uri import default_tracking_uri
     from ..training import tracking

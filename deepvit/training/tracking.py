@@ -356,14 +356,18 @@ def record_sweep_summary(client, parent_id: str, statuses: Dict[str, int], best_
     """Write a sweep's summary onto its parent run: child runs by status (``sweep/children_<status>``), the best
     final top-1 per remedy and depth (``sweep/best_top1/<remedy>/d<depth>``, percent) and the analysis outputs
     (``files``, under ``analysis/``, keeping their paths relative to ``root``). Metrics are logged at step = the
-    number of finished children, so reruns of a growing sweep leave a history and a rerun that changes nothing
-    overwrites its own values."""
+    number of finished children, so reruns of a growing sweep leave a history; a rerun whose every value equals the
+    parent's latest logs nothing (MLflow appends, it never overwrites: each driver of a job array used to add
+    duplicate (metric, step) pairs)."""
     from mlflow.entities import Metric
     now, step = int(time.time() * 1000), int(statuses.get('FINISHED', 0))
     metrics = [Metric(schema.SWEEP_CHILDREN.format(status=s.lower()), float(n), now, step)
                for s, n in sorted(statuses.items())]
     metrics += [Metric(schema.SWEEP_BEST_TOP1.format(remedy=_metric_safe(r), depth=int(d)), float(v), now, step)
                 for (r, d), v in sorted(best_top1.items())]
+    latest = client.get_run(parent_id).data.metrics
+    if all(latest.get(m.key) == m.value for m in metrics):
+        metrics = []
     for start in range(0, len(metrics), 500):
         client.log_batch(parent_id, metrics=metrics[start:start + 500])
     for f in files:
