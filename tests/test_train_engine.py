@@ -155,7 +155,7 @@ def test_evaluate_excludes_padding_and_counts_samples():
         model.bias.copy_(torch.tensor([0., 1., 4., 3., 2.]))  # ranking: 2, 3, 4, 1, 0
     x = torch.zeros(4, 3)
     data = [(x, torch.tensor([2, 3, 0, -1])), (x, torch.tensor([-1, -1, -1, -1]))]
-    m = evaluate(model, data, device=torch.device('cpu'), dtype=torch.float32)
+    m = evaluate(model, data, device=torch.device('cpu'), dtype=torch.float32).metrics
     assert m['val/num_samples'] == 3
     assert m['val/top1'] == pytest.approx(100 / 3, abs=5e-5)  # only label 2 is the argmax (to 1e-4 points)
     assert m['val/top5'] == pytest.approx(100.0)            # 5 classes: all in the top 5
@@ -168,8 +168,9 @@ def test_evaluate_per_sample_correctness_marks_padding():
     model = nn.Linear(3, 2)
     x = torch.randn(6, 3)
     labels = torch.tensor([0, 1, 1, 0, -1, -1])            # the last two are padding
-    metrics, correct = evaluate(model, [(x[:3], labels[:3]), (x[3:], labels[3:])], device=torch.device('cpu'),
-                                dtype=torch.float32, per_sample=True)
+    scored = evaluate(model, [(x[:3], labels[:3]), (x[3:], labels[3:])], device=torch.device('cpu'),
+                      dtype=torch.float32)
+    metrics, correct = scored.metrics, scored.correct
     expected = (model(x).argmax(1) == labels).to(torch.int8)
     expected[4:] = -1
     assert correct.dtype == torch.int8 and torch.equal(correct, expected)

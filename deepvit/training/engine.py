@@ -147,17 +147,24 @@ def _log_window(engine, mean_loss: float, steps: int, seconds: float, samples_pe
                              img_s=f"{metrics[schema.TRAIN_THROUGHPUT]:.0f}", refresh=False)
 
 
+@dataclass
+class Evaluation:
+    """One pass over a rank-sharded split: ``metrics`` (``val/loss``, ``val/top1``, ``val/top5`` in percent,
+    ``val/num_samples``; all ranks) and ``correct``, this rank's (rows,) int8 tensor in loader order: 1/0 for a
+    right/wrong top-1, -1 for a padding row (:func:`gather_correct`, :func:`by_sample`)."""
+    metrics: Dict[str, float]
+    correct: torch.Tensor
+
+
 @torch.no_grad()
-def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtype,
-             per_sample: bool = False):
-    """Top-1/top-5 accuracy (percent) and mean cross-entropy over every sample of a rank-sharded split.
+def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtype) -> Evaluation:
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy over every sample of a rank-sharded split, and each
+    row's correctness (:class:`Evaluation`).
 
     Labels < 0 mark padding samples (added so that every rank runs the same number of forward passes, which
     ZeRO-3 needs); they are excluded. Sums are all-reduced, so the result is over exactly the split's samples
     whatever the world size; ``val/num_samples`` reports how many were counted.
 
-    With ``per_sample=True`` returns ``(metrics, correct)``: ``correct`` is this rank's (n,) int8 tensor in loader
-    order, 1/0 for a right/wrong top-1 and -1 for a padding position (see :func:`gather_correct`).
     """
     model.eval()
     loss_sum = top1 = top5 = count = 0.0
@@ -168,9 +175,8 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
         logits = model(images).float()
         keep = labels >= 0
         topk = logits.topk(min(5, logits.shape[1]), dim=1).indices  # one ranking for top-1, top-5 and per-image
-        if per_sample:
-            right = topk[:, 0].eq(labels).to(torch.int8)
-            flags.append(torch.where(keep, right, torch.full_like(right, -1)).cpu())
+        right = topk[:, 0].eq(labels).to(torch.int8)
+        flags.append(torch.where(keep, right, torch.full_like(right, -1)).cpu())
         if not bool(keep.any()):
             continue
         logits, labels, topk = logits[keep], labels[keep], topk[keep]
@@ -188,9 +194,7 @@ def evaluate(model, loader: Iterable, *, device: torch.device, dtype: torch.dtyp
     else:
         metrics = {schema.VAL_LOSS: float(total[0]) / n, schema.TOP1: round(100.0 * float(total[1]) / n, PERCENT_DIGITS),
                    schema.TOP5: round(100.0 * float(total[2]) / n, PERCENT_DIGITS), schema.VAL_SAMPLES: n}
-    if per_sample:
-        return metrics, (torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
-    return metrics
+    return Evaluation(metrics, torch.cat(flags) if flags else torch.zeros(0, dtype=torch.int8))
 
 
 def by_sample(gathered: torch.Tensor, loader) -> np.ndarray:

@@ -72,8 +72,8 @@ def run_eval(plan) -> int:
             tracker.set_tags(code_tags(code_version(), {}, resumed=False, step=0))
             if plan.val_shards is not None:
                 tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:])
-        metrics, correct = evaluate(model, val_loader, device=device, dtype=torch.float32, per_sample=True)
-        correct = gather_correct(correct, device)
+        scored = evaluate(model, val_loader, device=device, dtype=torch.float32)
+        metrics, correct = scored.metrics, gather_correct(scored.correct, device)
         probe = CollapseProbe(lambda: (x.to(device) for x, _ in probe_loader), cfg.train, tracker)
         final = probe(model, 0)
         if rank == 0:

@@ -225,10 +225,10 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
     from .engine import by_sample, gather_correct
     engine = job.engine
     average_buffers(engine.module, job.device)
-    metrics = evaluate(engine, job.val_loader, device=job.device, dtype=job.dtype, per_sample=final)
+    scored = evaluate(engine, job.val_loader, device=job.device, dtype=job.dtype)
+    metrics = scored.metrics
     if final:
-        metrics, correct = metrics
-        correct = gather_correct(correct, job.device)
+        correct = gather_correct(scored.correct, job.device)
         if plan.rank == 0:   # in sample order: paired image by image across world sizes and worker counts
             tracker.log_numpy(by_sample(correct, job.val_loader), schema.CORRECT_ARTIFACT)
             tracker.set_tags({schema.CORRECT_ORDER_TAG: schema.SAMPLE_ORDER})
@@ -239,7 +239,7 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
     for loader, prefix in ((job.holdout_loader, schema.HOLDOUT_PREFIX), (job.train_eval_loader,
                                                                          schema.TRAIN_EVAL_PREFIX)):
         if loader is not None:   # selection data, train accuracy: the same keys, another prefix (collective)
-            scored = evaluate(engine, loader, device=job.device, dtype=job.dtype)
+            scored = evaluate(engine, loader, device=job.device, dtype=job.dtype).metrics
             logged.update({prefix + k.split('/', 1)[1]: v for k, v in scored.items()})
     tracker.log_metrics(logged, engine.global_steps)
     return metrics
