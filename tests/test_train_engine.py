@@ -214,3 +214,18 @@ def test_checkpoint_history_keeps_the_newest_and_latest(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == \
         ['epoch0002', 'epoch0002_universal', 'epoch0003', 'epoch0004']
     assert prune(tmp_path, 10) == []
+
+
+def test_weights_that_do_not_fit_are_described_in_one_line():
+    """Issue 22.5: eval-only with weights of another architecture named no mismatch (the message was cut off after
+    PyTorch's first line); now the counts and one example of each kind."""
+    import timm
+    import deepvit  # noqa: F401
+    from deepvit.training.evaluation import _misfit
+    kw = dict(embed_dim=32, in_chans=1)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2, num_heads=2, **kw).state_dict()
+    other = timm.create_model('deepvit_tiny_patch4_32', depth=3, num_heads=4, **kw).state_dict()
+    text = _misfit(model, other)
+    assert '18 tensor(s) in the weights the model lacks (e.g. blocks.2.norm1.weight)' in text
+    assert 'shape mismatch(es) (e.g. blocks.0.attn.reattn.weight: weights (4, 4), model (2, 2))' in text
+    assert _misfit(model, model) == '' and '\n' not in text

@@ -240,6 +240,7 @@ def test_eval_only_scores_weights_and_records_an_eval_run(source, env, reference
             '--depth', '3', '--eval-only', '--eval-weights', weights], env=env, cwd=ROOT, capture_output=True,
             text=True, timeout=300)
         assert bad.returncode == 2 and 'do not fit' in bad.stdout + bad.stderr
+        assert 'tensor(s) the model has are not in the weights (e.g. blocks.2.' in bad.stderr   # says what misfits
 
 
 def test_resume_on_another_world_size_with_another_global_batch_stops_before_loading(env, reference, tmp_path,

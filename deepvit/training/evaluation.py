@@ -45,11 +45,12 @@ def run_eval(plan) -> int:
     device = start_process_group(plan)   # as training: quiet ranks, the device, DeepSpeed's /dev/shm unlinked
     seed_everything(cfg.train.seed)
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
-    try:
-        model.load_state_dict(load_weights(cfg.eval_weights), strict=True)
-    except RuntimeError as err:
-        raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} "
-                          f"{plan.model_kwargs}: {str(err).splitlines()[0]}") from None
+    weights = load_weights(cfg.eval_weights)
+    misfit = _misfit(model.state_dict(), weights)
+    if misfit:
+        raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} {plan.model_kwargs}: "
+                          f"{misfit}")
+    model.load_state_dict(weights, strict=True)
     model = model.to(device).eval()
     val_loader, probe_loader = build_eval_loaders(plan, model, device)
     family, remedy = model.family, getattr(model, 'remedy', model.family)
@@ -89,3 +90,21 @@ def run_eval(plan) -> int:
         raise
     tracker.end('FINISHED')
     return 0
+
+
+def _misfit(model_sd, weights) -> str:
+    """What keeps ``weights`` from loading into a model with state dict ``model_sd``, in one line (counts and the
+    first example of each kind), or '' when they fit."""
+    missing = [k for k in model_sd if k not in weights]
+    unexpected = [k for k in weights if k not in model_sd]
+    shapes = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in model_sd.items()
+              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the model has are not in the weights (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) in the weights the model lacks (e.g. {unexpected[0]})")
+    if shapes:
+        k, have, want = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es) (e.g. {k}: weights {have}, model {want})")
+    return '; '.join(parts)
