@@ -290,6 +290,32 @@ def test_one_job_per_output_folder_and_a_dead_holder_blocks_nothing(launch_env, 
     acquire(out).release()          # the kernel dropped the dead holder's lock
 
 
+def test_eval_only_reads_a_dataset_without_a_train_split(launch_env):
+    """Issue 22.7: eval-only on a val-only dataset (the README's ImageNet example) failed with "split='train' not
+    in _info.json" unless --data.train_split val was added; it reads the scored split alone."""
+    import json
+    import shutil
+    from deepvit.data.builtin import digits_dir
+    from deepvit.training.config import Config
+    from deepvit.training.preflight import preflight
+    src, val_only = digits_dir(), launch_env / 'val_only'
+    val_only.mkdir()
+    info = json.loads((src / '_info.json').read_text())
+    info['splits'] = {'val': info['splits']['val']}
+    (val_only / '_info.json').write_text(json.dumps(info))
+    for name in info['splits']['val']['filenames']:
+        shutil.copy(src / name, val_only / name)
+    (launch_env / 'w.safetensors').write_bytes(b'')
+    cfg = Config()
+    cfg.data.source, cfg.eval_only, cfg.eval_weights = str(val_only), True, str(launch_env / 'w.safetensors')
+    cfg.output_dir = str(launch_env / 'eval')
+    plan = preflight(cfg, ZERO2)
+    assert plan.val_shards.num_samples == 360 and plan.num_classes == 10
+    cfg.eval_only = False
+    with pytest.raises(ConfigError, match="'train'"):     # training still needs its split
+        preflight(cfg, ZERO2)
+
+
 def test_existing_run_is_never_overwritten(launch_env, capsys):
     out = launch_env / 'run'
     (out / 'checkpoints').mkdir(parents=True)

@@ -53,8 +53,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     if cfg.eval_only:
         _check_eval_weights(cfg.eval_weights)
     _check_model_name(cfg.model.name)
-    try:
-        train_shards = resolve_shards(cfg.data.source, cfg.data.train_split)
+    try:   # eval-only reads the scored split alone (a val-only dataset has no train split): classes come from it
+        train_shards = resolve_shards(cfg.data.source, cfg.data.val_split if cfg.eval_only else cfg.data.train_split)
         val_shards = resolve_shards(cfg.data.source, cfg.data.val_split)
     except (ValueError, OSError) as err:   # the source's own words (they name the argument and its value)
         raise ConfigError(str(err)) from None
@@ -62,12 +62,12 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
         if shards.num_samples == 0:
             raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
     holdout_shards = None
-    if cfg.data.holdout:
+    if cfg.data.holdout and not cfg.eval_only:
         try:
             train_shards, holdout_shards = train_shards.split_holdout(cfg.data.holdout)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    if cfg.data.train_eval and train_shards.lengths is None:
+    if cfg.data.train_eval and train_shards.lengths is None and not cfg.eval_only:
         raise ConfigError(f"data.train_eval={cfg.data.train_eval}: the train-accuracy subset needs shard lengths (an "
                           f"_info.json next to the shards of split {train_shards.split!r}); pass --data.train_eval 0")
     if val_shards.num_samples is not None and val_shards.num_samples < cfg.train.collapse_images:
