@@ -123,6 +123,25 @@ def test_conversion_skips_garbage_reports_it_and_resumes(tmp_path, capsys):
     assert not list(out.glob('.*.tmp')) and len(result.skipped) == 1
 
 
+def test_conversion_lists_entries_that_are_no_regular_file(tmp_path):
+    """Issue 22.7: a FIFO, a dangling symlink and a symlink loop named *.jpg were dropped without a word, and the
+    skip reason of an undecodable file printed PIL's '<_io.BytesIO object at 0x…>'."""
+    src = tmp_path / 'src'
+    small_tree(src)
+    bird = src / 'train' / 'bird'
+    os.mkfifo(bird / 'pipe.jpg')
+    (bird / 'dangling.jpg').symlink_to(bird / 'nowhere.jpg')
+    (bird / 'loop.jpg').symlink_to(bird / 'loop.jpg')
+    result = convert_image_folder(src, tmp_path / 'out', 'tiny', shard_size=5, workers=1, progress=False)
+    reasons = dict(result.skipped)
+    assert reasons['train/bird/pipe.jpg'] == 'not a regular file: a FIFO'
+    assert reasons['train/bird/dangling.jpg'] == 'not a regular file: a dangling symlink'
+    assert reasons['train/bird/loop.jpg'] == 'not a regular file: a symlink loop'
+    assert 'BytesIO' not in reasons['train/bird/broken.jpg'] and 'cannot identify image file' in \
+        reasons['train/bird/broken.jpg']
+    assert len((tmp_path / 'out' / '_skipped.tsv').read_text().splitlines()) == 4
+
+
 def test_converter_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='src='):
         convert_image_folder(tmp_path / 'nope', tmp_path / 'o', 'x')

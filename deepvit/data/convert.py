@@ -11,8 +11,9 @@
 
 Samples are shuffled across shards with ``seed``. Every shard is written to a temporary file and renamed into place,
 and a record of what it holds is kept in ``DIR/.convert/``: a crash never leaves a truncated shard under its final
-name, and rerunning the same command skips the finished shards and writes the rest. Files PIL cannot decode are
-skipped and listed in ``DIR/_skipped.tsv`` (path, reason); their count is printed at the end.
+name, and rerunning the same command skips the finished shards and writes the rest. Files PIL cannot decode, and
+image-named entries that are no regular file (FIFOs, dangling symlinks, symlink loops), are skipped and listed in
+``DIR/_skipped.tsv`` (path, reason); their count is printed at the end.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -47,8 +49,11 @@ class ConvertResult:
     out: Path = Path('.')
 
 
-def scan_image_folder(src: str | os.PathLike, splits=None) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
-    """List ``ROOT/SPLIT/CLASS/**/image`` files: ({split: sorted [(path relative to ROOT, class name)]}, classes).
+def scan_image_folder(src: str | os.PathLike, splits=None) -> tuple[dict[str, list[tuple[str, str]]], list[str],
+                                                                  list[tuple[str, str]]]:
+    """List ``ROOT/SPLIT/CLASS/**/image`` files: ({split: sorted [(path relative to ROOT, class name)]}, classes,
+    unusable), where ``unusable`` lists the entries with an image name that are no regular file (a FIFO, a socket, a
+    dangling symlink, a symlink loop) as (path, reason): never read, but reported with the skipped files.
 
     Raises ``FileNotFoundError`` when ROOT does not exist and ``ValueError`` when a requested split is missing or
     no split holds a class folder with images.
@@ -62,18 +67,46 @@ def scan_image_folder(src: str | os.PathLike, splits=None) -> tuple[dict[str, li
         if missing:
             raise ValueError(f'splits={list(splits)}: {missing} not found in {str(src)!r} (folders: {names})')
         names = list(splits)
-    files = {}
+    files, unusable = {}, []
     for split in names:
         items = []
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            items += [(f.relative_to(root).as_posix(), class_dir.name) for f in class_dir.rglob('*')
-                      if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+            for f in class_dir.rglob('*'):
+                if f.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                if f.is_file():
+                    items.append((f.relative_to(root).as_posix(), class_dir.name))
+                elif not f.is_dir():
+                    unusable.append((f.relative_to(root).as_posix(), _not_a_file(f)))
         if items:
             files[split] = sorted(items)
     if not files:
         raise ValueError(f'src={str(src)!r} holds no SPLIT/CLASS/image files (extensions {IMAGE_SUFFIXES})')
     classes = sorted({c for items in files.values() for _, c in items})
-    return files, classes
+    return files, classes, sorted(unusable)
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an image-named entry is not read: the kind of thing it is."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return 'not a regular file: a symlink loop'
+        except OSError as e:
+            return 'not a regular file: a symlink loop' if e.errno == 40 else 'not a regular file: a dangling symlink'
+        return 'not a regular file: a symlink to something else'
+    import stat
+    mode = path.lstat().st_mode
+    kind = 'a FIFO' if stat.S_ISFIFO(mode) else 'a socket' if stat.S_ISSOCK(mode) else 'a device' \
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 'something else'
+    return f'not a regular file: {kind}'
+
+
+def _reason(err: Exception) -> str:
+    """One-line skip reason: the exception's type and words, without PIL's in-memory buffer repr."""
+    text = re.sub(r'<_io\.BytesIO object at 0x[0-9a-fA-F]+>', 'these bytes', str(err))
+    return f'{type(err).__name__}: {text}'.replace('\t', ' ').replace('\n', ' ')
 
 
 GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'})
@@ -132,7 +165,7 @@ def _run_task(task: _ShardTask) -> dict:
                 data = (Path(task.root) / rel).read_bytes()
                 ext, width, height, chans = inspect_image(data)
             except Exception as e:  # noqa: BLE001 - any failure to read or decode skips this file, named in the report
-                skipped.append((rel, f'{type(e).__name__}: {e}'.replace('\t', ' ').replace('\n', ' ')))
+                skipped.append((rel, _reason(e)))
                 continue
             meta = {'label': label, 'class_name': class_name, 'path': rel, 'width': width, 'height': height}
             count += 1
@@ -206,7 +239,7 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
         raise ValueError(f'name={name!r} must be non-empty, without "/", "." or braces')
     if shard_size < 1:
         raise ValueError(f'shard_size={shard_size} must be >= 1')
-    files, found = scan_image_folder(src, splits)
+    files, found, unusable = scan_image_folder(src, splits)
     classes = resolve_classes(classes, found)
     out = Path(out)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
@@ -231,7 +264,7 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
         bar.close()
         if workers != 1:
             pool.shutdown(cancel_futures=True)
-    split_infos, skipped = {}, []
+    split_infos, skipped = {}, list(unusable)
     for split in dict.fromkeys(t.split for t in tasks):
         mine = [t for t in tasks if t.split == split]
         split_infos[split] = SplitInfo(split, tuple(t.filename for t in mine),
@@ -271,7 +304,8 @@ def main(argv=None) -> int:
         return 2
     for split, s in result.info.splits.items():
         print(f'{split}: {s.num_samples} samples in {len(s.filenames)} shards')
-    print(f'{len(result.info.classes)} classes; {len(result.skipped)} files skipped (not decodable)'
+    print(f'{len(result.info.classes)} classes; {len(result.skipped)} files skipped (not decodable or not a regular '
+          f'file)'
           + (f', listed in {result.out / SKIPPED_REPORT}' if result.skipped else ''))
     print(f'wrote {result.out / "_info.json"}')
     return 0
