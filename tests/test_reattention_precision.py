@@ -427,3 +427,30 @@ def test_seeded_leaves_uninitialised_cuda_alone(monkeypatch):
     with seeded(4):
         torch.rand(2)
     _assert_same_states(before, _rng_states())
+
+
+def test_fixed_theta_mixes_bf16_maps_under_a_parameters_only_cast():
+    """Issue 21.2: DeepSpeed's bf16 mode casts parameters, not buffers; the fixed-Θ control keeps Θ in a float32
+    buffer, and the mix multiplied float32 by bf16 ("expected m1 and m2 to have the same dtype")."""
+    import timm
+    import deepvit  # noqa: F401
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2, reattn_norm='ln', reattn_theta='fixed',
+                              reattn_init='identity')
+    for p in model.parameters():          # what DeepSpeed's bf16 engine does to the module
+        p.data = p.data.to(torch.bfloat16)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)
+    out = model(x)
+    out.float().sum().backward()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_world_size_of_a_bf16_checkpoint_is_read(tmp_path):
+    """Issue 21.1: with bf16 on, DeepSpeed names its optimizer partitions bf16_zero_pp_rank_* at every ZeRO stage;
+    the resume's world-size check globbed only zero_pp_rank_* and never saw a change of GPU count."""
+    from deepvit.training.preflight import _checkpoint_world_size
+    for r in range(3):
+        (tmp_path / f'bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt').write_bytes(b'')
+    assert _checkpoint_world_size(tmp_path) == 3
+    (tmp_path / 'zero_pp_rank_0_mp_rank_00_model_states.pt').write_bytes(b'')   # ZeRO-3's model files: not counted
+    assert _checkpoint_world_size(tmp_path) == 3

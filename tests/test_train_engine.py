@@ -229,3 +229,22 @@ def test_weights_that_do_not_fit_are_described_in_one_line():
     assert '18 tensor(s) in the weights the model lacks (e.g. blocks.2.norm1.weight)' in text
     assert 'shape mismatch(es) (e.g. blocks.0.attn.reattn.weight: weights (4, 4), model (2, 2))' in text
     assert _misfit(model, model) == '' and '\n' not in text
+
+
+def test_deepspeed_throughput_timer_is_off_in_every_config(tmp_path):
+    """Issue 21.4: DeepSpeed's throughput timer (on by default) synchronises the device in every forward and step.
+    The shipped configs turn it off, and a config that says nothing gets it off; one that asks keeps it."""
+    import json
+    from pathlib import Path
+    from deepspeed.utils.config import get_timers_config
+    from deepvit.training.ds_config import resolve_ds_config
+    shipped = sorted((Path(__file__).resolve().parents[1] / 'ds_configs').glob('*.json'))
+    assert shipped
+    for path in shipped:
+        assert json.loads(path.read_text())['timers'] == {'throughput': {'enabled': False}}, path.name
+        assert not get_timers_config(resolve_ds_config(str(path), 1).config).enabled
+    bare = {'train_micro_batch_size_per_gpu': 4, 'zero_optimization': {'stage': 2}}
+    for given, enabled in ((bare, False), ({**bare, 'timers': {'throughput': {'enabled': True}}}, True)):
+        path = tmp_path / f'ds_{enabled}.json'
+        path.write_text(json.dumps(given))
+        assert get_timers_config(resolve_ds_config(str(path), 1).config).enabled is enabled

@@ -358,6 +358,7 @@ class ShardLoader:
         self.prefetch_factor = prefetch_factor
         self._scale = 1.0 / (255.0 * torch.tensor(std).view(1, -1, 1, 1))
         self._shift = -torch.tensor(mean).view(1, -1, 1, 1) / torch.tensor(std).view(1, -1, 1, 1)
+        self._constants: dict = {}   # device -> (scale, shift) on it
         self.skipped: dict[str, int] = dict.fromkeys(REASONS, 0)
 
     @property
@@ -403,7 +404,10 @@ class ShardLoader:
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         if self.device is not None:
             images = images.to(self.device, non_blocking=True)
-        scale, shift = self._scale.to(images.device), self._shift.to(images.device)
+        constants = self._constants.get(images.device)
+        if constants is None:   # copied to a device once, not per batch (a blocking host-to-device copy each time)
+            constants = self._constants[images.device] = (self._scale.to(images.device), self._shift.to(images.device))
+        scale, shift = constants
         return images.float().mul_(scale).add_(shift)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -162,8 +162,8 @@ class ReAttentionMix(nn.Module):
 
     def _mix(self, attn: torch.Tensor) -> torch.Tensor:
         """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M), one matmul over the flattened maps."""
-        B, H, N, M = attn.shape
-        return torch.matmul(self.weight.t(), attn.reshape(B, H, N * M)).view(B, H, N, M)
+        B, H, N, M = attn.shape   # a fixed Θ is a float32 buffer, which DeepSpeed's bf16 cast of parameters leaves
+        return torch.matmul(self.weight.t().to(attn.dtype), attn.reshape(B, H, N * M)).view(B, H, N, M)
 
     @torch.jit.unused
     def _forward_eager(self, attn: torch.Tensor, rows_sum_to_one: bool) -> torch.Tensor:

@@ -176,6 +176,9 @@ def resolve_ds_config(path: str, world_size: int, bf16_native: bool = None) -> R
         # set explicitly: DeepSpeed's own default (GRADIENT_CLIPPING_DEFAULT, deepspeed/runtime/constants.py; 1.0 in
         # 0.19.8) has changed between releases, and the run must not depend on the installed version
         config.setdefault(key, default)
+    # DeepSpeed's throughput timer is on by default and synchronises the device in every forward and step
+    # (deepspeed/utils/timer.py); the loop logs its own throughput at log points: off unless the config asks for it
+    config.setdefault('timers', {}).setdefault('throughput', {}).setdefault('enabled', False)
     return ResolvedDeepSpeedConfig(config=config, path=str(Path(path).resolve()), precision=precision,
                                    zero_stage=int(stage), micro_batch_size=mbs, grad_accum_steps=gas,
                                    global_batch_size=mbs * gas * world_size, world_size=world_size)

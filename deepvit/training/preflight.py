@@ -4,6 +4,7 @@
 prints its :class:`ConfigError` as one line and exits with status 2.
 """
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -184,8 +185,11 @@ def _world_change(cfg: Config, ckpt_dir: Path, world: int, ds, ds_path: str) -> 
 
 def _checkpoint_world_size(tag_dir: Path) -> Optional[int]:
     """Ranks that wrote a DeepSpeed checkpoint: its ZeRO optimizer partitions, one per data-parallel rank
-    (``zero_pp_rank_<R>_mp_rank_00_optim_states.pt``; ZeRO-3 also ``…_model_states.pt``). None for stage 0."""
-    ranks = {p.name.split('_')[3] for p in tag_dir.glob('zero_pp_rank_*_mp_rank_*_optim_states.pt')}
+    (``zero_pp_rank_<R>_mp_rank_00_optim_states.pt``, ``bf16_zero_pp_rank_<R>_…`` with bf16 on, at every stage;
+    ZeRO-3 also ``…_model_states.pt``). None for stage 0."""
+    ranks = {re.search(r'zero_pp_rank_(\d+)_', p.name)[1]
+             for pattern in ('zero_pp_rank_*_mp_rank_*_optim_states.pt', 'bf16_zero_pp_rank_*_mp_rank_*_optim_states.pt')
+             for p in tag_dir.glob(pattern)}
     return len(ranks) or None
 
 
