@@ -316,6 +316,28 @@ def test_eval_only_reads_a_dataset_without_a_train_split(launch_env):
         preflight(cfg, ZERO2)
 
 
+def test_a_resume_must_match_the_run_it_continues(launch_env, capsys):
+    """Issue 22.1: a 4-head run resumed with --num-heads 8 trained silently (the weights have the same shapes) and a
+    changed --lr was accepted while the param kept the old value. A resume is compared with the run's config.json:
+    architecture, data, optimisation and probe fields must match (one paragraph naming each old and new value);
+    the run's length, cadences and workers may change."""
+    import json
+    from deepvit.training.config import flatten
+    out = launch_env / 'run'
+    first = parse('--num-heads', '4', '--lr', '1e-3', '--output-dir', str(out))
+    out.mkdir()
+    (out / 'config.json').write_text(json.dumps(flatten(first)))
+    argv = ['--deepspeed', ZERO2, '--output-dir', str(out), '--resume']
+    assert load_launch_main()(argv + ['--num-heads', '8', '--lr', '2e-3']) == 2
+    err = capsys.readouterr().err
+    assert "with a different config: model.num_heads: 4 -> 8; train.lr: 0.001 -> 0.002." in err
+    assert len(err.strip().splitlines()) == 1
+    from deepvit.training.preflight import preflight
+    cfg = parse('--num-heads', '4', '--lr', '1e-3', '--output-dir', str(out), '--resume', '--epochs', '30',
+                '--data.num_workers', '2')
+    assert preflight(cfg, ZERO2).cfg.train.epochs == 30    # the length and the workers may change
+
+
 def test_existing_run_is_never_overwritten(launch_env, capsys):
     out = launch_env / 'run'
     (out / 'checkpoints').mkdir(parents=True)

@@ -3,6 +3,7 @@
 :func:`preflight` resolves a config and a DeepSpeed config into a :class:`Plan` on every rank; ``launch/train.py``
 prints its :class:`ConfigError` as one line and exits with status 2.
 """
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -10,13 +11,19 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .checkpoint import latest_tag
-from .config import Config, ConfigError, model_overrides
+from .config import Config, ConfigError, flatten, model_overrides
 from ..ranks import env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .joblock import acquire as acquire_job_lock
 from .universal import WorldChange, refuse_reason, saved_batch
 
 RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
+CONFIG_FILE = 'config.json'  # the run's resolved config (flat), compared with a resume's (issue 22.1)
+# fields a resume may change: the run's length (re-planned and recorded, docs/training.md), logging and
+# checkpoint cadence, data workers, memory and speed switches that leave the numbers alone, where it is written
+RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.log_every', 'train.checkpoint_hist',
+                     'train.collapse_every', 'train.grad_checkpointing', 'train.compile', 'data.num_workers',
+                     'output_dir', 'resume', 'eval_only', 'eval_weights')
 
 
 @dataclass
@@ -140,11 +147,31 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
             lock.release()
             raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or "
                               f"choose another --output-dir")
+    if cfg.resume:
+        _check_resumed_config(cfg, out_dir)
     world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
                 world_change=world_change, job_lock=lock)
+
+
+def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
+    """Refuse a resume whose config differs from the run's (``CONFIG_FILE``) in a field outside
+    :data:`RESUME_MAY_CHANGE` (architecture, data, optimisation, schedule shape, seed, probe settings): in one
+    paragraph naming each field with its old and new value. Runs started before the file existed are not checked."""
+    path = out_dir / CONFIG_FILE
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(flatten(cfg)))
+    changed = [k for k in sorted(set(saved) | set(now)) if not k.startswith('log.') and k not in RESUME_MAY_CHANGE
+               and saved.get(k) != now.get(k)]
+    if changed:
+        fields = '; '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed)
+        raise ConfigError(f"--resume of {str(out_dir)!r} with a different config: {fields}. A resume continues the "
+                          f"same run: give the run's own values (they are in {path}), or start a new run in another "
+                          f"--output-dir. A resume may change only {', '.join(RESUME_MAY_CHANGE[:8])} and log.*")
 
 
 def _holds_run(out_dir: Path) -> bool:

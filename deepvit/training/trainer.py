@@ -20,7 +20,7 @@ from ..ranks import env_rank
 from .distributed import all_reduce_sum, average_buffers, is_dist
 from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
 from .preemption import Preemption, any_rank
-from .preflight import RUN_FILE, Plan
+from .preflight import CONFIG_FILE, RUN_FILE, Plan
 
 EXPORT_FILE = 'model.safetensors'
 MODEL_FILE = 'model.json'    # {"name": ..., "kwargs": {...}}: the create_model call that rebuilds the model
@@ -116,6 +116,7 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
     if plan.job_lock is not None:
         plan.job_lock.note(run_id=tracker.run_id)
     (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
+    (out_dir / CONFIG_FILE).write_text(json.dumps(flatten(cfg), indent=1))   # what a later --resume must match
     tracker.log_params({**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
                                             family=job.family, remedy=job.remedy, lr=job.lr),
                         schema.PLANNED_STEPS_PARAM: job.planned_steps,
