@@ -78,7 +78,8 @@ class MlflowTracker(NullTracker):
         self._logged_params = set(run.data.params)
         # a continued run replays the steps between its last checkpoint and the kill: each key's last logged step,
         # so that those (key, step) pairs are not logged a second time
-        self._logged_until = {m.key: m.step for m in run.data._metric_objs} if self.resumed else {}
+        self._logged_until = {key: max(m.step for m in self.client.get_metric_history(self.run_id, key))
+                              for key in run.data.metrics} if self.resumed else {}   # (public API: one query a key)
 
     def _experiment_id(self, name: str) -> str:
         return get_or_create_experiment(self.client, name, self.uri)
