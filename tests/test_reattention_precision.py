@@ -454,3 +454,36 @@ def test_world_size_of_a_bf16_checkpoint_is_read(tmp_path):
     assert _checkpoint_world_size(tmp_path) == 3
     (tmp_path / 'zero_pp_rank_0_mp_rank_00_model_states.pt').write_bytes(b'')   # ZeRO-3's model files: not counted
     assert _checkpoint_world_size(tmp_path) == 3
+
+
+def test_conv_stem_batchnorm_runs_in_float32_under_a_parameters_only_bf16_cast():
+    """Issue 21.3: DeepSpeed's bf16 cast left the conv stem's BatchNorm with bf16 weights and float32 running
+    statistics ("expected scalar type BFloat16 but found Float"). The stem's norm computes in float32: its bf16
+    output equals timm's float32 BatchNormAct2d on the same input (to bf16 rounding), and it updates the float32
+    running statistics exactly as that layer does."""
+    import timm
+    from timm.layers import BatchNormAct2d
+    import deepvit  # noqa: F401
+    from deepvit.models.stem import Fp32BatchNormAct2d
+    torch.manual_seed(0)
+    bn, ref = Fp32BatchNormAct2d(8), BatchNormAct2d(8)
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    bn.load_state_dict(ref.state_dict())
+    bn.weight.data, bn.bias.data = bn.weight.data.bfloat16(), bn.bias.data.bfloat16()
+    x = torch.randn(4, 8, 5, 5).bfloat16()
+    out = bn(x)
+    expected = ref(x.float().clone())      # float32 reference (inplace ReLU: its own copy)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert bn.running_mean.dtype == torch.float32 and int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(out.float(), expected, atol=0.03, rtol=0.02)   # bf16 weights and output rounding
+    model = timm.create_model('deepvit_s_patch16_224', depth=2, reattn_blocks='all')
+    for p in model.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    model(torch.randn(2, 3, 224, 224, dtype=torch.bfloat16)).float().sum().backward()
+    assert model.patch_embed.stem[0].bn.weight.grad is not None
+    model.eval()
+    assert torch.isfinite(model(torch.randn(1, 3, 224, 224, dtype=torch.bfloat16)).float()).all()

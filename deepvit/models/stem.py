@@ -9,9 +9,39 @@ from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, PatchEmbed, to_2tuple
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, ConvNormAct, PatchEmbed, to_2tuple
 
 STEM_WIDTH = 64
+
+
+class Fp32BatchNormAct2d(BatchNormAct2d):
+    """timm's ``BatchNormAct2d`` computed in float32 when the input or the affine parameters are in a lower
+    precision, the output cast back: the usual mixed-precision practice of keeping BatchNorm in float32 (apex amp's
+    ``keep_batchnorm_fp32``). DeepSpeed's bf16 mode casts parameters, not buffers, so the stem's BatchNorm otherwise
+    meets bf16 weights beside float32 running statistics ("expected scalar type BFloat16 but found Float").
+    In float32 it is ``BatchNormAct2d`` unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and (self.weight is None or self.weight.dtype == torch.float32):
+            return super().forward(x)
+        # BatchNormAct2d.forward (torch's BatchNorm2d.forward), the input and the affine parameters in float32
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        tracked = not self.training or self.track_running_stats
+        out = F.batch_norm(x.float(), self.running_mean if tracked else None, self.running_var if tracked else None,
+                           None if self.weight is None else self.weight.float(),
+                           None if self.bias is None else self.bias.float(), batch_stats, factor, self.eps)
+        return self.act(self.drop(out)).to(x.dtype)
+
+
+def _fp32_norm_act(num_features: int, **kwargs) -> Fp32BatchNormAct2d:
+    """The stem's norm + ReLU for ``ConvNormAct(norm_layer=...)`` (timm takes a function as a norm-act factory)."""
+    return Fp32BatchNormAct2d(num_features, **kwargs)
 
 
 class ConvPatchEmbed(nn.Module):
@@ -45,8 +75,8 @@ class ConvPatchEmbed(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.stem = nn.Sequential(
-            ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3, **dd),
-            ConvNormAct(stem_width, stem_width, 3, stride=1, padding=1, **dd),
+            ConvNormAct(in_chans, stem_width, 7, stride=2, padding=3, norm_layer=_fp32_norm_act, **dd),
+            ConvNormAct(stem_width, stem_width, 3, stride=1, padding=1, norm_layer=_fp32_norm_act, **dd),
         )
         self.proj_embed = PatchEmbed(
             img_size=tuple(s // 2 for s in img_size),
