@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's test command (and .ci/run's): the system tools the two-host test needs (tests/test_two_hosts.py:
+# openssh-server and pdsh, installed when missing and apt-get is there to do it as root), then the whole suite.
+# Extra arguments go to pytest, e.g.  bash tests/run.sh -m "not slow"  (the fast lane).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if ! command -v pdsh >/dev/null || [ ! -x /usr/sbin/sshd ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -qq openssh-server pdsh >/dev/null
+    else
+        echo "tests/run.sh: the two-host test needs openssh-server and pdsh (and root, for network namespaces):" \
+             "install them, e.g. sudo apt-get install openssh-server pdsh" >&2
+    fi
+fi
+exec python -m pytest -q "$@"
