@@ -248,3 +248,34 @@ def test_deepspeed_throughput_timer_is_off_in_every_config(tmp_path):
         path = tmp_path / f'ds_{enabled}.json'
         path.write_text(json.dumps(given))
         assert get_timers_config(resolve_ds_config(str(path), 1).config).enabled is enabled
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
+    """Issue 22.5: a truncated checkpoint file (a full disk) gave "PytorchStreamReader failed reading zip archive",
+    naming no file, with the intact previous checkpoint on disk. The resume now checks the files first, says which
+    is damaged and points `latest` at the newest intact checkpoint; with none intact it refuses in words."""
+    import os
+    import time
+    from deepvit.training.checkpoint import damage
+    from deepvit.training.config import ConfigError
+    from deepvit.training.preflight import _fall_back_from_damage
+    ckpt = tmp_path / 'checkpoints'
+    for i, tag in enumerate(('epoch0001', 'epoch0002', 'epoch0003')):
+        (ckpt / tag).mkdir(parents=True)
+        torch.save({'w': torch.randn(64, 64)}, ckpt / tag / 'mp_rank_00_model_states.pt')
+        os.utime(ckpt / tag, (time.time() + i, time.time() + i))
+    (ckpt / 'latest').write_text('epoch0003')
+    assert _fall_back_from_damage(ckpt, rank=0) == 'epoch0003' and capsys.readouterr().out == ''   # all intact
+    for tag, keep in (('epoch0003', 100), ('epoch0002', 0)):   # truncated; emptied
+        f = ckpt / tag / 'mp_rank_00_model_states.pt'
+        f.write_bytes(f.read_bytes()[:keep])
+    assert 'epoch0003/mp_rank_00_model_states.pt is not a complete checkpoint file' in damage(ckpt / 'epoch0003')
+    assert _fall_back_from_damage(ckpt, rank=0) == 'epoch0001'
+    assert (ckpt / 'latest').read_text() == 'epoch0001' and (ckpt / 'epoch0003').is_dir()   # damaged one kept
+    out = capsys.readouterr().out
+    assert 'epoch0003: ' in out and 'epoch0002: ' in out and 'Resuming from the newest intact checkpoint, epoch0001' in out
+    f = ckpt / 'epoch0001' / 'mp_rank_00_model_states.pt'
+    f.write_bytes(f.read_bytes()[:-10])
+    (ckpt / 'latest').write_text('epoch0003')
+    with pytest.raises(ConfigError, match='no intact checkpoint in'):
+        _fall_back_from_damage(ckpt, rank=0)

@@ -52,6 +52,48 @@ def latest_tag(ckpt_dir: Path) -> Optional[str]:
     return tag if (Path(ckpt_dir) / tag).is_dir() else None
 
 
+def damage(tag_dir: Path) -> Optional[str]:
+    """Why checkpoint folder ``tag_dir`` cannot be loaded, or None when every ``.pt`` file in it is a complete
+    archive: each is opened as the zip file ``torch.save`` writes and every member's CRC is checked
+    (``zipfile.ZipFile.testzip``; this reads the whole checkpoint once). Names the first bad file."""
+    import zipfile
+    files = sorted(Path(tag_dir).rglob('*.pt'))
+    if not files:
+        return f'{tag_dir} holds no .pt file'
+    for f in files:
+        try:
+            with zipfile.ZipFile(f) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+            return f'{f} is not a complete checkpoint file ({type(err).__name__}: {err})'
+        if bad is not None:
+            return f'{f} is damaged (member {bad} fails its CRC check)'
+    return None
+
+
+def intact_tag(ckpt_dir: Path) -> tuple[Optional[str], list[str]]:
+    """The checkpoint a resume should load: the one ``latest`` names when it is intact (:func:`damage`), else the
+    newest intact ``epoch*`` / ``step*`` folder (by write time). Returns ``(tag or None, [why each newer tag was
+    passed over])``."""
+    ckpt_dir = Path(ckpt_dir)
+    latest = latest_tag(ckpt_dir)
+    if latest is None:
+        return None, []
+    why = damage(ckpt_dir / latest)
+    if why is None:
+        return latest, []
+    passed = [f'{latest}: {why}']
+    older = sorted((d for d in ckpt_dir.iterdir() if d.is_dir() and d.name != latest
+                    and d.name.startswith(('epoch', 'step')) and not d.name.endswith('_universal')),
+                   key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in older:
+        why = damage(d)
+        if why is None:
+            return d.name, passed
+        passed.append(f'{d.name}: {why}')
+    return None, passed
+
+
 def _rank_file(ckpt_dir: Path, tag: str, rank: int) -> Path:
     return Path(ckpt_dir) / tag / f'rank{rank}.pt'
 

@@ -147,9 +147,11 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
             lock.release()
             raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or "
                               f"choose another --output-dir")
+    world_change = None
     if cfg.resume:
         _check_resumed_config(cfg, out_dir)
-    world_change = _world_change(cfg, out_dir / 'checkpoints', world, ds, ds_path) if cfg.resume else None
+        tag = _fall_back_from_damage(out_dir / 'checkpoints', rank)
+        world_change = _world_change(cfg, out_dir / 'checkpoints', tag, world, ds, ds_path)
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
@@ -174,6 +176,27 @@ def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
                           f"--output-dir. A resume may change only {', '.join(RESUME_MAY_CHANGE[:8])} and log.*")
 
 
+def _fall_back_from_damage(ckpt_dir: Path, rank: int) -> Optional[str]:
+    """Before a resume loads anything: when the checkpoint ``latest`` names is damaged (a truncated or corrupt file,
+    e.g. from a full disk), point ``latest`` at the newest intact one (rank 0 writes it; every rank makes the same
+    check on the same files) and say so; the damaged folder stays on disk. Returns the tag to resume from (None: no
+    checkpoint). Raises ConfigError when none is intact."""
+    from .. import atomic
+    from .checkpoint import LATEST, intact_tag
+    if latest_tag(ckpt_dir) is None:
+        return None
+    tag, passed = intact_tag(ckpt_dir)
+    if not passed:
+        return tag
+    if tag is None:
+        raise ConfigError(f"--resume: no intact checkpoint in {str(ckpt_dir)!r}: {'; '.join(passed)}")
+    if rank == 0:
+        atomic.write_text(ckpt_dir / LATEST, tag)
+        print(f"[deepvit] warning: {'; '.join(passed)}. Resuming from the newest intact checkpoint, {tag} (the "
+              f"damaged one is left on disk)", flush=True)
+    return tag
+
+
 def _holds_run(out_dir: Path) -> bool:
     return (out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()
 
@@ -191,10 +214,11 @@ def _check_eval_weights(path: Optional[str]) -> None:
                       f"('latest' in it or in its checkpoints/)")
 
 
-def _world_change(cfg: Config, ckpt_dir: Path, world: int, ds, ds_path: str) -> Optional[WorldChange]:
-    """None when the latest checkpoint was written by this job's world size (or there is none); a WorldChange when
-    it can continue through a universal checkpoint (the global batch unchanged); else ConfigError, before loading."""
-    tag = latest_tag(ckpt_dir)
+def _world_change(cfg: Config, ckpt_dir: Path, tag: Optional[str], world: int, ds,
+                  ds_path: str) -> Optional[WorldChange]:
+    """None when checkpoint ``tag`` (the one the resume loads) was written by this job's world size (or there is
+    none); a WorldChange when it can continue through a universal checkpoint (the global batch unchanged); else
+    ConfigError, before loading."""
     if tag is None:
         return None
     saved = _checkpoint_world_size(ckpt_dir / tag)
