@@ -279,3 +279,24 @@ def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caps
     (ckpt / 'latest').write_text('epoch0003')
     with pytest.raises(ConfigError, match='no intact checkpoint in'):
         _fall_back_from_damage(ckpt, rank=0)
+
+
+def test_one_visible_gpu_per_task_and_a_long_collective_timeout(monkeypatch):
+    """Issue 21.8: `torch.cuda.set_device(local_rank)` failed where a scheduler shows each task one GPU; and ranks
+    waited in collectives with DeepSpeed's 10-minute default while rank 0 converted or exported a checkpoint."""
+    import datetime
+    import deepspeed
+    from deepvit.training import build
+    chosen = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    for count, local_rank, index in ((1, 3, 0), (4, 3, 3)):
+        monkeypatch.setattr(torch.cuda, 'device_count', lambda count=count: count)
+        assert build.device_for(local_rank) == torch.device('cuda', index) and chosen[-1] == index
+    calls = []
+    monkeypatch.setattr(deepspeed, 'init_distributed', lambda **kw: calls.append(kw))
+    monkeypatch.setattr(build, 'device_for', lambda local_rank: torch.device('cpu'))
+    monkeypatch.setattr(build, 'unlink_shm_buffers', lambda: None)
+    plan = type('P', (), {'rank': 0, 'local_rank': 0})()
+    build.start_process_group(plan)
+    assert calls[0]['timeout'] == build.PROCESS_GROUP_TIMEOUT >= datetime.timedelta(minutes=30)

@@ -1,6 +1,7 @@
 """Build one rank's side of a training job from a :class:`~.preflight.Plan`: process group, model, DeepSpeed engine,
 loaders, loss and learning-rate schedule. Nothing here trains; :mod:`.trainer` runs the loop on what this returns.
 """
+import datetime
 import logging
 import os
 import warnings
@@ -32,11 +33,18 @@ def quiet_other_ranks(rank: int) -> None:
         logging.getLogger().setLevel(logging.ERROR)
 
 
+# how long a rank waits in a collective: DeepSpeed's default is 10 minutes, but the other ranks wait on rank 0 while it
+# converts a checkpoint to DeepSpeed's universal format or exports the fp32 weights, which takes longer on big models
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=60)
+
+
 def device_for(local_rank: int) -> torch.device:
-    """This rank's CUDA device (made current), or the CPU."""
+    """This rank's CUDA device (made current), or the CPU. A scheduler that shows each task only its own GPU
+    (``CUDA_VISIBLE_DEVICES`` with one device) gets device 0 whatever the local rank."""
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device('cuda', local_rank)
+        index = 0 if torch.cuda.device_count() == 1 else local_rank
+        torch.cuda.set_device(index)
+        return torch.device('cuda', index)
     return torch.device('cpu')
 
 
@@ -47,7 +55,7 @@ def start_process_group(plan: Plan) -> torch.device:
     quiet_other_ranks(plan.rank)
     device = device_for(plan.local_rank)
     try:
-        deepspeed.init_distributed(verbose=False)
+        deepspeed.init_distributed(verbose=False, timeout=PROCESS_GROUP_TIMEOUT)
     except torch.distributed.DistNetworkError as err:
         raise LaunchError(f"cannot start the process group on MASTER_PORT={os.environ.get('MASTER_PORT')} "
                           f"({str(err).splitlines()[0][:160]}); another job on this machine may hold the port: "
