@@ -448,3 +448,16 @@ def test_from_runs_frame():
     assert S.from_runs_frame(records, series_column='remedy')['series'].tolist() == ['vit', 'vit']
     with pytest.raises(ValueError, match='metric'):
         S.from_runs_frame(records, metric='last')
+
+
+def test_per_image_results_match_a_top1_rounded_to_four_decimals():
+    """The trainer logs top-1 rounded to 1e-4 points; 100 · 145 / 360 = 40.2777… is logged 40.2778. The check
+    against the per-image results allowed 1e-6 and so refused every digits run's images (seen in the mini-study)."""
+    correct = {'a': np.r_[np.ones(145), np.zeros(215)], 'b': np.r_[np.ones(150), np.zeros(210)]}
+    runs = pd.DataFrame({'series': ['vit', 'deepvit'], 'depth': [2, 2], 'seed': [0, 0], 'run_id': ['a', 'b'],
+                         'top1': [round(100 * 145 / 360, 4), round(100 * 150 / 360, 4)]})
+    out = S.paired_differences(runs, baseline='vit', correct=correct, n_boot=50)
+    assert out.loc[0, 'mean_diff'] == pytest.approx(round(100 * 150 / 360, 4) - round(100 * 145 / 360, 4))
+    runs.loc[1, 'top1'] = 41.0   # a real disagreement is still refused
+    with pytest.raises(ValueError, match="top1 of run_id 'b' is 41.0"):
+        S.paired_differences(runs, baseline='vit', correct=correct, n_boot=50)
