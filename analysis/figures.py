@@ -160,7 +160,7 @@ def _plot_top1_vs(stats: pd.DataFrame, col: str, xlabel: str, title: str, name: 
     if logx:
         ax.set_xscale('log')
     ax.set_xlabel(xlabel)
-    ax.set_ylabel('val top-1 (%)')
+    ax.set_ylabel('val top-1 (%), mean ± sd over seeds')
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize='small')
