@@ -58,7 +58,6 @@ COLLAPSE = ('similar_blocks',              # the paper metric's similar-block co
             'mean_adjacent_similarity',    # the same for the paper metric
             'effective_keys',              # attention sharpness: exp(row entropy), mean over blocks
             'row_mean_adjacent',           # the headline: row-wise calibrated similarity of adjacent blocks
-            'row_mean_adjacent_lo', 'row_mean_adjacent_hi',   # its 95 % bootstrap interval over probe images
             'row_deep_adjacent',           # ... over the deepest quarter of the blocks only
             'row_similar_blocks',          # the paper's count on the row-wise measure
             'row_head_avg_mean_adjacent',  # the head-matching-free check
@@ -70,8 +69,10 @@ STAGES = ('softmax', 'mixed')
 # reference they are read against (the residual stream makes blocks alike at init)
 REPRESENTATION = ('token_residual_last', 'token_cosine_last', 'cka_mean_adjacent', 'cka_deep_adjacent')
 STEP0 = ('token_residual_last', 'cka_mean_adjacent')
-COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)] + list(REPRESENTATION) \
-    + [f'{name}_step0' for name in STEP0]
+# the headline's 95 % bootstrap interval over probe images: column = metric name ``row_mean_adjacent_<stage>_<lo|hi>``
+INTERVALS = [f'row_mean_adjacent_{stage}_{end}' for stage in STAGES for end in ('lo', 'hi')]
+COLLAPSE_COLUMNS = [f'{name}_{stage}' for name, stage in itertools.product(COLLAPSE, STAGES)] + INTERVALS \
+    + list(REPRESENTATION) + [f'{name}_step0' for name in STEP0]
 for _col in COLLAPSE_COLUMNS:
     if not _col.endswith('_step0'):
         _FIELDS[_col] = ('metric', COLLAPSE_PREFIX + _col, 'Float64')

@@ -30,7 +30,7 @@ from .table import depth_table
 GRIDS = ('paper', 'row')   # heatmap grids drawn: the paper's metric and the headline (runs keep every matrix)
 TRAJECTORY = 'row_mean_adjacent'   # the collapse figure drawn over training by default: the headline measure
 # every measure that can be drawn over training: per map stage, or (representation) one per run
-COLLAPSE_MEASURES = tuple(m for m in COLLAPSE if not m.endswith(('_lo', '_hi'))) + REPRESENTATION
+COLLAPSE_MEASURES = COLLAPSE + REPRESENTATION
 
 __all__ = ['analyze', 'COLLAPSE_MEASURES', 'check_collapse_measure']
 

@@ -188,3 +188,18 @@ def test_probe_profiles_intervals_and_bad_input():
         collapse_probe(model, [images], num_images=4)
     with pytest.raises(ValueError, match=r'cka_examples=9999: must be in \[4, 780\]'):
         collapse_probe(model, [images], num_images=12, cka_examples=9999)
+
+
+def test_the_analysis_reads_every_collapse_figure_under_the_name_the_probe_logs_it():
+    """The headline's interval was logged as collapse/row_mean_adjacent_softmax_lo and read as
+    collapse/row_mean_adjacent_lo_softmax: runs.csv's interval columns were always empty (seen in the mini-study).
+    Every collapse column of the records must be a figure the probe's summary holds."""
+    import timm
+    from analysis.records import COLLAPSE_COLUMNS
+    torch.manual_seed(0)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2, embed_dim=32, num_heads=2).eval()
+    result = collapse_probe(model, [torch.randn(8, 3, 32, 32)], num_images=8, bootstrap=100)
+    logged = set(result.summary())
+    missing = [c for c in COLLAPSE_COLUMNS if not c.endswith('_step0') and c not in logged]
+    assert not missing, missing
+    assert {'row_mean_adjacent_softmax_lo', 'row_mean_adjacent_mixed_hi'} <= set(COLLAPSE_COLUMNS)
