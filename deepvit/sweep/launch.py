@@ -315,7 +315,8 @@ def run(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if not more:
             break
         selected = selected + more
-        todo = [(p, action(point_statuses(sweep_runs(client, exp_id, plan.sweep_id)).get(p.key, []))) for p in more]
+        now = point_statuses(sweep_runs(client, exp_id, plan.sweep_id))   # one read of the store per round
+        todo = [(p, action(now.get(p.key, []))) for p in more]
     statuses = point_statuses(sweep_runs(client, exp_id, plan.sweep_id))
     if all('FINISHED' in statuses.get(p.key, []) for p in (selected if sequential else plan.points)):
         tracking.set_run_status(client, parent_id, 'FINISHED')
