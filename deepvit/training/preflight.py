@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .checkpoint import latest_tag
 from .config import Config, ConfigError, flatten, model_overrides
 from ..ranks import env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
@@ -183,9 +182,7 @@ def _fall_back_from_damage(ckpt_dir: Path, rank: int) -> Optional[str]:
     checkpoint). Raises ConfigError when none is intact."""
     from .. import atomic
     from .checkpoint import LATEST, intact_tag
-    if latest_tag(ckpt_dir) is None:
-        return None
-    tag, passed = intact_tag(ckpt_dir)
+    tag, passed = intact_tag(ckpt_dir)   # (None, []) without a checkpoint
     if not passed:
         return tag
     if tag is None:
