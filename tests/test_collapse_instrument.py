@@ -139,6 +139,17 @@ def test_cka_identical_one_independent_zero_only_when_debiased():
         linear_cka(x, y[:10])
 
 
+@pytest.mark.parametrize('budget_mib', [128, 0.1, 0.0])   # all Grams at once, two at a time, feature space
+def test_cka_matrix_within_any_memory_budget_equals_the_pairwise_estimator(budget_mib):
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(40, 12, generator=g)
+    feats = torch.stack([base + s * torch.randn(40, 12, generator=g) for s in (0.0, 0.3, 1.0, 3.0, 10.0)])
+    m = debiased_cka_matrix(feats, budget_mib=budget_mib)
+    want = torch.tensor([[linear_cka(a, b) for b in feats] for a in feats], dtype=torch.float64)
+    assert torch.allclose(m, want, atol=1e-10)
+    assert m[0, 1] > m[0, 2] > m[0, 3] > m[0, 4]                # less shared signal, lower CKA
+
+
 def test_entropy_uniform_one_one_hot_zero():
     uniform = torch.full((2, 3, 4, N, N), 1.0 / N)
     one_hot = torch.eye(N).expand(2, 3, 4, N, N)

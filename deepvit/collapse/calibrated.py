@@ -154,10 +154,11 @@ class _Family:
         self.raw: List[torch.Tensor] = []
         self.tok: List[torch.Tensor] = []
         self.img: List[torch.Tensor] = []
-        self.prev: Optional[tuple] = None     # (flat (L, M), lin (L,)) of the last image seen
         self.vectors = 0
 
-    def add(self, maps: torch.Tensor) -> None:
+    def _unit(self, maps: torch.Tensor):
+        """The family's vectors of a chunk (L, b, H, N, N) as deviations from 1/√N (or centred): ``(x (b, L, h, N, N),
+        flat (b, L, h·N·N) view of x, lin (b, L) float64, offset, vectors)``."""
         # one working copy per family, images first and contiguous, then in-place ops: the peak stays at about
         # two copies of the chunk's maps (this one and a permuted one), whatever the orientation
         x = maps.mean(dim=2, keepdim=True) if self.head_avg else maps      # (L, b, h, N, N)
@@ -176,7 +177,12 @@ class _Family:
             lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(2, 3)) / math.sqrt(N)).cpu()   # (b, L)
             x.sub_(1.0 / math.sqrt(N))
             offset = vectors
-        flat = x.view(b, L, -1)                                            # (b, L, M), the deviations
+        return x, x.view(b, L, -1), lin, offset, vectors
+
+    def add(self, maps: torch.Tensor, previous: Optional[torch.Tensor] = None) -> None:
+        """Add a chunk (L, b, H, N, N); ``previous`` (L, 1, H, N, N): the image before the chunk's first, if any."""
+        x, flat, lin, offset, vectors = self._unit(maps)
+        b, L, _, N, _ = x.shape
         base = lin[:, :, None] + lin[:, None, :] - offset                  # (b, L, L)
         self.raw.append(torch.bmm(flat, flat.transpose(1, 2)).double().cpu() + base)
         tok = torch.zeros(b, L, L, dtype=torch.float64)
@@ -190,11 +196,11 @@ class _Family:
         if b > 1:
             img[1:] = torch.bmm(flat[1:], flat[:-1].transpose(1, 2)).double().cpu() \
                 + lin[1:, :, None] + lin[:-1, None, :] - offset
-        if self.prev is not None:                                          # the probe's image 0 has no partner
-            prev_flat, prev_lin = self.prev
-            img[0] = torch.mm(flat[0], prev_flat.t()).double().cpu() + lin[0][:, None] + prev_lin[None, :] - offset
+        if previous is not None:                                           # the probe's image 0 has no partner
+            _, prev_flat, prev_lin, _, _ = self._unit(previous)            # recomputed: one image, not one per family
+            img[0] = torch.mm(flat[0], prev_flat[0].t()).double().cpu() + lin[0][:, None] + prev_lin[0][None, :] \
+                - offset
         self.img.append(img)
-        self.prev = (flat[-1].clone(), lin[-1].clone())
         self.vectors = vectors
 
     def sums(self, permutations: int) -> SimilaritySums:
@@ -211,7 +217,7 @@ class CrossLayerAccumulator:
         seed: seed of the permutations (fixed: every run and every rank uses the same ones).
 
     Chunks must arrive in the probe's fixed image order (the image null pairs each image with the one before it).
-    Memory: O(images · L²) float64 sums plus one image of maps per family.
+    Memory: O(images · L²) float64 sums plus the maps of the last image seen (for the image null).
 
     Raises:
         ValueError: non-positive sizes, or K < 1.
@@ -229,6 +235,7 @@ class CrossLayerAccumulator:
         # P A Pᵀ as one gather over the flattened (N·N) map: entry (i, t) ← (π(i), π(t)); the same for Aᵀ
         flat_perms = [(p[:, None] * num_tokens + p[None, :]).flatten() for p in self.perms]
         self._families = {name: _Family(*spec, flat_perms) for name, spec in FAMILIES.items()}
+        self._previous: Optional[torch.Tensor] = None
         self.images = 0
 
     @torch.no_grad()
@@ -244,8 +251,13 @@ class CrossLayerAccumulator:
                              f"N={self.num_tokens}), got {tuple(maps.shape)}")
         a = maps.detach().float()
         for family in self._families.values():
-            family.add(a)
+            family.add(a, self._previous)
+        self._previous = a[:, -1:].clone()     # the raw maps of the chunk's last image, kept once for every family
         self.images += a.shape[1]
+
+    def close(self) -> None:
+        """Free the last image's maps kept for the image null (no chunk follows)."""
+        self._previous = None
 
     def sums(self) -> Dict[str, SimilaritySums]:
         """Per-image sums of every family (input of :func:`measures` and of the bootstrap).

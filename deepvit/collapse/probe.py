@@ -256,6 +256,8 @@ def collapse_probe(model: nn.Module, images: Iterable[torch.Tensor], num_images:
         model.train(was_training)
     if seen < num_images:
         raise ValueError(f"collapse probe: asked for {num_images} images, the probe data held only {seen}")
+    for acc in accumulators.values():
+        acc.close()                                                   # its last image's maps: not needed any more
     result = CollapseResult(num_images=seen, threshold=threshold, bootstrap=bootstrap)
     per_image = {}
     for stage in MAP_STAGES:

@@ -91,30 +91,70 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float
     return float(xy / (xx * yy).clamp_min(_EPS).sqrt())
 
 
-def debiased_cka_matrix(features: torch.Tensor) -> torch.Tensor:
+def _pair_traces(features: torch.Tensor, budget_bytes: float) -> torch.Tensor:
+    """(L, L) float64 tr(K_p K_q) of the linear Gram matrices K_p = X_p X_pᵀ, within ``budget_bytes``.
+
+    Gram form, blocked: groups of G Gram matrices (n² float64 each), two groups resident at a time, G as large as
+    the budget allows (each group's Grams are recomputed once per earlier group). When the budget holds too few
+    Grams for that to be the cheaper form (n ≥ G·D, two Grams over budget included), the feature form
+    tr(K_p K_q) = ‖X_pᵀ X_q‖²_F, one (D, D) product at a time (memory D² + nD).
+    """
+    L, n, D = features.shape
+    traces = torch.empty(L, L, dtype=torch.float64)
+    group = int(budget_bytes // (2 * 8 * n * (n + D)))                # two groups of Grams and their float64 inputs
+    # cost: blocked Grams ≈ L²/(2G) · 2n²D multiply-adds, feature form ≈ L²/2 · 2nD²: the Gram form wins while n < G·D
+    if group < 1 or n >= group * D:
+        for p in range(L):
+            xp = features[p].double()
+            for q in range(p, L):
+                traces[p, q] = traces[q, p] = (xp.t() @ features[q].double()).pow(2).sum()
+        return traces
+
+    def grams(lo: int, hi: int) -> torch.Tensor:
+        f = features[lo:hi].double()
+        return (f @ f.transpose(1, 2)).reshape(hi - lo, -1)
+
+    for i in range(0, L, group):
+        a = grams(i, min(i + group, L))
+        traces[i:i + group, i:i + group] = a @ a.t()
+        for j in range(i + group, L, group):
+            traces[i:i + group, j:j + group] = block = a @ grams(j, min(j + group, L)).t()
+            traces[j:j + group, i:i + group] = block.t()
+    return traces
+
+
+def debiased_cka_matrix(features: torch.Tensor, budget_mib: float = 128) -> torch.Tensor:
     """Debiased linear CKA between every pair of L representations of the same n examples.
 
     Args:
-        features: (L, n, D) float features (n ≥ 4).
+        features: (L, n, D) float features (n ≥ 4); any float dtype, computed in float64.
+        budget_mib: working memory for the Gram matrices, beyond ``features`` itself (MiB). Within it the Grams are
+            computed in blocks of blocks; past it (n ≳ √(budget / 16)), in feature space.
     Returns:
         (L, L) float64 tensor, symmetric, diagonal 1.
     Raises:
         ValueError: n < 4.
 
-    Memory: L Gram matrices of n² float64 (L = 32, n = 1024: 256 MiB; the probe's default n is 1024 because its
-    models are small; lower ``cka_examples`` for deep wide models).
+    The unbiased HSIC (Song et al. 2012, Eq. 5) needs, per pair, tr(K̃_p K̃_q) with K̃ = K − diag(K), and per block
+    K̃1 and 1ᵀK̃1. For a linear kernel the per-block parts come from the features (K̃1 = X(Xᵀ1) − diag(K)), and
+    tr(K̃_p K̃_q) = tr(K_p K_q) − diag(K_p)·diag(K_q), so no Gram matrix is kept beyond the pair traces.
     """
     L, n, _ = features.shape
     if n < 4:
         raise ValueError(f"debiased CKA needs at least 4 examples, got {n}")
-    f = features.detach().double()
-    k, rows, total = _hsic_parts(f @ f.transpose(1, 2))                  # (L, n, n), (L, n), (L,)
-    flat = k.reshape(L, -1)
-    trace = flat @ flat.t()                                              # tr(K̃_p K̃_q) for symmetric K̃
+    features = features.detach()
+    diag = torch.empty(L, n, dtype=torch.float64)                        # diag(K_p) = ‖x_i‖²
+    rows = torch.empty(L, n, dtype=torch.float64)                        # K̃_p 1
+    for p in range(L):
+        x = features[p].double()
+        diag[p] = x.pow(2).sum(1)
+        rows[p] = x @ x.sum(0) - diag[p]
+    total = rows.sum(1)                                                  # 1ᵀ K̃_p 1
+    trace = _pair_traces(features, budget_mib * 2 ** 20) - diag @ diag.t()
     hsic = (trace + total[:, None] * total[None, :] / ((n - 1) * (n - 2))
             - 2.0 / (n - 2) * (rows @ rows.t())) / (n * (n - 3))
-    diag = hsic.diagonal().clamp_min(_EPS).sqrt()
-    cka = hsic / (diag[:, None] * diag[None, :])
+    scale = hsic.diagonal().clamp_min(_EPS).sqrt()
+    cka = hsic / (scale[:, None] * scale[None, :])
     cka = (cka + cka.t()) / 2
     cka.fill_diagonal_(1.0)
     return cka
