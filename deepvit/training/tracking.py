@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .. import schema
 from ..tracking_uri import default_tracking_uri, sqlite_path
+from .outage import Backlog, shorten_http_retries
 
 EXPERIMENT_DESCRIPTION = ('Training runs of the DeepViT depth study (ViT, DeepViT and remedies): group by `family` '
                           'or `remedy`, compare by `depth`; `val/top1` is the final-epoch top-1 in percent, '
@@ -52,6 +53,9 @@ class MlflowTracker(NullTracker):
         tags: tags of a new run (``family``, ``sweep_id``, ``mlflow.parentRunId``, ...); MLflow's own context tags
             (``mlflow.user``, ``mlflow.source.name``, ``mlflow.source.type``, ``mlflow.source.git.commit``) are added
             as ``mlflow.start_run`` would add them.
+
+    Opening the run needs the store; after that every write survives an outage of it (:mod:`.outage`): it waits, in
+    order, and training goes on.
     """
 
     def __init__(self, experiment: str, run_name: Optional[str] = None, tracking_uri: Optional[str] = None,
@@ -61,6 +65,8 @@ class MlflowTracker(NullTracker):
 
         self.uri = tracking_uri or default_tracking_uri()
         self._mlflow = mlflow
+        shorten_http_retries(self.uri)
+        self._backlog = Backlog(self.uri)
         with store_lock(self.uri):  # jobs starting together on a store that does not exist yet create it once
             self.client = MlflowClient(self.uri)
             if run_id is not None:
@@ -97,7 +103,9 @@ class MlflowTracker(NullTracker):
             fresh.append(Param(key, text))
             self._logged_params.add(key)
         for start in range(0, len(fresh), 100):
-            self.client.log_batch(self.run_id, params=fresh[start:start + 100])
+            chunk = fresh[start:start + 100]
+            self._backlog.send(f'params {chunk[0].key}..', lambda chunk=chunk: self.client.log_batch(self.run_id,
+                                                                                             params=chunk))
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -105,7 +113,7 @@ class MlflowTracker(NullTracker):
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
                  if int(step) > self._logged_until.get(key, -1)]
         if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+            self._backlog.send(f'metrics at step {int(step)}', lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def tags(self) -> Dict[str, str]:
         """The run's tags as they were when this tracker opened it (a continued run's earlier ones)."""
@@ -116,54 +124,64 @@ class MlflowTracker(NullTracker):
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_dict(self.run_id, data, artifact_file)
+        self._backlog.send(f'artifact {artifact_file}', lambda: self.client.log_dict(self.run_id, data, artifact_file))
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._backlog.send(f'artifact {artifact_file}', lambda: self.client.log_text(self.run_id, text, artifact_file))
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
-        self.client.log_artifact(self.run_id, path, artifact_path)
+        self._backlog.send(f'artifact {path}', lambda: self.client.log_artifact(self.run_id, path, artifact_path))
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._backlog.send(f'artifact {artifact_file}',
+                           lambda: self.client.log_figure(self.run_id, figure, artifact_file))
 
     def log_numpy(self, array, artifact_file: str) -> None:
         import numpy as np
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / Path(artifact_file).name
-            np.save(path, array)
-            self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
+
+        def send():
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(artifact_file).name
+                np.save(path, array)
+                self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
+        self._backlog.send(f'artifact {artifact_file}', send)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+            self._backlog.send(f'tag {key}', lambda key=key, value=value: self.client.set_tag(self.run_id, key,
+                                                                                              str(value)))
 
     def log_datasets(self, datasets: Sequence['DatasetRecord']) -> None:
         """Record the run's datasets as MLflow dataset inputs (the runs table's Dataset column), once per run."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
-        if self.client.get_run(self.run_id).inputs.dataset_inputs:
-            return  # a continued run logged them when it started
         inputs = [DatasetInput(Dataset(d.name, d.digest, 'local' if '://' not in d.source else 'url', d.source,
                                        profile=json.dumps({'num_samples': d.num_samples, 'num_classes': d.num_classes,
                                                            'split': d.split})),
                                tags=[InputTag('mlflow.data.context', d.context)]) for d in datasets]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+
+        def send():
+            if not self.client.get_run(self.run_id).inputs.dataset_inputs:   # a continued run logged them already
+                self.client.log_inputs(self.run_id, datasets=inputs)
+        self._backlog.send('datasets', send)
 
     def log_model(self, files: Sequence[Path], name: str, params: Dict[str, Any], step: int) -> None:
         """Log ``files`` (the exported weights and their ``timm.create_model`` fields) as an MLflow logged model of
         this run (the runs table's Models column), with ``params`` on the model, linked as the run's output at
         ``step``."""
         from mlflow.entities import LoggedModelOutput
-        exp_id = self.client.get_run(self.run_id).info.experiment_id
         text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
-        model = self.client.create_logged_model(exp_id, name=name, source_run_id=self.run_id, params=text,
-                                                model_type='timm')
-        with tempfile.TemporaryDirectory() as tmp:
-            for f in files:
-                _link_or_copy(Path(f), Path(tmp) / Path(f).name)
-            self.client.log_model_artifacts(model.model_id, tmp)
-        self.client.finalize_logged_model(model.model_id, 'READY')
-        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, int(step))])
+
+        def send():
+            exp_id = self.client.get_run(self.run_id).info.experiment_id
+            model = self.client.create_logged_model(exp_id, name=name, source_run_id=self.run_id, params=text,
+                                                    model_type='timm')
+            with tempfile.TemporaryDirectory() as tmp:
+                for f in files:
+                    _link_or_copy(Path(f), Path(tmp) / Path(f).name)
+                self.client.log_model_artifacts(model.model_id, tmp)
+            self.client.finalize_logged_model(model.model_id, 'READY')
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, int(step))])
+        self._backlog.send(f'model {name}', send)
 
     def start_system_metrics(self, interval_s: float) -> None:
         """MLflow's own system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
@@ -178,7 +196,8 @@ class MlflowTracker(NullTracker):
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
-        self.client.set_terminated(self.run_id, status=status)
+        self._backlog.send(f'status {status}', lambda: self.client.set_terminated(self.run_id, status=status))
+        self._backlog.flush()
 
 
 class DatasetRecord:
