@@ -53,20 +53,21 @@ class MlflowTracker(NullTracker):
         tags: tags of a new run (``family``, ``sweep_id``, ``mlflow.parentRunId``, ...); MLflow's own context tags
             (``mlflow.user``, ``mlflow.source.name``, ``mlflow.source.type``, ``mlflow.source.git.commit``) are added
             as ``mlflow.start_run`` would add them.
+        backlog_dir: where writes that never reached the store are kept at the end (:mod:`.outage`).
 
     Opening the run needs the store; after that every write survives an outage of it (:mod:`.outage`): it waits, in
     order, and training goes on.
     """
 
     def __init__(self, experiment: str, run_name: Optional[str] = None, tracking_uri: Optional[str] = None,
-                 run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None) -> None:
+                 run_id: Optional[str] = None, tags: Optional[Dict[str, str]] = None,
+                 backlog_dir: Optional[Path] = None) -> None:
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
         self._mlflow = mlflow
         shorten_http_retries(self.uri)
-        self._backlog = Backlog(self.uri)
         with store_lock(self.uri):  # jobs starting together on a store that does not exist yet create it once
             self.client = MlflowClient(self.uri)
             if run_id is not None:
@@ -79,6 +80,7 @@ class MlflowTracker(NullTracker):
                 self.run_id = run.info.run_id
         self.resumed = run_id is not None
         self._monitor = None
+        self._backlog = Backlog(self.uri, RunWriter(self.client, self.run_id).apply, backlog_dir)
         run = self.client.get_run(self.run_id)
         self._tags_at_open = dict(run.data.tags)
         self._logged_params = set(run.data.params)
@@ -92,28 +94,23 @@ class MlflowTracker(NullTracker):
 
     def log_params(self, params: Dict[str, Any]) -> None:
         """Log params not yet on the run (MLflow params are immutable: a resumed run keeps its first values)."""
-        from mlflow.entities import Param
-        fresh = []
+        fresh = {}
         for key, value in params.items():
             if key in self._logged_params:
                 continue
             text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
             if len(text) > MAX_PARAM_LENGTH:
                 text = text[:MAX_PARAM_LENGTH - 3] + '...'
-            fresh.append(Param(key, text))
+            fresh[key] = text
             self._logged_params.add(key)
-        for start in range(0, len(fresh), 100):
-            chunk = fresh[start:start + 100]
-            self._backlog.send(f'params {chunk[0].key}..', lambda chunk=chunk: self.client.log_batch(self.run_id,
-                                                                                             params=chunk))
+        if fresh:
+            self._backlog.send({'kind': 'params', 'params': fresh})
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()
-                 if int(step) > self._logged_until.get(key, -1)]
-        if batch:
-            self._backlog.send(f'metrics at step {int(step)}', lambda: self.client.log_batch(self.run_id, metrics=batch))
+        fresh = {key: float(value) for key, value in metrics.items() if int(step) > self._logged_until.get(key, -1)}
+        if fresh:
+            self._backlog.send({'kind': 'metrics', 'metrics': fresh, 'step': int(step),
+                                'timestamp': int(time.time() * 1000)})
 
     def tags(self) -> Dict[str, str]:
         """The run's tags as they were when this tracker opened it (a continued run's earlier ones)."""
@@ -124,64 +121,36 @@ class MlflowTracker(NullTracker):
         return [(m.step, m.value) for m in self.client.get_metric_history(self.run_id, key)]
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self._backlog.send(f'artifact {artifact_file}', lambda: self.client.log_dict(self.run_id, data, artifact_file))
+        self._backlog.send({'kind': 'dict', 'data': data, 'artifact_file': artifact_file})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._backlog.send(f'artifact {artifact_file}', lambda: self.client.log_text(self.run_id, text, artifact_file))
+        self._backlog.send({'kind': 'text', 'text': text, 'artifact_file': artifact_file})
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
-        self._backlog.send(f'artifact {path}', lambda: self.client.log_artifact(self.run_id, path, artifact_path))
+        self._backlog.send({'kind': 'artifact', 'path': str(path), 'artifact_path': artifact_path})
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        self._backlog.send(f'artifact {artifact_file}',
-                           lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+        self._backlog.send({'kind': 'figure', 'figure': figure, 'artifact_file': artifact_file})
 
     def log_numpy(self, array, artifact_file: str) -> None:
-        import numpy as np
-
-        def send():
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / Path(artifact_file).name
-                np.save(path, array)
-                self.client.log_artifact(self.run_id, str(path), str(Path(artifact_file).parent) or None)
-        self._backlog.send(f'artifact {artifact_file}', send)
+        self._backlog.send({'kind': 'numpy', 'array': array, 'artifact_file': artifact_file})
 
     def set_tags(self, tags: Dict[str, str]) -> None:
-        for key, value in tags.items():
-            self._backlog.send(f'tag {key}', lambda key=key, value=value: self.client.set_tag(self.run_id, key,
-                                                                                              str(value)))
+        if tags:
+            self._backlog.send({'kind': 'tags', 'tags': {k: str(v) for k, v in tags.items()}})
 
     def log_datasets(self, datasets: Sequence['DatasetRecord']) -> None:
         """Record the run's datasets as MLflow dataset inputs (the runs table's Dataset column), once per run."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-        inputs = [DatasetInput(Dataset(d.name, d.digest, 'local' if '://' not in d.source else 'url', d.source,
-                                       profile=json.dumps({'num_samples': d.num_samples, 'num_classes': d.num_classes,
-                                                           'split': d.split})),
-                               tags=[InputTag('mlflow.data.context', d.context)]) for d in datasets]
-
-        def send():
-            if not self.client.get_run(self.run_id).inputs.dataset_inputs:   # a continued run logged them already
-                self.client.log_inputs(self.run_id, datasets=inputs)
-        self._backlog.send('datasets', send)
+        self._backlog.send({'kind': 'datasets', 'datasets': [
+            {'name': d.name, 'digest': d.digest, 'source': d.source, 'context': d.context, 'num_samples': d.num_samples,
+             'num_classes': d.num_classes, 'split': d.split} for d in datasets]})
 
     def log_model(self, files: Sequence[Path], name: str, params: Dict[str, Any], step: int) -> None:
         """Log ``files`` (the exported weights and their ``timm.create_model`` fields) as an MLflow logged model of
         this run (the runs table's Models column), with ``params`` on the model, linked as the run's output at
         ``step``."""
-        from mlflow.entities import LoggedModelOutput
-        text = {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}
-
-        def send():
-            exp_id = self.client.get_run(self.run_id).info.experiment_id
-            model = self.client.create_logged_model(exp_id, name=name, source_run_id=self.run_id, params=text,
-                                                    model_type='timm')
-            with tempfile.TemporaryDirectory() as tmp:
-                for f in files:
-                    _link_or_copy(Path(f), Path(tmp) / Path(f).name)
-                self.client.log_model_artifacts(model.model_id, tmp)
-            self.client.finalize_logged_model(model.model_id, 'READY')
-            self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, int(step))])
-        self._backlog.send(f'model {name}', send)
+        self._backlog.send({'kind': 'model', 'files': [str(f) for f in files], 'name': name, 'step': int(step),
+                            'params': {k: v if isinstance(v, str) else json.dumps(v) for k, v in params.items()}})
 
     def start_system_metrics(self, interval_s: float) -> None:
         """MLflow's own system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
@@ -196,8 +165,75 @@ class MlflowTracker(NullTracker):
         if self._monitor is not None:
             self._monitor.finish()
             self._monitor = None
-        self._backlog.send(f'status {status}', lambda: self.client.set_terminated(self.run_id, status=status))
-        self._backlog.flush()
+        self._backlog.send({'kind': 'status', 'status': status})
+        self._backlog.flush(self.run_id)
+
+
+class RunWriter:
+    """Sends one tracking record (:class:`deepvit.training.outage.Backlog`'s format) to an existing run: the one
+    place where a training run's writes reach MLflow (the tracker, and ``python -m deepvit.training.upload``)."""
+
+    def __init__(self, client, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def apply(self, r: Dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param
+        kind, c, rid = r['kind'], self.client, self.run_id
+        if kind == 'metrics':
+            c.log_batch(rid, metrics=[Metric(k, v, r['timestamp'], r['step']) for k, v in r['metrics'].items()])
+        elif kind == 'params':
+            items = [Param(k, v) for k, v in r['params'].items()]
+            for start in range(0, len(items), 100):
+                c.log_batch(rid, params=items[start:start + 100])
+        elif kind == 'tags':
+            for key, value in r['tags'].items():
+                c.set_tag(rid, key, value)
+        elif kind == 'dict':
+            c.log_dict(rid, r['data'], r['artifact_file'])
+        elif kind == 'text':
+            c.log_text(rid, r['text'], r['artifact_file'])
+        elif kind == 'figure':
+            c.log_figure(rid, r['figure'], r['artifact_file'])
+        elif kind == 'numpy':
+            import numpy as np
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / Path(r['artifact_file']).name
+                np.save(path, r['array'])
+                c.log_artifact(rid, str(path), str(Path(r['artifact_file']).parent) or None)
+        elif kind == 'artifact':
+            c.log_artifact(rid, r['path'], r['artifact_path'])
+        elif kind == 'datasets':
+            self._datasets(r['datasets'])
+        elif kind == 'model':
+            self._model(r)
+        elif kind == 'status':
+            c.set_terminated(rid, status=r['status'])
+        else:
+            raise ValueError(f"tracking record kind {kind!r} is not one of metrics, params, tags, dict, text, figure, "
+                             f"numpy, artifact, datasets, model, status")
+
+    def _datasets(self, datasets) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        if self.client.get_run(self.run_id).inputs.dataset_inputs:
+            return  # a continued run logged them when it started
+        inputs = [DatasetInput(Dataset(d['name'], d['digest'], 'local' if '://' not in d['source'] else 'url',
+                                       d['source'], profile=json.dumps({'num_samples': d['num_samples'],
+                                                                        'num_classes': d['num_classes'],
+                                                                        'split': d['split']})),
+                               tags=[InputTag('mlflow.data.context', d['context'])]) for d in datasets]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+    def _model(self, r) -> None:
+        from mlflow.entities import LoggedModelOutput
+        exp_id = self.client.get_run(self.run_id).info.experiment_id
+        model = self.client.create_logged_model(exp_id, name=r['name'], source_run_id=self.run_id,
+                                                params=r['params'], model_type='timm')
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in r['files']:
+                _link_or_copy(Path(f), Path(tmp) / Path(f).name)
+            self.client.log_model_artifacts(model.model_id, tmp)
+        self.client.finalize_logged_model(model.model_id, 'READY')
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, r['step'])])
 
 
 class DatasetRecord:

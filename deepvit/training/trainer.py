@@ -23,6 +23,7 @@ from .preemption import Preemption, any_rank
 from .preflight import CONFIG_FILE, RUN_FILE, Plan
 
 EXPORT_FILE = 'model.safetensors'
+BACKLOG_DIR = 'tracking_backlog'   # records a tracking-store outage kept from the store (deepvit/training/outage.py)
 MODEL_FILE = 'model.json'    # {"name": ..., "kwargs": {...}}: the create_model call that rebuilds the model
 EXIT_CODES = {'FINISHED': 0, 'FAILED': 1, 'KILLED': 143}   # 143 = 128 + SIGTERM, what a scheduler expects
 
@@ -108,7 +109,8 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
     tags[schema.NOTE_TAG] = record.run_description(cfg, model, job.n_params, world, ds.precision,
                                                    plan.train_shards.num_samples if plan.train_shards else None)
     tracker = create_tracker(plan.rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, model),
-                             tracking_uri=cfg.log.tracking_uri, run_id=resumed.run_id, tags=tags)
+                             tracking_uri=cfg.log.tracking_uri, run_id=resumed.run_id, tags=tags,
+                             backlog_dir=out_dir / BACKLOG_DIR)
     best = _Best()
     if plan.rank != 0:
         return tracker, best
