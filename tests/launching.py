@@ -32,6 +32,18 @@ COLLAPSE_ARRAYS = tuple(f'collapse/{stem}_{stage}.npy' for stage in STAGES for s
     'collapse/cka.npy', 'collapse/token_residual.npy')
 
 
+def require_system(missing: list, what: str) -> None:
+    """Tests that need root or system tools: skipped with a one-line reason where ``missing`` is not empty (a fresh
+    machine running the README's test command), failed instead when ``DEEPVIT_REQUIRE_SYSTEM_TESTS=1`` (``.ci/run``
+    sets it, so CI always runs them)."""
+    import pytest
+    if missing:
+        reason = f"{what} needs {', '.join(missing)} (tests/run.sh installs the tools when run as root)"
+        if os.environ.get('DEEPVIT_REQUIRE_SYSTEM_TESTS') == '1':
+            pytest.fail(reason + '; DEEPVIT_REQUIRE_SYSTEM_TESTS=1 demands it')
+        pytest.skip(reason)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

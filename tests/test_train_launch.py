@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import launching
 from launching import (COLLAPSE_ARRAYS, COLLAPSE_METRICS, DIGITS_VAL, ROOT, TINY, assert_same_weights, client,
                        final_metric, finish, free_port, launcher_cmd, log_of, rank_pids, run_id, run_ok,
                        shm_buffers_left, start, wait_for, weights)
@@ -349,6 +350,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_p
     assert finish(proc) != 0
     text = log_of(out)
     assert 'SIGTERM: checkpoint' in text and 'Traceback' not in text
+    assert text.count('SIGTERM: every rank stops at the next log step') == 1       # said once, by rank 0
     tag = (out / 'checkpoints' / 'latest').read_text()
     assert tag.startswith('step')  # a mid-epoch checkpoint (an epoch tag would mean the signal was missed)
     assert client(env).get_run(run_id(out)).info.status == 'KILLED'
@@ -397,3 +399,35 @@ def test_two_nodes_on_one_machine_equal_one_node(env, reference, tmp_path):
     assert codes == [0, 0], log_of(out)[-3000:]
     assert client(env).get_run(run_id(out)).data.params['world_size'] == '2'
     assert_same_weights(out, reference)
+
+
+def test_a_full_disk_while_checkpointing_is_said_in_words_and_the_previous_checkpoint_resumes(env, tmp_path):
+    """A real full filesystem: the checkpoint folder on a 4 MiB tmpfs, filled up to 100 KiB after epoch 1, so the epoch-2
+    checkpoint (~0.5 MiB) cannot be written. Was: `basic_ios::clear: iostream error` and no word of space."""
+    import shutil
+    launching.require_system([] if os.geteuid() == 0 and shutil.which('mount') else ['root (mount -t tmpfs)'],
+                             'the full-disk test')
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(disk)], check=True)
+    try:
+        out = tmp_path / 'run'                             # the checkpoints on the small disk, the rest (log) not
+        out.mkdir()
+        (out / 'checkpoints').symlink_to(disk)
+        run_ok(env, out, '--epochs', '1', '--warmup-epochs', '0', num_gpus=1)
+        free = shutil.disk_usage(disk).free
+        (disk / 'filler').write_bytes(b'\0' * (free - 100 * 1024))
+        code = finish(start(env, out, '--epochs', '2', '--warmup-epochs', '0', '--resume', num_gpus=1))
+        text = log_of(out)
+        assert code != 0
+        assert re.search(r'no space left on \S+/checkpoints \([0-9.]+ MiB free\) while writing checkpoint epoch0002; '
+                         r'checkpoint epoch0001 is intact and --resume continues from it', text), text[-3000:]
+        assert 'Traceback' not in text and (out / 'checkpoints' / 'latest').read_text() == 'epoch0001'
+        assert client(env).get_run(run_id(out)).info.status == 'FAILED'
+        (disk / 'filler').unlink()                         # space freed: the resume continues from epoch 1
+        shutil.rmtree(out / 'checkpoints' / 'epoch0002')
+        run_ok(env, out, '--epochs', '2', '--warmup-epochs', '0', '--resume', num_gpus=1)
+        assert (out / 'checkpoints' / 'latest').read_text() == 'epoch0002'
+        assert client(env).get_run(run_id(out)).info.status == 'FINISHED'
+    finally:
+        subprocess.run(['umount', '-l', str(disk)], check=False)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import launching
 from launching import ROOT, TINY, assert_same_weights, client, run_id
 
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
@@ -30,10 +31,8 @@ def sh(*cmd, check=True, **kw):
 
 @pytest.fixture(scope='module')
 def hosts(tmp_path_factory):
-    for tool in ('ip', '/usr/sbin/sshd', 'pdsh', 'ssh', 'ssh-keygen'):
-        if shutil.which(tool) is None:
-            pytest.fail(f'{tool} not found: the two-host test needs iproute2, openssh-server and pdsh '
-                        f'(.ci/run installs them)')
+    missing = [tool for tool in ('ip', '/usr/sbin/sshd', 'pdsh', 'ssh', 'ssh-keygen') if shutil.which(tool) is None]
+    launching.require_system(missing + ([] if os.geteuid() == 0 else ['root (ip netns)']), 'the two-host test')
     base = tmp_path_factory.mktemp('hosts')
     tag = f'dv{os.getpid() % 10000}'
     subnet = f'10.77.{os.getpid() % 250}'

@@ -98,13 +98,51 @@ def _rank_file(ckpt_dir: Path, tag: str, rank: int) -> Path:
     return Path(ckpt_dir) / tag / f'rank{rank}.pt'
 
 
+class CheckpointSpaceError(RuntimeError):
+    """The disk filled up while a checkpoint was written; the message names the folder, the tag and the intact
+    checkpoint ``latest`` still names."""
+
+
+def _out_of_space(exc: BaseException, folder: Path) -> bool:
+    """ENOSPC anywhere in the exception chain, or a write error (torch's C++ writer says only ``iostream error`` or
+    ``file write failed``) with under 64 MiB left on the folder's filesystem."""
+    import errno
+    import shutil
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC or 'No space left' in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < 64 * 2 ** 20
+    except OSError:
+        return False
+
+
 def save(engine, ckpt_dir: Path, tag: str, client_state: Dict[str, Any], rank: int, keep: int = 0) -> None:
     """Collective: every rank must call it. Writes the DeepSpeed checkpoint, this rank's RNG state and buffers, then
-    ``latest``; with ``keep`` > 0 rank 0 then removes all but the newest ``keep`` checkpoints (:func:`prune`)."""
+    ``latest``; with ``keep`` > 0 rank 0 then removes all but the newest ``keep`` checkpoints (:func:`prune`).
+
+    Raises:
+        CheckpointSpaceError: the disk filled up during the write (``latest`` is untouched: it still names the
+            previous checkpoint, which a resume loads; the partial folder is left for the user to remove).
+    """
     ckpt_dir = Path(ckpt_dir)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    buffers = {name: buf.detach().cpu().clone() for name, buf in engine.module.named_buffers()}
-    torch.save({'rng': rng_state(), 'buffers': buffers}, _rank_file(ckpt_dir, tag, rank))
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        buffers = {name: buf.detach().cpu().clone() for name, buf in engine.module.named_buffers()}
+        torch.save({'rng': rng_state(), 'buffers': buffers}, _rank_file(ckpt_dir, tag, rank))
+    except Exception as exc:   # noqa: BLE001 - only a full disk is turned into words
+        if not _out_of_space(exc, ckpt_dir):
+            raise
+        import shutil
+        free = shutil.disk_usage(ckpt_dir).free / 2 ** 20
+        intact = latest_tag(ckpt_dir)
+        raise CheckpointSpaceError(
+            f"no space left on {ckpt_dir} ({free:.1f} MiB free) while writing checkpoint {tag}; "
+            + (f"checkpoint {intact} is intact and --resume continues from it" if intact else
+               "no earlier checkpoint exists") + f" once space is freed (remove the partial {ckpt_dir / tag})") \
+            from None
     if dist.is_initialized():
         dist.barrier()
     if rank == 0:

@@ -2,6 +2,7 @@
 through which all ranks agree on it."""
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -27,6 +28,12 @@ class Preemption:
         threading.Thread(target=self._watch_launcher, name='deepvit-launcher-watchdog', daemon=True).start()
 
     def _handler(self, signum, frame) -> None:
+        if not self.requested and os.environ.get('RANK', '0') == '0':
+            name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"{name}: every rank stops at the next log step and writes a checkpoint; --resume continues from "
+                  f"it. (DeepSpeed's launcher also kills the ranks 30 s after the signal: a longer checkpoint "
+                  f"is cut short, and the resume then falls back to the previous intact one.)",
+                  file=sys.stderr, flush=True)
         self.requested = True
 
     def _watch_launcher(self) -> None:

@@ -3,6 +3,7 @@ epochs, probe and export. Inputs were checked by :mod:`.preflight`; the parts ar
 """
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from .. import schema
 from ..code_version import code_tags, code_version
 from . import record, universal
 from .build import Job, build_job, start_process_group
-from .checkpoint import export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
+from .checkpoint import CheckpointSpaceError, export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
 from .config import Config, flatten, to_yaml
 from ..ranks import env_rank
 from .distributed import all_reduce_sum, average_buffers, is_dist
@@ -51,6 +52,9 @@ def run(plan: Plan) -> int:
         status = 'FAILED'
         if plan.rank == 0:
             print(f"[deepvit] error: {err} ({latest_tag(out_dir / 'checkpoints') or 'no checkpoint yet'})", flush=True)
+    except CheckpointSpaceError as err:   # every rank writing to the full disk meets it: one line from each
+        status = 'FAILED'
+        print(f"[deepvit] error (rank {plan.rank}): {err}", file=sys.stderr, flush=True)
     except BaseException:
         tracker.end('FAILED')
         raise
