@@ -89,6 +89,7 @@ def test_saturation_depth_rejects_bad_input():
         saturation_depth([(2, 1.0), (2, 2.0)])
 
 
+@pytest.mark.slow  # the whole analysis with every figure (10 s)
 def test_analyze_tables_and_saturation(filled, tmp_path):
     _, uri, _ = filled
     out = tmp_path / 'report'
@@ -128,6 +129,7 @@ def test_analyze_tables_and_saturation(filled, tmp_path):
     assert result['saturation'] == {k: v for k, v in sat.items() if k not in ('experiment', 'sweep')}
 
 
+@pytest.mark.slow  # the whole analysis with every figure (10 s)
 def test_final_metric_and_threshold_change_the_answer(filled, tmp_path):
     _, uri, _ = filled
     result = analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, metric='final', threshold=0.1,
@@ -137,6 +139,7 @@ def test_final_metric_and_threshold_change_the_answer(filled, tmp_path):
     assert '69.20 ± 0.28' in (tmp_path / 'r' / 'depth_table.md').read_text()
 
 
+@pytest.mark.slow  # the whole analysis with every figure (10 s)
 def test_figures_are_valid_png_and_svg(filled, tmp_path):
     _, uri, _ = filled
     analyze('study', tmp_path / 'r', sweep=SWEEP, tracking_uri=uri, progress=False)
@@ -157,6 +160,7 @@ def test_figures_are_valid_png_and_svg(filled, tmp_path):
     assert '![top1_vs_depth](figures/top1_vs_depth.png)' in report
 
 
+@pytest.mark.slow  # the whole analysis with every figure (11 s)
 def test_collapse_profiles_per_block_and_measure_choice(filled, tmp_path):
     from analysis.heatmaps import load_similarities
     from analysis.profiles import mean_profiles
@@ -181,6 +185,7 @@ def test_collapse_profiles_per_block_and_measure_choice(filled, tmp_path):
     assert (tmp_path / 'r' / 'figures' / 'collapse_over_training.png').exists()
 
 
+@pytest.mark.slow  # the whole analysis twice (22 s)
 def test_figures_are_byte_stable(filled, tmp_path):
     _, uri, _ = filled
     for name in ('a', 'b'):
@@ -190,6 +195,7 @@ def test_figures_are_byte_stable(filled, tmp_path):
         assert a == (tmp_path / 'b' / 'figures' / f'top1_vs_depth.{ext}').read_bytes()
 
 
+@pytest.mark.slow  # the whole analysis with every figure (10 s)
 def test_whole_experiment_mixes_sweeps_with_a_note(filled, tmp_path):
     _, uri, _ = filled
     result = analyze('study', tmp_path / 'r', tracking_uri=uri, progress=False)
@@ -197,6 +203,7 @@ def test_whole_experiment_mixes_sweeps_with_a_note(filled, tmp_path):
     assert 'mixes 2 sweeps (abc12345, other)' in (tmp_path / 'r' / 'depth_table.md').read_text()
 
 
+@pytest.mark.slow  # the whole analysis with every figure (4.5 s)
 def test_group_by_splits_series(store, tmp_path):
     client, uri, exp_id = store
     for dpr, top1 in (('0.0', 50.0), ('0.1', 55.0)):
@@ -209,6 +216,7 @@ def test_group_by_splits_series(store, tmp_path):
     assert '| vit model.drop_path_rate=0.1 | 4 | 32/2 | 59.00 |' in (tmp_path / 'r' / 'depth_table.md').read_text()
 
 
+@pytest.mark.slow  # the whole analysis with every figure (5 s)
 def test_a_series_with_no_finished_run_yet_is_drawn_hollow_not_a_crash(store, tmp_path):
     """A sweep's first minutes: ViT finished at one depth, DeepViT still running everywhere. The analysis used to
     stop at the saturation figure ("cannot convert float NaN to integer"); now the report is written and the

@@ -161,8 +161,9 @@ def test_entropy_uniform_one_one_hot_zero():
 _ATTENTION_MEASURES = [m for m in MEASURES if not m.startswith('row_structure')]
 
 
-@pytest.mark.parametrize('name, depth', [('vit_tiny_patch4_32', 8), ('deepvit_tiny_patch4_32', 8),
-                                         ('vit_tiny_patch4_32', 16), ('deepvit_tiny_patch4_32', 16)])
+@pytest.mark.parametrize('name, depth', [('vit_tiny_patch4_32', 8), ('deepvit_tiny_patch4_32', 8),   # depth 16: 1.2 s each
+                                         pytest.param('vit_tiny_patch4_32', 16, marks=pytest.mark.slow),
+                                         pytest.param('deepvit_tiny_patch4_32', 16, marks=pytest.mark.slow)])
 def test_untrained_models_read_chance_on_every_attention_measure(name, depth):
     torch.manual_seed(0)
     model = timm.create_model(name, depth=depth, in_chans=3)

@@ -53,6 +53,7 @@ def test_still_rising_threshold_is_inclusive_and_checked():
         add_convergence(runs, hist, 0.0)
 
 
+@pytest.mark.slow  # the whole analysis with every figure (9 s)
 def test_convergence_reads_the_holdout_when_runs_have_it(store, tmp_path):
     client, uri, exp = store
     # depth 2: the holdout has plateaued (+0.3 over the last quarter), the test split is still rising (+10);
@@ -129,6 +130,7 @@ def test_lr_choice_never_reads_the_test_split(lr_store):
         choose_lr(runs[['series', 'depth', 'lr', 'holdout_top1_final', 'top1_final']])
 
 
+@pytest.mark.slow  # the whole analysis with every figure (5 s)
 def test_select_lr_mode_writes_table_figure_and_report(lr_store, tmp_path):
     _, uri, _ = lr_store
     out = tmp_path / 'r'

@@ -176,6 +176,7 @@ def test_loader_reads_webdataset_shardwriter_output(tmp_path):
 
 
 # --- multi-rank semantics -----------------------------------------------------------------------------------------
+@pytest.mark.slow  # several simulated ranks reading real shards (3 s)
 def test_training_ranks_get_equal_full_batches(cifar_shards):
     out, _ = cifar_shards
     counts = []
@@ -209,7 +210,7 @@ def test_rank_and_world_size_from_environment(cifar_shards, monkeypatch):
     assert sum(len(y) for _, y in loader) == 333
 
 
-@pytest.mark.parametrize('world_size, num_workers', [(2, 0), (2, 2), (3, 0)])
+@pytest.mark.parametrize('world_size, num_workers', [(2, 0), pytest.param(2, 2, marks=pytest.mark.slow), (3, 0)])  # workers: 6 s
 def test_evaluation_covers_every_sample_exactly_once(cifar_shards, world_size, num_workers):
     out, _ = cifar_shards
     reference, _ = eval_digests(create_loader(out, 'val', batch_size=64, train=False, img_size=16))
@@ -240,6 +241,7 @@ def test_padded_evaluation_has_equal_batches_and_exact_count(cifar_shards):
     assert len(batch_counts) == 1 and len(combined) == len(set(combined)) == 1000
 
 
+@pytest.mark.slow  # two passes over real shards (2.5 s)
 def test_resume_mid_epoch_sees_the_same_stream(cifar_shards):
     out, _ = cifar_shards
     kw = dict(batch_size=32, train=True, img_size=16, rank=1, world_size=2, seed=3, num_workers=2,
@@ -315,6 +317,7 @@ def test_channels_are_recorded_and_set_in_chans(tmp_path, capsys):
     assert colour.info.channels == 3
 
 
+@pytest.mark.slow  # two full loader passes (8 s)
 def test_device_side_input_gives_the_same_batches(cifar_shards):
     """With ``device`` given (the trainer passes its device), uint8 batches are normalised, erased and mixed on that
     device: on the CPU the batches are identical to the default path, and only CUDA pins memory."""
@@ -327,6 +330,7 @@ def test_device_side_input_gives_the_same_batches(cifar_shards):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
+@pytest.mark.slow  # builds the trainer's loaders (1 s)
 def test_the_trainer_builds_its_loaders_on_its_device(tmp_path):
     from deepvit.training import build as trainer_build, preflight as trainer_preflight
     from deepvit.training.config import Config
@@ -393,6 +397,7 @@ def test_damaged_shards_are_read_to_the_end_and_counted(cifar_shards, tmp_path, 
 
 
 # --- built-in data, errors ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # materialises the digits twice (1.6 s)
 def test_digits_materialise_once_and_load_one_channel(tmp_path, monkeypatch):
     monkeypatch.setenv('DEEPVIT_DATA_CACHE', str(tmp_path))
     threads = [threading.Thread(target=digits_dir) for _ in range(2)]   # two ranks starting at once
@@ -439,6 +444,7 @@ def test_clear_errors_before_training(cifar_shards, tmp_path):
     assert shards.lengths == (700,)    # lengths found in the _info.json next to the shard
 
 
+@pytest.mark.slow  # starts loader worker processes (1.6 s)
 def test_workers_come_from_a_forkserver_that_a_job_signal_leaves_alive(cifar_shards):
     """Workers are forked from a single-threaded forkserver, not from the (threaded) training process: a fork of the
     latter deadlocked a validation worker in CPython's after-fork cleanup and hung a 2-rank job. A SIGTERM to every
@@ -488,6 +494,7 @@ def test_workers_and_their_server_exit_when_the_loader_process_is_killed(cifar_s
     assert not alive, [p.cmdline()[-1][:80] for p in alive]
 
 
+@pytest.mark.slow  # reads every shard (1.2 s)
 def test_holdout_split_is_a_fixed_disjoint_tail_of_every_shard(cifar_shards):
     """The holdout (issue: selection on held-out training data) is the last samples of every shard in proportion
     to its length: exact size, disjoint from what training reads, seed-independent, and readable by the loader."""
@@ -517,6 +524,7 @@ def test_holdout_split_is_a_fixed_disjoint_tail_of_every_shard(cifar_shards):
         shards.split_holdout(5000)
 
 
+@pytest.mark.slow  # loaders with workers for several world sizes (3 s)
 def test_per_image_results_go_back_to_sample_order_for_any_world_size_and_workers(cifar_shards):
     """Issue 20.8: eval/correct.npy is indexed by sample. Every rank's loader rows (labels here, padding -1) put back
     through sample_positions / by_sample give the split's labels in shard order, for world sizes 1-3 and 0-3

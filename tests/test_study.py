@@ -57,6 +57,7 @@ def moved_study(tmp_path, monkeypatch, store_template):
     return b, uri, study
 
 
+@pytest.mark.slow  # the whole analysis with every figure (6 s)
 def test_moved_store_analyses_with_hand_computed_statistics(moved_study):
     where, uri, study = moved_study
     raw = (where / study / 'mlflow.db').read_bytes().decode('latin-1')
@@ -84,6 +85,7 @@ def test_moved_store_analyses_with_hand_computed_statistics(moved_study):
     assert result['files'] and (where / 'out' / 'figures' / 'difference_vs_depth.png').is_file()
 
 
+@pytest.mark.slow  # the whole analysis with every figure (6 s)
 def test_moved_store_reads_from_another_working_directory(moved_study, tmp_path, monkeypatch):
     """The artifacts are found through the database's location too, not only through the working directory."""
     where, _, study = moved_study

@@ -295,6 +295,7 @@ def test_driver_flags_are_training_flags():
         ('identity', 'fixed', 0.1, 3)                     # the remedy's flags, the --grid axis and EXTRA
 
 
+@pytest.mark.slow  # builds every registered variant (1.7 s)
 def test_sizes_come_from_the_registered_variants():
     """A size's default width and head dimension are its registered variant's, the same for every family."""
     import timm

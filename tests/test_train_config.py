@@ -265,6 +265,7 @@ def test_a_bug_keeps_its_traceback(launch_env, monkeypatch):
         load_launch_main()(['--deepspeed', ZERO2])
 
 
+@pytest.mark.slow  # starts and kills holder processes (4.5 s)
 def test_one_job_per_output_folder_and_a_dead_holder_blocks_nothing(launch_env, capsys):
     """Issue 22.2: a second job on a folder a live job holds is refused in one line naming the holder (host, pid,
     run id); once the holder is killed (-9, no clean-up) the lock is free again: a crash never blocks its resume."""

@@ -359,11 +359,12 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(env, reference, tmp_p
     assert_same_weights(out, reference)
 
 
-@pytest.mark.parametrize('target', ['runner', 'launcher'])
+@pytest.mark.parametrize('target', ['runner', 'launcher', 'ctrl-c'])
 def test_sigterm_to_one_process_of_the_job_stops_every_rank_at_one_step(target, env, reference, tmp_path):
-    """SIGTERM to the `deepspeed` command only (was: the ranks trained on as orphans and FINISHED) or to the
-    per-node launcher only (was: rank 1 died in an all-reduce, no checkpoint): every rank checkpoints at the same
-    step, the run ends KILLED, no process of the job is left, and the resumed run equals the uninterrupted one."""
+    """SIGTERM to the `deepspeed` command only (was: the ranks trained on as orphans and FINISHED), to the
+    per-node launcher only (was: rank 1 died in an all-reduce, no checkpoint), or Ctrl-C (SIGINT to the whole
+    foreground process group, as a terminal sends it): every rank checkpoints at the same step, the run ends KILLED,
+    no process of the job is left, and the resumed run equals the uninterrupted one."""
     import psutil
     out = tmp_path / target
     proc = start(env, out)
@@ -372,12 +373,17 @@ def test_sigterm_to_one_process_of_the_job_stops_every_rank_at_one_step(target, 
     launcher = next(c for c in psutil.Process(proc.pid).children(recursive=True)
                     if 'deepspeed.launcher.launch' in ' '.join(c.cmdline()))
     job = [launcher] + launcher.children(recursive=True)
-    os.kill(proc.pid if target == 'runner' else launcher.pid, signal.SIGTERM)
+    if target == 'ctrl-c':
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid if target == 'runner' else launcher.pid, signal.SIGTERM)
     proc.wait(timeout=120)
     gone, alive = psutil.wait_procs(job, timeout=120)
     assert not alive, [p.cmdline() for p in alive]
     text = log_of(out)
     assert 'SIGTERM: checkpoint' in text and 'Connection closed by peer' not in text
+    if target == 'ctrl-c':                  # one line from the job (DeepSpeed's own runner still prints its own)
+        assert text.count('Ctrl-C: every rank stops at the next log step and writes a checkpoint') == 1, text[-3000:]
     tag = (out / 'checkpoints' / 'latest').read_text()  # mid-epoch, or at the end of epoch 2 when the signal was
     assert tag in ('epoch0002',) or tag.startswith('step')   # noticed there (a loaded machine): one step for all ranks
     assert {'rank0.pt', 'rank1.pt'} <= {p.name for p in (out / 'checkpoints' / tag).iterdir()}
