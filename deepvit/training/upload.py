@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .outage import load
-from .tracking import RunWriter, tracking_client
+from .run_writer import RunWriter
+from .tracking import tracking_client
 
 
 def upload(folder: Path, tracking_uri: Optional[str] = None) -> int:
