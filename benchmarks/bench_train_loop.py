@@ -8,6 +8,8 @@ machine's measured dense-matmul peak (fp32 ``torch.mm`` of 2048² on CPU, bf16 o
 
     python benchmarks/bench_train_loop.py                       # tiny DeepViT on 32 px, ZeRO-2, fp32 on CPU
     python benchmarks/bench_train_loop.py --model deepvit_16b_patch16_224 --batch 64 --steps 50   # on a GPU
+    python benchmarks/bench_train_loop.py --model vit_tiny_patch4_32 --depth 16 --embed-dim 96 --num-heads 6 \
+        --patch-size 8 --threads 1 --only-ours --json out.jsonl                                 # a study candidate
 """
 import argparse
 import os
@@ -40,7 +42,9 @@ def make_model(args, device):
     import timm
     import deepvit  # noqa: F401
     torch.manual_seed(0)
-    model = timm.create_model(args.model, **({'depth': args.depth} if args.depth else {})).to(device)
+    sizes = {k: v for k, v in (('depth', args.depth), ('embed_dim', args.embed_dim), ('num_heads', args.num_heads),
+                               ('patch_size', args.patch_size)) if v}
+    model = timm.create_model(args.model, **sizes).to(device)
     if args.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model
@@ -115,6 +119,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='deepvit_tiny_patch4_32')
     parser.add_argument('--depth', type=int, default=None)
+    parser.add_argument('--embed-dim', type=int, default=None)
+    parser.add_argument('--num-heads', type=int, default=None)
+    parser.add_argument('--patch-size', type=int, default=None)
+    parser.add_argument('--threads', type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--steps', type=int, default=40)
     parser.add_argument('--warmup', type=int, default=5, help='steps excluded from the timing')
@@ -124,6 +132,8 @@ def main():
     parser.add_argument('--only-ours', action='store_true', help='skip the bare loop (e.g. a model it cannot fit)')
     parser.add_argument('--json', default=None, help='append one JSON line with the results to this file')
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
@@ -156,7 +166,9 @@ def main():
     if args.json:
         import json
         with open(args.json, 'a') as f:
-            f.write(json.dumps({'model': args.model, 'depth': args.depth, 'batch': args.batch, 'device': str(device),
+            f.write(json.dumps({'model': args.model, 'depth': args.depth, 'embed_dim': args.embed_dim,
+                                'num_heads': args.num_heads, 'patch_size': args.patch_size, 'batch': args.batch,
+                                'device': str(device),
                                 'device_name': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',
                                 'precision': precision, 'threads': torch.get_num_threads(),
                                 'grad_checkpointing': args.grad_checkpointing, 'matmul_peak_flops': peak,
