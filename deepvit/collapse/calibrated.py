@@ -174,7 +174,7 @@ class _Family:
         if self.centre:  # centred unit vectors are orthogonal to the uniform vector: plain dot products
             lin, offset = torch.zeros(b, L, dtype=torch.float64), 0
         else:            # x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − 1, with r = 1/√N
-            lin = (x.sum(dim=-2, dtype=torch.float64).sum(dim=(2, 3)) / math.sqrt(N)).cpu()   # (b, L)
+            lin = (x.sum(dim=-2).sum(dim=(2, 3), dtype=torch.float64) / math.sqrt(N)).cpu()   # (b, L); fp32 inner sums: no fp64 copy of the maps
             x.sub_(1.0 / math.sqrt(N))
             offset = vectors
         return x, x.view(b, L, -1), lin, offset, vectors
