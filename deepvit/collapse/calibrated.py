@@ -159,23 +159,24 @@ class _Family:
     def _unit(self, maps: torch.Tensor):
         """The family's vectors of a chunk (L, b, H, N, N) as deviations from 1/√N (or centred): ``(x (b, L, h, N, N),
         flat (b, L, h·N·N) view of x, lin (b, L) float64, offset, vectors)``."""
-        # one working copy per family, images first and contiguous, then in-place ops: the peak stays at about
-        # two copies of the chunk's maps (this one and a permuted one), whatever the orientation
-        x = maps.mean(dim=2, keepdim=True) if self.head_avg else maps      # (L, b, h, N, N)
-        x = x.transpose(0, 1)                                               # (b, L, h, N, N)
+        # one working copy per family, images first and contiguous, written once by the first out-of-place op (no
+        # clone): the peak stays at about two copies of the chunk's maps (this one and a permuted one)
+        src = maps.mean(dim=2, keepdim=True) if self.head_avg else maps    # (L, b, h, N, N)
+        src = src.transpose(0, 1)                                           # (b, L, h, N, N)
         if self.orientation == 'row':
-            x = x.transpose(-1, -2)                                        # rows become columns
-        x = x.clone(memory_format=torch.contiguous_format)                 # never the caller's storage
-        b, L, h, N, _ = x.shape
-        if self.centre:
-            x.sub_(x.mean(dim=-2, keepdim=True))
-        x.div_(x.norm(dim=-2, keepdim=True).clamp_min_(_EPS))              # unit vectors (zero vectors stay 0)
+            src = src.transpose(-1, -2)                                    # rows become columns
+        b, L, h, N, _ = src.shape
+        x = torch.empty(src.shape, dtype=src.dtype, device=src.device)    # contiguous, never the caller's storage
         vectors = h * N
         if self.centre:  # centred unit vectors are orthogonal to the uniform vector: plain dot products
+            torch.sub(src, src.mean(dim=-2, keepdim=True), out=x)
+            x.div_(x.norm(dim=-2, keepdim=True).clamp_min_(_EPS))          # unit vectors (zero vectors stay 0)
             lin, offset = torch.zeros(b, L, dtype=torch.float64), 0
         else:            # x̂·ŷ = (x̂ − r)·(ŷ − r) + r·x̂ + r·ŷ − 1, with r = 1/√N
-            lin = (x.sum(dim=-2).sum(dim=(2, 3), dtype=torch.float64) / math.sqrt(N)).cpu()   # (b, L); fp32 inner sums: no fp64 copy of the maps
-            x.sub_(1.0 / math.sqrt(N))
+            norm = src.norm(dim=-2, keepdim=True).clamp_min_(_EPS)
+            r = 1.0 / math.sqrt(N)
+            lin = ((src.sum(dim=-2) / norm.squeeze(-2)).sum(dim=(2, 3), dtype=torch.float64) * r).cpu()   # (b, L)
+            torch.addcdiv(torch.full((), -r, dtype=src.dtype, device=src.device), src, norm, out=x)   # x̂ − r
             offset = vectors
         return x, x.view(b, L, -1), lin, offset, vectors
 
