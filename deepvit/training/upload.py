@@ -1,5 +1,6 @@
-"""Upload the tracking records a run kept through a store outage (``OUTPUT_DIR/tracking_backlog``), in order, and
-set the run's final status.
+"""Upload to MLflow, in order, the records a run kept when its tracking store was unreachable, and end the run.
+
+A run whose store never came back keeps them in ``OUTPUT_DIR/tracking_backlog``; once the store is back:
 
     python -m deepvit.training.upload runs/cifar-zero2/tracking_backlog
     python -m deepvit.training.upload runs/cifar-zero2/tracking_backlog --tracking-uri http://mlflow.internal:5000
