@@ -7,7 +7,7 @@ URI). The one accepted exception is an explicit marker in ``study.json``::
 
     "database_lost": {"note": "<why>", "runs": ["<run id>", ...]}
 
-naming the run folders whose database rows are gone (``docs/study``: the CIFAR-10 study's 17 runs and its sweep
+naming the run folders whose database rows are gone (``docs/study_2epoch``: the first, 2-epoch CIFAR-10 study's 17 runs and its sweep
 parent, whose store the old ``.gitignore`` rule swallowed). Any other run folder needs its row in the committed
 database. The checks read git's index (what a commit holds, what CI's clean clone has); they skip only outside a git
 checkout of this repository.
@@ -87,7 +87,7 @@ def test_a_study_store_under_docs_is_never_ignored_the_main_jobs_store_is():
 def test_every_study_folder_commits_the_database_of_its_runs():
     tracked = _tracked()
     folders = study_folders(tracked)
-    assert 'docs/study' in folders and len(folders['docs/study']) >= 17   # the check sees the CIFAR-10 study
+    assert 'docs/study_2epoch' in folders and len(folders['docs/study_2epoch']) >= 17   # sees the 2-epoch study
     problems = []
     for folder, runs in sorted(folders.items()):
         marker, db = lost_marker(folder, tracked), f'{folder}/{STORE}'
