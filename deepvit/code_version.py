@@ -16,6 +16,8 @@ from .schema import CODE_COMMIT_TAG, CODE_DIRTY_TAG, CODE_RESUME_TAG, CODE_RESUM
 
 GIT_TIMEOUT_S = 30   # a `git status` on a large tree over a network file system; past it the version is unknown
 PACKAGE_DIR = Path(__file__).resolve().parent
+# a study's record under docs/<study>/ (launch/study.py): its MLflow store, artifacts and analysis — data, not code
+STUDY_RECORD = ('docs/*/mlflow.db', 'docs/*/artifacts/**', 'docs/*/analysis/**', 'docs/*/*.json')
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,8 @@ class CodeVersion:
     """``commit``: 40 hex digits, or ``'unknown'``. ``dirty``: ``'true'`` when a tracked file differs from the commit
     (staged or not), ``'false'`` when none does, ``'unknown'`` when the commit is unknown. Strings, as MLflow tags.
     Untracked files do not count (outputs, stores and caches live in the tree; a new source file must be added to git
-    to count)."""
+    to count), nor does a committed study record (:data:`STUDY_RECORD`): a study's runs write its store while they
+    run, and the store is committed at every milestone, so the next run would otherwise read as dirty code."""
     commit: str
     dirty: str
 
@@ -50,7 +53,8 @@ def code_version(directory: Optional[Union[str, Path]] = None) -> CodeVersion:
     commit = _git(folder, 'rev-parse', '--verify', 'HEAD')
     if commit is None:
         return UNKNOWN
-    status = _git(folder, 'status', '--porcelain', '--untracked-files=no')
+    status = _git(folder, 'status', '--porcelain', '--untracked-files=no', '--', ':(top)',
+                  *(f':(top,exclude,glob){p}' for p in STUDY_RECORD))
     if status is None:
         return CodeVersion(commit, UNKNOWN_CODE)
     return CodeVersion(commit, 'true' if status else 'false')

@@ -47,6 +47,22 @@ def test_a_modified_tracked_file_makes_it_dirty_an_untracked_file_does_not(repo)
 
 
 @needs_git
+def test_a_committed_study_record_being_written_is_not_dirty_code(repo):
+    study = repo / 'docs' / 'study'
+    (study / 'artifacts' / '1').mkdir(parents=True)
+    for f in ('mlflow.db', 'lr_selection.json', 'artifacts/1/m.json'):
+        (study / f).write_text('0')
+    (repo / 'docs' / 'guide.md').write_text('text\n')
+    _git(repo, 'add', '.')
+    _git(repo, '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-q', '-m', 'store')
+    for f in ('mlflow.db', 'lr_selection.json', 'artifacts/1/m.json'):
+        (study / f).write_text('1')   # the running study writes its record
+    assert code_version(repo / 'pkg').dirty == 'false'
+    (repo / 'docs' / 'guide.md').write_text('changed\n')   # any other tracked file under docs/ still counts
+    assert code_version(repo / 'pkg').dirty == 'true'
+
+
+@needs_git
 def test_outside_a_checkout_or_without_git_the_version_is_unknown(repo, tmp_path, monkeypatch):
     plain = tmp_path / 'plain'
     plain.mkdir()
