@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--plan', default=None, help='the study plan file (YAML, analysis/plan.py) written before the '
                                                 'runs: the report lists each planned item, what the data met and '
                                                 'every deviation')
+    p.add_argument('--lr-choice', type=Path, default=None,
+                   help='a staged study\'s frozen lr choice (launch/study.py writes STORE/lr_selection.json): grid '
+                        'runs at the rates it did not choose leave every table, figure and statistic but the lr '
+                        'selection\'s own')
     p.add_argument('--no-progress', action='store_true', help='no progress bars')
     return p
 
@@ -55,7 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          threshold=args.threshold, metric=args.metric,
                          group_by=[k for k in args.group_by.split(',') if k], progress=not args.no_progress,
                          baseline=args.baseline, n_boot=args.n_boot, collapse_measure=args.collapse_measure,
-                         rising_threshold=args.rising_threshold, select_lr=args.select_lr, plan=args.plan)
+                         rising_threshold=args.rising_threshold, select_lr=args.select_lr, plan=args.plan,
+                         lr_choice=args.lr_choice)
     except (AnalysisError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

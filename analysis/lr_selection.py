@@ -13,7 +13,7 @@ choice moved each curve: ``shift = test mean at the chosen rate − test mean at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from .figures import family_color, save
 from .saturation import DEFAULT_THRESHOLD, saturation_depth
 
-__all__ = ['SELECT', 'TEST', 'check_lr_axis', 'choose_lr', 'select_lr', 'plot_lr_grid', 'lr_markdown']
+__all__ = ['SELECT', 'TEST', 'check_lr_axis', 'choose_lr', 'select_lr', 'plot_lr_grid', 'lr_markdown',
+           'apply_frozen_choice']
 
 SELECT, TEST = 'holdout_top1_final', 'top1_final'   # columns: the selection metric (holdout), the test split
 KEYS = ['series', 'depth']
@@ -111,6 +112,31 @@ def select_lr(runs: pd.DataFrame, reference_lr: Optional[float] = None) -> pd.Da
         tests.append({'test_mean': mean, 'test_std': std, 'test_n': n, 'reference_lr': ref,
                       'reference_test_mean': ref_mean, 'reference_test_n': ref_n, 'shift': mean - ref_mean})
     return pd.concat([table, pd.DataFrame(tests, index=table.index)], axis=1)
+
+
+def apply_frozen_choice(runs: pd.DataFrame, path: Path) -> Tuple[pd.DataFrame, List[str]]:
+    """Keep, of a staged study's grid runs, those at the learning rate its choice file chose; every other run stays.
+
+    Args:
+        runs: the runs frame (column ``sweep_id``).
+        path: the study's frozen choice (``launch/study.py`` writes ``STORE/lr_selection.json``:
+            ``{stage: {'choice': [{'family', 'depth', 'chosen_lr', 'holdout_by_lr': {lr: score}}]}}``; a grid run's
+            sweep id is ``<stage>-<family>-d<depth>-lr<lr>``, rates written with ``%g``).
+    Returns:
+        (the runs kept, the sweep ids of the runs dropped: the grid's rates not chosen).
+    Raises:
+        ValueError: ``path`` missing or not such a file (one line naming it).
+    """
+    import json
+    try:
+        made = json.loads(Path(path).read_text())
+        dropped = {f"{stage}-{r['family']}-d{int(r['depth'])}-lr{float(lr):g}"
+                   for stage, body in made.items() for r in body['choice'] for lr in r['holdout_by_lr']
+                   if float(lr) != float(r['chosen_lr'])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f'--lr-choice {path}: not a readable study lr choice file ({type(e).__name__}: {e})') from None
+    drop = runs['sweep_id'].isin(dropped)
+    return runs[~drop].reset_index(drop=True), sorted(set(runs.loc[drop, 'sweep_id']))
 
 
 def plot_lr_grid(table: pd.DataFrame, out_dir: Path) -> List[Path]:

@@ -17,7 +17,7 @@ from .figures import (budget_note, plot_collapse_over_training, plot_effective_k
                       plot_training_curves)
 from .heatmaps import STAGES, load_similarities, plot_similarity_grid
 from .profiles import plot_collapse_profiles
-from .lr_selection import check_lr_axis, lr_markdown, plot_lr_grid
+from .lr_selection import apply_frozen_choice, check_lr_axis, lr_markdown, plot_lr_grid
 from .lr_selection import select_lr as select_lr_table
 from .plan import load_plan, plan_markdown, split_point_key
 from .records import COLLAPSE, LR_PARAMS, REPRESENTATION, runs_frame
@@ -74,7 +74,8 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             threshold: float = DEFAULT_THRESHOLD, metric: str = 'final', group_by: Sequence[str] = (),
             progress: bool = True, baseline: Optional[str] = None, n_boot: int = 2000,
             collapse_measure: str = TRAJECTORY, rising_threshold: float = DEFAULT_RISING,
-            select_lr: bool = False, plan: Optional[str] = None) -> Dict[str, object]:
+            select_lr: bool = False, plan: Optional[str] = None,
+            lr_choice: Optional[Path] = None) -> Dict[str, object]:
     """Read the runs of ``experiment`` (only those of ``sweep`` when given) and write the study's outputs to ``out``.
 
     Args:
@@ -96,6 +97,8 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
             writes ``lr_selection.csv``, ``figures/lr_grid`` and a report section with the test result of the choice.
         plan: a study plan file (:mod:`analysis.plan`): the report lists each planned item, whether the data met it
             and every deviation.
+        lr_choice: a staged study's frozen lr choice (``launch/study.py``'s ``lr_selection.json``): the grid runs
+            at rates it did not choose leave every table, figure and statistic except the lr selection's own.
     Returns:
         ``{'runs': DataFrame (runs.csv), 'stats': DataFrame (per series and depth), 'saturation': dict,
         'files': [Path, ...] (everything written), 'parents': [sweep parent run ids], 'tracking_uri': str,
@@ -130,6 +133,9 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     runs, curves = runs_frame(client, train, group_by=group_by, progress=progress)
     if select_lr:
         check_lr_axis(runs)      # before any output
+    all_runs, lr_dropped = runs, []
+    if lr_choice is not None:
+        runs, lr_dropped = apply_frozen_choice(runs, lr_choice)
     converge_metric, histories = convergence_histories(client, runs, curves)
     runs = add_convergence(runs, histories, rising_threshold)
     stats = depth_stats(runs, metric)
@@ -171,9 +177,13 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
         vit = [s for s in dict.fromkeys(runs['series']) if s.split(' ')[0] == 'vit']
         baseline = vit[0] if vit else None
     extra = [budget_note(runs), ''] + rising_markdown(rising_cells(runs), converge_metric, rising_threshold)
+    if lr_choice is not None:
+        extra += ['', f'Learning rates: the frozen choice `{Path(lr_choice).name}` keeps each grid cell\'s chosen '
+                      f'rate; {len(lr_dropped)} grid sweeps at the other rates are left out of every table, figure '
+                      f'and statistic but the lr selection.']
     lr_table = None
     if select_lr:
-        lr_table = select_lr_table(runs)
+        lr_table = select_lr_table(all_runs)    # every rate tried (the grid), whatever --lr-choice keeps
         figures += plot_lr_grid(lr_table, fig_dir)
         lr_table.to_csv(out / 'lr_selection.csv', index=False)
         files.append(out / 'lr_selection.csv')

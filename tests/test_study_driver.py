@@ -137,3 +137,17 @@ def test_a_two_stream_study_chooses_stops_at_its_budget_and_continues(tmp_path):
     assert json.loads((tmp_path / 'store' / 'study.json').read_text())['config']['path'] == str(recipe)
     logs = sorted((tmp_path / 'runs' / 'logs').glob('*.log'))   # appended to by every start of the point
     assert len(logs) == 3 and all('1 point(s)' in log.read_text() for log in logs)
+
+
+def test_the_analysis_keeps_only_the_chosen_rate_of_each_grid_cell(tmp_path):
+    import pandas as pd
+    from analysis.lr_selection import apply_frozen_choice
+    choice = tmp_path / 'lr_selection.json'
+    choice.write_text(json.dumps({'grid': {'choice': [
+        {'family': 'vit', 'depth': 16, 'chosen_lr': 0.016, 'holdout_by_lr': {'0.008': 50.0, '0.016': 52.0}}]}}))
+    runs = pd.DataFrame({'sweep_id': ['grid-vit-d16-lr0.008', 'grid-vit-d16-lr0.016', 'core-vit-d16-lr0.016',
+                                      'controls-bn_only-d16-lr0.008', None], 'x': range(5)})
+    kept, dropped = apply_frozen_choice(runs, choice)
+    assert list(kept['x']) == [1, 2, 3, 4] and dropped == ['grid-vit-d16-lr0.008']
+    with pytest.raises(ValueError, match='not a readable study lr choice file'):
+        apply_frozen_choice(runs, tmp_path / 'missing.json')
