@@ -279,6 +279,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument('schedule', type=Path, help='the study\'s schedule file (YAML)')
     ap.add_argument('--budget-min', type=float, default=None, help='stop cleanly after this many minutes')
     ap.add_argument('--stage', default=None, help='run only this stage (default: every stage in order)')
+    ap.add_argument('--streams', type=int, default=None, help='runs at once, stream i on core i (default: the '
+                                                              'schedule\'s; what runs is the same, only how fast)')
     ap.add_argument('--dry-run', action='store_true', help='print each stage\'s points; run nothing')
     args = ap.parse_args(argv)
     os.chdir(ROOT)
@@ -286,6 +288,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         s = load_schedule(args.schedule)
         if args.stage is not None and args.stage not in [st['name'] for st in s.stages]:
             raise ScheduleError(f'--stage {args.stage!r}: not a stage of {args.schedule}')
+        if args.streams is not None:
+            if not 1 <= args.streams <= (os.cpu_count() or 1):
+                raise ScheduleError(f'--streams must be from 1 to the {os.cpu_count()} cores here, got {args.streams}')
+            s.streams = args.streams
         if args.budget_min is not None and not args.budget_min > 0:
             raise ScheduleError(f'--budget-min must be positive, got {args.budget_min:g}')
     except ScheduleError as e:
