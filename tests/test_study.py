@@ -1,4 +1,4 @@
-"""The study's durable record and its statistics: a store made the way launch/study.sh makes it (relative SQLite URI,
+"""The study's durable record and its statistics: a store made the way launch/study.py makes it (relative SQLite URI,
 artifacts beside it) is copied to another checkout location and analysed there; the paired differences and the depth
 interaction are checked against a hand computation; one study per folder."""
 import math
@@ -123,9 +123,10 @@ def test_one_study_per_folder(tmp_path):
 
 
 def test_study_command_rejects_bad_arguments_before_anything_runs(tmp_path):
-    for argv, needle in ((['--stage', 'later'], '--stage must be pilot, core, controls or all'),
-                         (['--budget-min', 'x'], '--budget-min must be a positive number of minutes'),
-                         (['--bogus'], 'unknown argument --bogus')):
+    for argv, needle in ((['--stage', 'later'], "--stage 'later': not a stage of"),
+                         (['--budget-min', '0'], '--budget-min must be positive, got 0'),
+                         (['--budget-min', 'x'], "argument --budget-min: invalid float value: 'x'"),
+                         (['--bogus'], 'unrecognized arguments: --bogus')):
         res = subprocess.run(['bash', str(ROOT / 'launch' / 'study.sh'), *argv], capture_output=True, text=True,
                              timeout=60, env={**os.environ, 'PYTHON': sys.executable})
         assert res.returncode == 2 and needle in res.stderr, res.stderr

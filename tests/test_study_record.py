@@ -2,7 +2,7 @@
 store of every run whose artifacts they hold, and nothing cites a store that is not committed.
 
 A study folder is ``docs/<name>/`` with a tracked ``study.json`` (``launch/study_guard.py``) or tracked run artifacts
-(``artifacts/<experiment id>/<run id>/``); its store is ``docs/<name>/mlflow.db`` (``launch/study.sh``'s tracking
+(``artifacts/<experiment id>/<run id>/``); its store is ``docs/<name>/mlflow.db`` (``launch/study.py``'s tracking
 URI). The one accepted exception is an explicit marker in ``study.json``::
 
     "database_lost": {"note": "<why>", "runs": ["<run id>", ...]}
