@@ -1,0 +1,65 @@
+"""The verdict numbers of a staged depth study (analysis/depth_study.py) on run tables whose answers are known."""
+import math
+
+import numpy as np
+import pandas as pd
+
+from analysis.depth_study import FIXED_COMPUTE, FIXED_EPOCHS, add_view, paired, verdict, verdict_markdown
+
+# true top-1 (points) by (remedy, depth): ViT gains 2 from 2 to 16 blocks, DeepViT 5 (interaction +3); BatchNorm-only
+# is DeepViT's equal; 1/√depth is ViT + 1 at 16
+TRUTH = {('vit', 2): 50.0, ('vit', 16): 52.0, ('reattn', 2): 50.0, ('reattn', 16): 55.0, ('bn_only', 16): 55.0,
+         ('depthscale', 16): 53.0, ('layerscale', 16): 52.0}
+
+
+def _runs(seeds=range(6), noise=0.3, rng=None, drop=()):
+    rng = rng or np.random.default_rng(0)
+    rows = []
+    for seed in seeds:
+        shared = rng.normal(0, 2.0)               # one seed's luck, shared by all its runs: pairing removes it
+        for (remedy, depth), top1 in TRUTH.items():
+            if (remedy, depth, seed) in drop:
+                continue
+            rows.append({'remedy': remedy, 'depth': depth, 'seed': seed, 'status': 'FINISHED',
+                         'top1_final': top1 + shared + rng.normal(0, noise), 'train.budget_pflop': 'None',
+                         'row_mean_adjacent_softmax': 0.02 * depth * (remedy == 'vit') + rng.normal(0, 0.01),
+                         'top1_gain_last25': 1.5 if depth == 16 else 0.5})
+    # a fixed-compute run with an absurd value: it must never enter a fixed-epoch comparison
+    rows.append({'remedy': 'vit', 'depth': 2, 'seed': 0, 'status': 'FINISHED', 'top1_final': 99.0,
+                 'train.budget_pflop': '0.02835', 'row_mean_adjacent_softmax': 0.0, 'top1_gain_last25': 0.0})
+    return add_view(pd.DataFrame(rows))
+
+
+def test_the_views_split_on_the_compute_budget():
+    runs = _runs()
+    assert (runs['view'] == FIXED_COMPUTE).sum() == 1 and (runs['view'] == FIXED_EPOCHS).sum() == 6 * len(TRUTH)
+    assert set(add_view(runs.drop(columns=['train.budget_pflop']))['view']) == {FIXED_EPOCHS}
+
+
+def test_every_question_recovers_its_planted_effect_within_its_interval():
+    v = verdict(_runs())
+    for key, truth in (('q1_vit_gain', 2.0), ('q1_deepvit_gain', 5.0), ('q2_interaction', 3.0),
+                       ('q3_bn_only_vs_deepvit', 0.0), ('q4_depthscale_vs_vit', 1.0),
+                       ('q4_depthscale_vs_deepvit', -2.0), ('q4_layerscale_vs_vit', 0.0)):
+        p = v[key]
+        assert p['n'] == 6 and abs(p['mean'] - truth) < 0.6 and p['hi'] - p['lo'] < 1.5, (key, p)
+    assert v['q2_interaction']['resolved'] and not v['q3_bn_only_vs_deepvit']['resolved']
+    assert v['q2_interaction']['hi'] - v['q2_interaction']['lo'] < 2   # pairing removed the 2-point seed luck
+    assert v['q5_collapse_growth']['vit']['mean'] > 0.25 and abs(v['q5_collapse_growth']['reattn']['mean']) < 0.05
+    assert [c['still_rising'] for c in v['convergence'] if c['depth'] == 16][0] == 6
+    assert v['curves']['vit|fixed-compute'][0]['mean'] == 99.0   # the fixed-compute view is kept apart
+
+
+def test_a_seed_missing_from_one_cell_leaves_that_comparison_only():
+    v = verdict(_runs(drop={('reattn', 2, 5)}))
+    assert v['q2_interaction']['n'] == 5 and v['q2_interaction']['seeds'] == [0, 1, 2, 3, 4]
+    assert v['q1_vit_gain']['n'] == 6
+    one = paired(_runs(seeds=[0]), [('vit', 16, FIXED_EPOCHS)], [('vit', 2, FIXED_EPOCHS)])
+    assert one['n'] == 1 and math.isnan(one['lo']) and not one['resolved']
+
+
+def test_the_verdict_table_states_each_interval_and_its_seeds():
+    text = verdict_markdown(verdict(_runs()))
+    assert 'primary' in text and text.count('6 paired seeds') >= 7 and 'resolved' in text
+    empty = verdict(_runs(seeds=[]).iloc[0:0])
+    assert 'no paired seeds yet' in verdict_markdown(empty)
