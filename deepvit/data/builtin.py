@@ -25,7 +25,11 @@ from PIL import Image
 
 from .info import DatasetInfo, SplitInfo, write_info
 from .shards import AtomicShardWriter
-from .sources import default_cache_dir
+
+def default_cache_dir() -> Path:
+    """``$DEEPVIT_DATA_CACHE`` or ``~/.cache/deepvit``: where built-in data is materialised."""
+    return Path(os.environ.get('DEEPVIT_DATA_CACHE') or Path.home() / '.cache' / 'deepvit')
+
 
 DIGITS_VERSION = 'digits-v1'
 DIGITS_SIZE = 32

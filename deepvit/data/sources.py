@@ -22,6 +22,7 @@ from pathlib import Path
 import braceexpand
 
 from . import shards as shardio
+from .builtin import digits_dir
 from .info import INFO_NAME, DatasetInfo, read_info
 
 _logger = logging.getLogger(__name__)
@@ -170,7 +171,6 @@ def resolve_shards(source, split: str = 'train', *, arg: str = 'source', count_l
     if isinstance(source, os.PathLike):
         source = os.fspath(source)
     if isinstance(source, str) and source == 'digits':
-        from .builtin import digits_dir
         source = str(digits_dir())
     if isinstance(source, str) and not is_url(source) and os.path.isdir(_local(source)):
         location = _local(source)
@@ -198,8 +198,3 @@ def resolve_shards(source, split: str = 'train', *, arg: str = 'source', count_l
     if not shards.urls or shards.num_samples == 0:
         raise ValueError(f'{arg}={source!r}: split {split!r} is empty')
     return shards
-
-
-def default_cache_dir() -> Path:
-    """``$DEEPVIT_DATA_CACHE`` or ``~/.cache/deepvit``: where built-in data is materialised."""
-    return Path(os.environ.get('DEEPVIT_DATA_CACHE') or Path.home() / '.cache' / 'deepvit')
