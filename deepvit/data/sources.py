@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import braceexpand
 
