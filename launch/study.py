@@ -288,7 +288,15 @@ def frozen_choice(s: Schedule, grid: dict, added: Optional[Edges] = None) -> Dic
     return {(r['family'], r['depth']): r['chosen_lr'] for r in rows}
 
 
-def run_stage(s: Schedule, points: List[Point], deadline: Optional[float], base_port: int = 29650) -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (the launcher's rendezvous; two studies on one host must not share one)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def run_stage(s: Schedule, points: List[Point], deadline: Optional[float]) -> int:
     """Run the points in ``s.streams`` streams (costliest first); 0 all finished, 1 a failure, 143 at the deadline."""
     logs = s.runs / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
@@ -301,7 +309,7 @@ def run_stage(s: Schedule, points: List[Point], deadline: Optional[float], base_
             p = todo.pop(0)
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
             log = open(logs / f'{p.sweep_id}-{p.index}.log', 'ab')
-            cmd = ['taskset', '-c', str(core), *sweep_command(s, p, base_port + core)]
+            cmd = ['taskset', '-c', str(core), *sweep_command(s, p, free_port())]
             running[core] = (p, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                  start_new_session=True), time.time(), log)
             print(f'study: [{time.strftime("%H:%M:%S")}] core {core}: {p.sweep_id} seed {p.seed} started',
