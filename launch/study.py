@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a staged study from its schedule file: ``python launch/study.py SCHEDULE.yaml [--budget-min M] [--dry-run]``.
+"""Run a staged study from its schedule file: ``python launch/study.py SCHEDULE.yaml [--budget-min M] [--dry-run]``
+(the CIFAR-10 study's: ``launch/schedules/cifar10_study.yaml``).
 
 A study is a list of stages run in order; each stage is a grid of sweep points (``launch/sweep.py``, one
 ``--point-index`` at a time) run in ``streams`` parallel streams, stream ``i`` pinned to core ``i`` with one torch

@@ -3,10 +3,10 @@
 #
 #   launch/study.sh [--budget-min MIN] [--stage NAME] [--streams N] [--dry-run]
 #
-# Runs launch/study.py on the study's schedule (launch/configs/cifar10_study_schedule.yaml): converts
+# Runs launch/study.py on the study's schedule (launch/schedules/cifar10_study.yaml): converts
 # ../shared/data/cifar10 into runs/data/cifar10 once, then the stages in order, two runs at once (one core each),
 # into the committed store docs/study/ (mlflow ui --backend-store-uri sqlite:///docs/study/mlflow.db).
 # --budget-min stops cleanly after MIN minutes (exit 143); run the same command again to continue.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-exec "${PYTHON:-python}" launch/study.py launch/configs/cifar10_study_schedule.yaml "$@"
+exec "${PYTHON:-python}" launch/study.py launch/schedules/cifar10_study.yaml "$@"

@@ -179,3 +179,10 @@ def test_a_grid_with_an_edge_rule_must_have_run_before_its_choice_is_read(tmp_pa
         study.frozen_choice(s, s.stages[0])
     bad = _schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': -1}])
     assert study.main([str(bad), '--dry-run']) == 2
+
+
+@pytest.mark.parametrize('path', sorted((REPO / 'launch' / 'schedules').glob('*.yaml')), ids=lambda p: p.name)
+def test_shipped_schedules_load_and_name_files_that_exist(path):
+    s = study.load_schedule(path)
+    assert (REPO / s.recipe).is_file() and (REPO / s.ds_config).is_file() and len(s.stages) >= 1
+    assert all(p.lr > 0 for st in s.stages if 'lrs' in st for p in study.stage_points(st, {}))
