@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run a staged study from its schedule file: ``python launch/study.py SCHEDULE.yaml [--budget-min M] [--dry-run]``.
+"""Run a staged study from its schedule file: ``python launch/study.py SCHEDULE.yaml [--budget-min M] [--dry-run]``
+(the CIFAR-10 study's: ``launch/schedules/cifar10_study.yaml``).
 
 A study is a list of stages run in order; each stage is a grid of sweep points (``launch/sweep.py``, one
 ``--point-index`` at a time) run in ``streams`` parallel streams, stream ``i`` pinned to core ``i`` with one torch
@@ -8,8 +9,10 @@ docs/benchmarks.md, "Study throughput"). Within a stage the costliest points sta
 either a list (``lrs``: a grid, one sweep per rate) or taken from an earlier grid stage (``lr_from``): that stage's
 choice per (family, depth) by mean final ``holdout/top1`` over its seeds (the holdout only, never the test split; a
 tie goes to the smaller rate, ``analysis.lr_selection.choose_lr``), written once to ``STORE/lr_selection.json`` and
-frozen there — later runs at the chosen rate never move the choice. A control family can borrow a compared family's
-choice (``lr_family: {bn_only: deepvit}``).
+frozen there — later runs at the chosen rate never move the choice. With ``extend_edges: K`` a grid cell whose best
+rate is the smallest (largest) tried also runs half (twice) that rate, up to K times on each side, before the choice
+is made, so that a chosen rate is bracketed by worse ones. A control family can borrow a compared family's choice
+(``lr_family: {bn_only: deepvit}``). SIGTERM or SIGINT stops the driver as the time budget does.
 
 Schedule file (YAML)::
 
@@ -24,7 +27,7 @@ Schedule file (YAML)::
     streams: 2
     runs: runs/cifar10-study              # the points' folders and logs (default runs/<experiment>)
     stages:
-      - {name: grid, families: [vit, deepvit], depths: [2, 16], lrs: [8.0e-3, 1.6e-2], seeds: [0]}
+      - {name: grid, families: [vit, deepvit], depths: [2, 16], lrs: [8.0e-3, 1.6e-2], seeds: [0], extend_edges: 2}
       - {name: core, families: [vit, deepvit], depths: [2, 16], lr_from: grid, seeds: [1, 2, 3]}
       - {name: controls, families: [bn_only], depths: [16], lr_from: grid, lr_family: {bn_only: deepvit},
          seeds: [0, 1, 2], extra: [--train.budget_pflop, "0.03"]}
@@ -48,13 +51,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_KEYS = {'name', 'families', 'depths', 'seeds', 'lrs', 'lr_from', 'lr_family', 'extra'}
+STAGE_KEYS = {'name', 'families', 'depths', 'seeds', 'lrs', 'lr_from', 'lr_family', 'extra', 'extend_edges'}
+Edges = Dict[Tuple[str, int], List[float]]   # (family, depth) -> rates the edge rule added to a grid
 TOP_KEYS = {'experiment', 'store', 'recipe', 'ds_config', 'data', 'source', 'width', 'size', 'streams', 'stages',
             'runs'}
 SELECTION_FILE = 'lr_selection.json'
 HOLDOUT_METRIC = 'holdout/top1'
 STOP_GRACE_S = 300   # a stopped point writes its checkpoint; past this it is killed
+STOP_REQUESTED = False   # set by SIGTERM/SIGINT: stop as at the time budget (the running points checkpoint)
 
 
 class ScheduleError(ValueError):
@@ -139,6 +146,9 @@ def load_schedule(path: Path) -> Schedule:
             raise ScheduleError(f'{where}: depths must be positive integers, got {st["depths"]!r}')
         if any(not float(v) > 0 for v in st.get('lrs', [])):
             raise ScheduleError(f'{where}: lrs must be positive, got {st["lrs"]!r}')
+        edges = st.get('extend_edges', 0)
+        if edges and ('lrs' not in st or not isinstance(edges, int) or isinstance(edges, bool) or edges < 0):
+            raise ScheduleError(f'{where}: extend_edges must be a whole number >= 0 on a stage with lrs, got {edges!r}')
         names.append(st['name'])
     if len(set(names)) != len(names):
         raise ScheduleError(f'stage names must be distinct, got {names}')
@@ -148,13 +158,14 @@ def load_schedule(path: Path) -> Schedule:
                     rel('runs') or Path('runs') / raw['experiment'])
 
 
-def stage_points(stage: dict, chosen: Dict[Tuple[str, int], float]) -> List[Point]:
-    """The stage's points, costliest first. ``chosen``: ``{(family, depth): lr}`` of the stage's ``lr_from``."""
+def stage_points(stage: dict, chosen: Dict[Tuple[str, int], float], added: Optional[Edges] = None) -> List[Point]:
+    """The stage's points, costliest first. ``chosen``: ``{(family, depth): lr}`` of the stage's ``lr_from``;
+    ``added``: rates the edge rule added to a grid stage's cells (:func:`edge_rates`)."""
     points = []
     for family in stage['families']:
         for depth in stage['depths']:
             if 'lrs' in stage:
-                lrs = [float(v) for v in stage['lrs']]
+                lrs = [float(v) for v in stage['lrs']] + list((added or {}).get((family, depth), []))
             else:
                 lrs = [chosen[(stage.get('lr_family', {}).get(family, family), depth)]]
             for lr in lrs:
@@ -197,10 +208,56 @@ def holdout_by_point(s: Schedule, points: List[Point]) -> Dict[Point, Optional[f
     return out
 
 
-def frozen_choice(s: Schedule, grid: dict) -> Dict[Tuple[str, int], float]:
+def edge_rates(stage: dict, scores: Dict[Point, Optional[float]], added: Edges) -> List[Tuple[Tuple[str, int], float]]:
+    """The edge rule (docs/study/plan.md, amendment 1): a cell whose best rate (mean final holdout over the stage's
+    seeds; tie: the smaller) is the smallest rate tried gets half of it, the largest twice it, at most
+    ``extend_edges`` times on each side. Returns the ``((family, depth), lr)`` to add now; [] when every cell's best
+    rate is inside its grid, the cap is reached, or a score is missing."""
+    cap = int(stage.get('extend_edges', 0))
+    if not cap or any(v is None for v in scores.values()):
+        return []
+    grid = [float(v) for v in stage['lrs']]
+    new = []
+    for cell in sorted({(p.family, p.depth) for p in scores}):
+        by_lr: Dict[float, List[float]] = {}
+        for p, v in scores.items():
+            if (p.family, p.depth) == cell:
+                by_lr.setdefault(p.lr, []).append(v)
+        best = max(sorted(by_lr), key=lambda lr: float(np.mean(by_lr[lr])))   # sorted: a tie keeps the smaller
+        extra = added.get(cell, [])
+        if best == min(by_lr) and sum(lr < min(grid) for lr in extra) < cap:
+            new.append((cell, best / 2))
+        elif best == max(by_lr) and sum(lr > max(grid) for lr in extra) < cap:
+            new.append((cell, best * 2))
+    return new
+
+
+def run_grid(s: Schedule, stage: dict, deadline: Optional[float]) -> Tuple[int, Edges]:
+    """Run a grid stage, then the edge rule's extra rates until no cell's best rate is at its grid's edge; the
+    finished points are known from the store, so a rerun continues. Returns (run_stage's status, the rates added)."""
+    added: Edges = {}
+    while True:
+        points = stage_points(stage, {}, added)
+        scores = holdout_by_point(s, points)
+        todo = [p for p in points if scores[p] is None]
+        if todo:
+            rc = run_stage(s, todo, deadline)
+            if rc:
+                return rc, added
+            scores = holdout_by_point(s, points)
+        new = edge_rates(stage, scores, added)
+        if not new:
+            return 0, added
+        for cell, lr in new:
+            print(f'study: edge rule: {stage["name"]} {cell[0]} depth {cell[1]} adds lr {lr:g}', flush=True)
+            added.setdefault(cell, []).append(lr)
+
+
+def frozen_choice(s: Schedule, grid: dict, added: Optional[Edges] = None) -> Dict[Tuple[str, int], float]:
     """The grid stage's lr choice per (family, depth): read from ``STORE/lr_selection.json`` when made, else made
-    now from the finished grid (holdout only) and written there. Raises :class:`ScheduleError` while the grid has
-    unfinished points."""
+    now from the finished grid (with the edge rule's ``added`` rates; holdout only) and written there. Raises
+    :class:`ScheduleError` while the grid has unfinished points, or when a grid with an edge rule has not run in
+    this invocation (its added rates are known only then)."""
     import pandas as pd
     sys.path.insert(0, str(ROOT))
     from analysis.lr_selection import choose_lr
@@ -208,7 +265,9 @@ def frozen_choice(s: Schedule, grid: dict) -> Dict[Tuple[str, int], float]:
     made = json.loads(path.read_text()) if path.is_file() else {}
     if grid['name'] in made:
         return {(r['family'], int(r['depth'])): float(r['chosen_lr']) for r in made[grid['name']]['choice']}
-    points = stage_points(grid, {})
+    if added is None and grid.get('extend_edges'):
+        raise ScheduleError(f'stage {grid["name"]!r} (an edge rule) has no frozen choice yet: run it first')
+    points = stage_points(grid, {}, added)
     scores = holdout_by_point(s, points)
     missing = [p.sweep_id + f' seed {p.seed}' for p, v in scores.items() if v is None]
     if missing:
@@ -230,7 +289,15 @@ def frozen_choice(s: Schedule, grid: dict) -> Dict[Tuple[str, int], float]:
     return {(r['family'], r['depth']): r['chosen_lr'] for r in rows}
 
 
-def run_stage(s: Schedule, points: List[Point], deadline: Optional[float], base_port: int = 29650) -> int:
+def free_port() -> int:
+    """A TCP port free on this host now (the launcher's rendezvous; two studies on one host must not share one)."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def run_stage(s: Schedule, points: List[Point], deadline: Optional[float]) -> int:
     """Run the points in ``s.streams`` streams (costliest first); 0 all finished, 1 a failure, 143 at the deadline."""
     logs = s.runs / 'logs'
     logs.mkdir(parents=True, exist_ok=True)
@@ -243,15 +310,16 @@ def run_stage(s: Schedule, points: List[Point], deadline: Optional[float], base_
             p = todo.pop(0)
             env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
             log = open(logs / f'{p.sweep_id}-{p.index}.log', 'ab')
-            cmd = ['taskset', '-c', str(core), *sweep_command(s, p, base_port + core)]
+            cmd = ['taskset', '-c', str(core), *sweep_command(s, p, free_port())]
             running[core] = (p, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                                  start_new_session=True), time.time(), log)
             print(f'study: [{time.strftime("%H:%M:%S")}] core {core}: {p.sweep_id} seed {p.seed} started',
                   flush=True)
         time.sleep(2)
-        if deadline is not None and time.time() > deadline and not stopping:
+        if (STOP_REQUESTED or deadline is not None and time.time() > deadline) and not stopping:
             stopping = True
-            print('study: time budget spent; stopping the running points (they checkpoint)', flush=True)
+            print('study: ' + ('stop requested' if STOP_REQUESTED else 'time budget spent')
+                  + '; stopping the running points (they checkpoint)', flush=True)
             for _, proc, _, _ in running.values():
                 os.killpg(proc.pid, signal.SIGTERM)
             stop_at = time.time() + STOP_GRACE_S
@@ -310,6 +378,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if guard.returncode:
             return guard.returncode
     deadline = time.time() + 60 * args.budget_min if args.budget_min else None
+
+    def request_stop(signum, frame):
+        global STOP_REQUESTED
+        STOP_REQUESTED = True
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
     for stage in s.stages:
         if args.stage is not None and stage['name'] != args.stage:
             continue
@@ -321,6 +395,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 continue
             print(f'study: error: {e}', file=sys.stderr)
             return 1
+        if 'lrs' in stage and not args.dry_run:
+            print(f'study: stage {stage["name"]}: a learning-rate grid in {s.streams} stream(s)', flush=True)
+            rc, added = run_grid(s, stage, deadline)
+            if rc == 0:
+                frozen_choice(s, stage, added)
+            else:
+                print(f'study: stage {stage["name"]} ' + ('stopped; rerun to continue' if rc == 143
+                                                          else 'had a failed point; see its log, rerun to retry'),
+                      flush=True)
+                return rc
+            continue
         points = stage_points(stage, chosen)
         if args.dry_run:
             print(f'# stage {stage["name"]}: {len(points)} point(s)')

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -151,3 +152,37 @@ def test_the_analysis_keeps_only_the_chosen_rate_of_each_grid_cell(tmp_path):
     assert list(kept['x']) == [1, 2, 3, 4] and dropped == ['grid-vit-d16-lr0.008']
     with pytest.raises(ValueError, match='not a readable study lr choice file'):
         apply_frozen_choice(runs, tmp_path / 'missing.json')
+
+
+def test_the_edge_rule_brackets_each_cells_best_rate_up_to_its_cap():
+    stage = {'name': 'g', 'families': ['vit', 'deepvit'], 'depths': [16], 'lrs': [1e-3, 2e-3, 4e-3],
+             'seeds': [0, 1], 'extend_edges': 1}
+
+    def scores(added, best):   # holdout peaks at ``best`` for vit and inside the grid for deepvit
+        return {p: (-abs(np.log(p.lr / best[p.family])) + 0.01 * p.seed)
+                for p in study.stage_points(stage, {}, added)}
+    best = {'vit': 1e-4, 'deepvit': 2e-3}
+    assert study.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 5e-4)]      # below the grid: halve
+    added = {('vit', 16): [5e-4]}
+    assert study.edge_rates(stage, scores(added, best), added) == []                  # cap 1 reached
+    best['vit'] = 1e-2
+    assert study.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 8e-3)]      # above: double
+    missing = scores({}, best)
+    missing[next(iter(missing))] = None
+    assert study.edge_rates(stage, missing, {}) == []                                 # the grid is not finished
+    assert study.edge_rates({**stage, 'extend_edges': 0}, scores({}, best), {}) == []
+
+
+def test_a_grid_with_an_edge_rule_must_have_run_before_its_choice_is_read(tmp_path):
+    s = study.load_schedule(_schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': 2}, BASE['stages'][1]]))
+    with pytest.raises(study.ScheduleError, match='an edge rule'):
+        study.frozen_choice(s, s.stages[0])
+    bad = _schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': -1}])
+    assert study.main([str(bad), '--dry-run']) == 2
+
+
+@pytest.mark.parametrize('path', sorted((REPO / 'launch' / 'schedules').glob('*.yaml')), ids=lambda p: p.name)
+def test_shipped_schedules_load_and_name_files_that_exist(path):
+    s = study.load_schedule(path)
+    assert (REPO / s.recipe).is_file() and (REPO / s.ds_config).is_file() and len(s.stages) >= 1
+    assert all(p.lr > 0 for st in s.stages if 'lrs' in st for p in study.stage_points(st, {}))

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Continue the CIFAR-10 study with the code of its tag, whatever main holds now:
+#
+#   launch/study_at_tag.sh [launch/study.sh arguments, e.g. --budget-min 100]
+#
+# Makes (once) a git worktree of the tag (STUDY_TAG, default study-cifar10-v1.1) at STUDY_WORKTREE (default
+# ../deepvit-study-worktree), links this checkout's store (docs/study/mlflow.db, artifacts/, study.json,
+# lr_selection.json) and converted data (runs/data) into it, and runs the study there with that tree's own package
+# first on PYTHONPATH: every run records the tag's commit (code.commit) and code.dirty=false, and the record lands in
+# this checkout's docs/study/, ready to commit. The plan says why: docs/study/plan.md ("Code").
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+HERE=$PWD
+TAG=${STUDY_TAG:-study-cifar10-v1.1}
+WT=${STUDY_WORKTREE:-../deepvit-study-worktree}
+git rev-parse -q --verify "refs/tags/$TAG" >/dev/null || {
+    echo "study_at_tag: error: no tag $TAG in this checkout (git fetch --tags?)" >&2; exit 2; }
+if [[ ! -d "$WT" ]]; then
+    git worktree add --detach "$WT" "$TAG" >/dev/null
+elif [[ "$(git -C "$WT" rev-parse HEAD)" != "$(git rev-parse "$TAG^{commit}")" ]]; then
+    git -C "$WT" checkout -q --detach "$TAG"
+fi
+mkdir -p docs/study/artifacts runs/data "$WT/runs"
+for f in mlflow.db artifacts study.json lr_selection.json; do   # the tag's own copy (if any) gives way to the link
+    [[ -L "$WT/docs/study/$f" ]] || { rm -rf "$WT/docs/study/$f"; ln -s "$HERE/docs/study/$f" "$WT/docs/study/$f"; }
+done
+[[ -L "$WT/runs/data" ]] || ln -s "$HERE/runs/data" "$WT/runs/data"
+cd "$WT"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec bash launch/study.sh "$@"
