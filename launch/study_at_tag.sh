@@ -5,7 +5,7 @@
 #
 # Makes (once) a git worktree of the tag (STUDY_TAG, default study-cifar10-v1.1) at STUDY_WORKTREE (default
 # ../deepvit-study-worktree), links this checkout's store (docs/study/mlflow.db, artifacts/, study.json,
-# lr_selection.json) and converted data (runs/data) into it, and runs the study there with that tree's own package
+# lr_selection.json) and runs/ (converted data, the points' folders and checkpoints) into it, and runs the study there with that tree's own package
 # first on PYTHONPATH: every run records the tag's commit (code.commit) and code.dirty=false, and the record lands in
 # this checkout's docs/study/, ready to commit. The plan says why: docs/study/plan.md ("Code").
 set -euo pipefail
@@ -20,10 +20,11 @@ if [[ ! -d "$WT" ]]; then
 elif [[ "$(git -C "$WT" rev-parse HEAD)" != "$(git rev-parse "$TAG^{commit}")" ]]; then
     git -C "$WT" checkout -q --detach "$TAG"
 fi
-mkdir -p docs/study/artifacts runs/data "$WT/runs"
+mkdir -p docs/study/artifacts runs
 for f in mlflow.db artifacts study.json lr_selection.json; do   # the tag's own copy (if any) gives way to the link
     [[ -L "$WT/docs/study/$f" ]] || { rm -rf "$WT/docs/study/$f"; ln -s "$HERE/docs/study/$f" "$WT/docs/study/$f"; }
 done
-[[ -L "$WT/runs/data" ]] || ln -s "$HERE/runs/data" "$WT/runs/data"
+# runs/: the converted data and the points' folders (checkpoints of a stopped point resume from here)
+[[ -L "$WT/runs" ]] || { [[ ! -e "$WT/runs" ]] || mv "$WT/runs" "$WT/runs.before-link"; ln -s "$HERE/runs" "$WT/runs"; }
 cd "$WT"
 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" exec bash launch/study.sh "$@"
