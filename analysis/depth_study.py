@@ -114,8 +114,11 @@ def verdict(runs: pd.DataFrame, shallow: int = 2, deep: int = 16, vit: str = 'vi
         out['q5_collapse'] = {r: _means(done, r, fe, COLLAPSE) for r in [vit, deepvit]}
         out['q5_collapse_growth'] = {r: paired(runs, [(r, deep, fe)], [(r, shallow, fe)], COLLAPSE)
                                      for r in [vit, deepvit]}
-        out['q5_correlation'] = within_cell_correlation(done.assign(cell=done['remedy'].astype(str) + '|' + done['view'].astype(str)),
-                                                        COLLAPSE, ENDPOINT, cells=('cell', 'depth'))
+        cell = done['remedy'].astype(str) + '|' + done['view'].astype(str)
+        if 'lr' in done.columns:   # a cell is one rate too: across seeds only, never across a grid's rates
+            cell = cell + '|' + done['lr'].astype(str)
+        out['q5_correlation'] = within_cell_correlation(done.assign(cell=cell), COLLAPSE, ENDPOINT,
+                                                        cells=('cell', 'depth'))
     if 'top1_gain_last25' in done.columns:
         gains = done.dropna(subset=['top1_gain_last25']).groupby(['remedy', 'depth'])['top1_gain_last25']
         out['convergence'] = [{'remedy': r, 'depth': int(d), 'n': int(len(g)), 'mean_gain_last25': float(g.mean()),

@@ -63,3 +63,10 @@ def test_the_verdict_table_states_each_interval_and_its_seeds():
     assert 'primary' in text and text.count('6 paired seeds') >= 7 and 'resolved' in text
     empty = verdict(_runs(seeds=[]).iloc[0:0])
     assert 'no paired seeds yet' in verdict_markdown(empty)
+
+
+def test_the_collapse_correlation_never_pools_a_grids_learning_rates():
+    runs = _runs()
+    runs['lr'] = np.where(runs['seed'] < 3, 1e-3, 2e-3)   # two rates per cell: three seeds each
+    res = verdict(runs)['q5_correlation']
+    assert res['n_cells'] == 2 * verdict(_runs())['q5_correlation']['n_cells']
