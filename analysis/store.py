@@ -112,20 +112,27 @@ def metric_history(client: MlflowClient, run_id: str, key: str) -> List[Tuple[in
 
 
 def _local_artifact_root(client: MlflowClient, run_id: str) -> Optional[Path]:
-    """The run's artifact folder on disk when the store records it as a relative path (a study folder made with a
-    relative SQLite URI, ``docs/mlflow_schema.md``): tried against the working directory, then against each folder
-    above the database file, so a moved or copied store reads from anywhere. ``None`` for every other store."""
-    uri = client.get_run(run_id).info.artifact_uri
-    if not uri or '://' in uri or ':' in uri.split('/', 1)[0] or Path(uri).is_absolute():
-        return None
-    if Path(uri).exists():
-        return Path(uri)
+    """The run's artifact folder on disk when the store is a SQLite folder that was moved or copied (a committed
+    study, a clone on another machine): the recorded location (``<store>/artifacts/<experiment>/<run id>/artifacts``,
+    absolute as MLflow writes it; relative in stores made before that) does not exist here, so the same last four
+    parts are read beside the database file instead (relative ones also against the working directory and the
+    folders above the database, as they were written). ``None`` when the recorded location exists (MLflow reads it
+    itself) or the store is not a SQLite file."""
+    uri = client.get_run(run_id).info.artifact_uri or ''
     db = _sqlite_path(client.tracking_uri)
-    if db is not None:
-        for base in [db.resolve().parent, *db.resolve().parent.parents]:
-            if (base / uri).exists():
-                return base / uri
-    return None
+    if db is None or not uri:
+        return None
+    recorded = Path(uri[len('file://'):] if uri.startswith('file://') else uri)
+    if ':' in recorded.parts[0] or (recorded.is_absolute() and recorded.exists()):
+        return None
+    bases = [db.resolve().parent]
+    if not recorded.is_absolute():   # a store written with relative locations (before MLflow's absolute ones)
+        bases = [Path.cwd(), *bases, *db.resolve().parent.parents]
+    tail = recorded.parts[-4:]
+    candidates = [base / recorded for base in bases if not recorded.is_absolute()]
+    if len(tail) == 4 and tail[0] == 'artifacts' and tail[2] == run_id:
+        candidates.append(db.resolve().parent / Path(*tail))
+    return next((c for c in candidates if c.exists()), None)
 
 
 def download_artifact(client: MlflowClient, run_id: str, path: str, dst_dir: Path) -> Optional[Path]:

@@ -215,21 +215,21 @@ def store_lock(uri: str):
 
 
 def artifact_root(uri: str) -> Optional[str]:
-    """Where a new experiment of a SQLite store keeps its artifacts: ``artifacts/`` beside the database file, as a
-    path relative to the working directory when the URI's path is relative (so a store folder holding the database
-    and its artifacts can be moved or committed whole), else absolute. ``None`` for other stores (their default)."""
+    """Where a new experiment of a SQLite store keeps its artifacts: ``artifacts/`` beside the database file (absolute:
+    MLflow records every local artifact location as an absolute path). ``None`` for other stores (their default)."""
     path = sqlite_path(uri)
     if path is None:
         return None
-    return os.path.join(os.path.dirname(path) or '.', 'artifacts')
+    return os.path.join(os.path.dirname(os.path.abspath(path)), 'artifacts')
 
 
 def get_or_create_experiment(client, name: str, uri: str) -> str:
-    """The id of experiment ``name``, created if missing with :func:`artifact_root` as its artifact location.
+    """The id of experiment ``name``, created if missing with its artifacts in ``<artifact_root>/<name>`` (a SQLite
+    store: database and artifacts in one folder, which moves or is committed whole; MLflow records the folder's
+    absolute path, and a reader of a moved store finds the artifacts beside the database:
+    ``analysis.store.download_artifact``, ``docs/mlflow_schema.md``). Public MLflow API only.
 
-    Jobs starting together (a sweep, a job array) may race to create it: the loser uses the winner's. MLflow makes a
-    relative artifact location absolute; for a relative SQLite URI it is set back to the relative path (one SQL
-    update of the experiment's row), so nothing in the store names this machine's directories.
+    Jobs starting together (a sweep, a job array) may race to create it: the loser uses the winner's.
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -240,34 +240,12 @@ def get_or_create_experiment(client, name: str, uri: str) -> str:
     folder = root and os.path.join(root, ''.join(c if c.isalnum() or c in '._-' else '_' for c in name))
     tags = {schema.EXPERIMENT_KIND_TAG: schema.EXPERIMENT_KIND, schema.NOTE_TAG: EXPERIMENT_DESCRIPTION}
     try:
-        exp_id = client.create_experiment(name, artifact_location=folder, tags=tags)
+        return client.create_experiment(name, artifact_location=folder, tags=tags)
     except Exception:  # another job created it first (unique-name violation); use theirs
         exp = client.get_experiment_by_name(name)
         if exp is None:
             raise
         return exp.experiment_id
-    if root is not None and not os.path.isabs(sqlite_path(uri)):
-        # MLflow stored the folder made absolute: set it back (a run created by another job between the two
-        # statements would keep an absolute path: create experiments before launching jobs in parallel, as the sweep
-        # does).
-        _set_artifact_location(uri, exp_id, folder)
-    default = client.get_experiment('0') if root is not None else None
-    wanted = root and os.path.join(root, 'Default')
-    if default is not None and default.artifact_location.replace('file://', '') not in (wanted, os.path.abspath(wanted)):
-        # MLflow's own 'Default' experiment (id 0) got ./mlruns/0 of the directory the store was made from
-        _set_artifact_location(uri, '0', wanted if not os.path.isabs(sqlite_path(uri)) else os.path.abspath(wanted))
-    return exp_id
-
-
-def _set_artifact_location(uri: str, experiment_id: str, location: str) -> None:
-    import sqlalchemy
-    engine = sqlalchemy.create_engine(uri)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sqlalchemy.text('UPDATE experiments SET artifact_location = :loc WHERE experiment_id = :id'),
-                         {'loc': location, 'id': int(experiment_id)})
-    finally:
-        engine.dispose()
 
 
 def create_tracker(rank: int, **kwargs) -> NullTracker:
