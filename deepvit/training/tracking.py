@@ -5,6 +5,7 @@ functions here).
 The record a run leaves (names of params, metrics, tags and artifacts) is specified in ``docs/mlflow_schema.md``;
 the analysis package reads exactly that.
 """
+import atexit
 import contextlib
 import json
 import os
@@ -156,16 +157,24 @@ class MlflowTracker(NullTracker):
     def start_system_metrics(self, interval_s: float) -> None:
         """MLflow's own system metrics (``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
         ``system/gpu_*`` where a GPU and ``nvidia-ml-py`` are present, ...) sampled every ``interval_s`` seconds on
-        a background thread until :meth:`end`; a continued run continues their step count."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, samples_before_logging=1,
-                                             resume_logging=self.resumed, tracking_uri=self.uri)
-        self._monitor.start()
+        a background thread until :meth:`end`; a continued run continues their step count. Through MLflow's public
+        API: the run becomes this process's active run (``mlflow.start_run(run_id, log_system_metrics=True)``)."""
+        mlflow = self._mlflow
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_system_metrics_sampling_interval(interval_s)
+        mlflow.set_system_metrics_samples_before_logging(1)
+        mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
+        self._monitor = True
+        # MLflow ends a process's active run as FINISHED at exit; a process leaving before end() did not finish
+        atexit.register(lambda: self._monitor and self.end('FAILED'))   # (runs first: registered after MLflow's)
 
     def end(self, status: str = 'FINISHED') -> None:
-        if self._monitor is not None:
-            self._monitor.finish()
+        if self._monitor:   # stops the system-metrics thread; the status also goes through the backlog below
             self._monitor = None
+            try:
+                self._mlflow.end_run(status)
+            except Exception:   # the store is unreachable: the backlog keeps the status for later
+                pass
         self._backlog.send({'kind': 'status', 'status': status})
         self._backlog.flush(self.run_id)
 
