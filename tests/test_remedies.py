@@ -111,6 +111,20 @@ def test_reattention_mix_alone_keeps_the_global_rng_and_uses_its_index():
     assert torch.equal(mixes[0].weight, ReAttentionMix(6, index=0).weight)
 
 
+def test_reattention_layer_builds_every_theta_itself():
+    """``ReAttention`` takes the block's index and ``reattn_theta``: the BatchNorm-only control (Θ a fixed identity
+    buffer) and a random Θ of block 3 are the ones the model builds (issue 18: it could not build the control)."""
+    from deepvit.models import ReAttention
+    fixed = ReAttention(24, num_heads=6, reattn_init='identity', reattn_theta='fixed', block_index=3).reattn
+    assert 'weight' not in dict(fixed.named_parameters()) and torch.equal(fixed.weight, torch.eye(6))
+    torch.manual_seed(0)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=4, embed_dim=24, num_heads=6)
+    torch.manual_seed(0)
+    alone = ReAttention(24, num_heads=6, block_index=3).reattn
+    assert torch.equal(alone.weight, model.blocks[3].attn.reattn.weight)
+    assert not torch.equal(alone.weight, model.blocks[2].attn.reattn.weight)
+
+
 # --------------------------------------------------------------------------------- forward / backward, every case
 
 @pytest.mark.parametrize('name, overrides, family, remedy', CASES, ids=IDS)

@@ -188,6 +188,8 @@ class _BlockFactory:
             attn_layer = TalkingHeadAttention
         else:
             attn_layer = Attention
+        # timm 1.0's Block takes an attention *class* (``_create_attn`` calls ``issubclass``), not a partial with the
+        # block's fields: the remedy parts are rebuilt with them here (no global RNG draw, so pairing is kept)
         block = Block(depth=depth, attn_layer=attn_layer, **dd, **kwargs)
         heads = block.attn.num_heads
         if attn_layer is ReAttention:

@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.autograd.function import once_differentiable
 from timm.layers import LayerNorm2d, register_notrace_module
 
-from .attention import Attention
+from .attention import Attention, mix_heads
 from .checkpointing import recomputing
 
 REATTN_NORMS = ('bn', 'ln', 'none')
@@ -161,9 +161,9 @@ class ReAttentionMix(nn.Module):
         return self._forward_eager(attn, rows_sum_to_one)
 
     def _mix(self, attn: torch.Tensor) -> torch.Tensor:
-        """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M), one matmul over the flattened maps."""
-        B, H, N, M = attn.shape   # a fixed Θ is a float32 buffer, which DeepSpeed's bf16 cast of parameters leaves
-        return torch.matmul(self.weight.t().to(attn.dtype), attn.reshape(B, H, N * M)).view(B, H, N, M)
+        """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M) (:func:`~deepvit.models.attention.mix_heads`
+        with Θ stored (H_in, H_out), as the paper writes Θᵀ)."""
+        return mix_heads(attn, self.weight.t())
 
     @torch.jit.unused
     def _forward_eager(self, attn: torch.Tensor, rows_sum_to_one: bool) -> torch.Tensor:
@@ -417,7 +417,12 @@ class ReAttention(Attention):
 
     Args:
         dim, num_heads, **kwargs: as timm's :class:`timm.layers.Attention`.
-        reattn_norm, reattn_init: see :class:`ReAttentionMix` (``norm``, ``init``).
+        reattn_norm, reattn_init, reattn_theta: see :class:`ReAttentionMix` (``norm``, ``init``, ``theta``;
+            ``reattn_theta='fixed'`` is the BatchNorm-only control).
+        block_index: the block's index, selecting Θ's private random stream (``ReAttentionMix(index=...)``).
+
+    Raises:
+        ValueError: as :class:`ReAttentionMix`.
     """
 
     uses_reattention = True
@@ -428,12 +433,15 @@ class ReAttention(Attention):
             num_heads: int = 8,
             reattn_norm: str = 'bn',
             reattn_init: str = 'random',
+            reattn_theta: str = 'learned',
+            block_index: int = 0,
             device=None,
             dtype=None,
             **kwargs,
     ) -> None:
         super().__init__(dim, num_heads=num_heads, device=device, dtype=dtype, **kwargs)
-        self.reattn = ReAttentionMix(num_heads, norm=reattn_norm, init=reattn_init, device=device, dtype=dtype)
+        self.reattn = ReAttentionMix(num_heads, norm=reattn_norm, init=reattn_init, theta=reattn_theta,
+                                     index=block_index, device=device, dtype=dtype)
 
     def mix_maps(self, attn: torch.Tensor) -> torch.Tensor:
         # rows still sum to 1 unless attention dropout just zeroed some entries

@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn as nn
 
-from .attention import Attention
+from .attention import Attention, mix_heads
 
 __all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'HeadMix', 'ResidualScale', 'TalkingHeadAttention',
            'cait_init_values', 'residual_branch_scale', 'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
@@ -208,14 +208,7 @@ class HeadMix(nn.Module):
         return f"num_heads={self.num_heads}, bias={self.bias is not None}, init={self.init_type!r}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, N, M = x.shape
-        flat = x.reshape(B, H, N * M)
-        weight = self.weight.expand(B, H, H)
-        if self.bias is None:
-            out = torch.bmm(weight, flat)
-        else:
-            out = torch.baddbmm(self.bias.view(1, H, 1), weight, flat)
-        return out.view(B, H, N, M)
+        return mix_heads(x, self.weight, self.bias)
 
 
 class TalkingHeadAttention(Attention):
