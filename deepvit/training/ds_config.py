@@ -18,6 +18,7 @@ resolved precision is returned and recorded with the run.
 """
 import copy
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
@@ -78,8 +79,15 @@ def load_ds_config(path: str) -> Dict[str, Any]:
     return config
 
 
+CPU_BF16_ENV = 'DEEPVIT_CPU_BF16'
+
+
 def bf16_supported() -> bool:
-    """True on accelerators with native bf16 (CUDA devices that report it); False on CPU."""
+    """True on accelerators with native bf16 (CUDA devices that report it); False on CPU, unless the environment sets
+    ``DEEPVIT_CPU_BF16=1``: the test lane that runs a GPU run's bf16 code paths on CPU ranks (DeepSpeed's bf16
+    optimizer, bf16 checkpoints; slow matmuls on CPUs without AVX512-BF16, so tiny models only: docs/testing.md)."""
+    if os.environ.get(CPU_BF16_ENV) == '1':
+        return True
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
