@@ -172,7 +172,7 @@ def test_gradcheck_folded_function_general_maps():
     theta = torch.randn(H, H, generator=g, dtype=torch.float64).requires_grad_()
     weight = torch.rand(H, generator=g, dtype=torch.float64).add(0.5).requires_grad_()
     bias = torch.randn(H, generator=g, dtype=torch.float64).requires_grad_()
-    f = lambda *t: R._FoldedBatchNormMix.apply(*t, 1e-5, False)[0]
+    f = lambda *t: R.folded_batchnorm_mix(*t, 1e-5, False)[0]
     assert torch.autograd.gradcheck(f, (a, theta, weight, bias))
     # fixed Θ (no grad wanted): still correct for the rest, none computed for Θ
     assert torch.autograd.gradcheck(f, (a, theta.detach(), weight, bias))
@@ -190,7 +190,7 @@ def test_gradcheck_folded_function_simplex_through_softmax():
 
     def f(logits, theta, weight, bias):
         a = logits.softmax(-1).reshape(B, H, N * N)
-        return R._FoldedBatchNormMix.apply(a, theta, weight, bias, 1e-5, True)[0]
+        return R.folded_batchnorm_mix(a, theta, weight, bias, 1e-5, True)[0]
     assert torch.autograd.gradcheck(f, (logits, theta, weight, bias))
 
 

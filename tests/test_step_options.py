@@ -118,3 +118,33 @@ def test_step_options_a_setup_cannot_use_are_refused_before_training(flags, mess
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and message in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / 'o' / 'checkpoints').exists()
+
+
+@pytest.mark.slow  # inductor generates and compiles C++ for the CPU (~1 min)
+def test_compiled_deepvit_training_step_is_one_graph_with_the_eager_loss_gradients_and_statistics():
+    """Issue 21: ``torch.compile`` with the real inductor backend traces a DeepViT training step (Re-attention with
+    the folded BatchNorm, a ``torch.library`` custom op) as one graph with no break, and gives eager's loss, every
+    parameter's gradient and the BatchNorm running statistics. Was: 11 graphs, a break in every Re-attention block
+    (the autograd Function's backward called ``torch.autograd.grad``)."""
+    import copy
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    eager = timm.create_model('deepvit_tiny_patch4_32', depth=2, embed_dim=32, num_heads=2).train()
+    compiled, probe = copy.deepcopy(eager), copy.deepcopy(eager)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    explained = torch._dynamo.explain(lambda x: torch.nn.functional.cross_entropy(probe(x), y))(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    compiled.compile(backend='inductor')
+    for _ in range(2):   # the second step runs the compiled graph with the updated statistics
+        loss_e, grads_e = _step(eager, x, y)
+        loss_c, grads_c = _step(compiled, x, y)
+        torch.testing.assert_close(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+        assert grads_c.keys() == grads_e.keys() and any('reattn.weight' in n for n in grads_e)
+        # fp32 rounding of inductor's fused kernels: up to ~3e-6 absolute measured, with the largest gradient entry
+        # ~2 (a sum over positions such as patch_embed.proj.bias keeps that absolute noise at a small value)
+        top = max(g.abs().max().item() for g in grads_e.values())
+        for n in grads_e:
+            torch.testing.assert_close(grads_c[n], grads_e[n], rtol=1e-4, atol=1e-5 * top, msg=n)
+    buffers_c = _buffers(compiled)
+    for n, b in _buffers(eager).items():
+        torch.testing.assert_close(buffers_c[n], b, rtol=1e-5, atol=1e-7, msg=n)

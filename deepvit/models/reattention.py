@@ -14,10 +14,10 @@ Shapes: attention maps (B, H, N, N); Θ (H, H).
 """
 import contextlib
 import math
+from typing import Tuple
 
 import torch
 import torch.nn as nn
-from torch.autograd.function import once_differentiable
 from timm.layers import LayerNorm2d, register_notrace_module
 
 from .attention import Attention, mix_heads
@@ -138,7 +138,7 @@ class ReAttentionMix(nn.Module):
 
         ``'bn'`` with ``fold_norm`` (the default) takes the folded path, for every float dtype: the BatchNorm
         statistics are accumulated in float32 (float64 for float64 inputs), the (H, H)/(H,) fold math runs in that
-        precision, and only the map-sized products run in the maps' dtype (:class:`_FoldedBatchNormMix`).
+        precision, and only the map-sized products run in the maps' dtype (:func:`folded_batchnorm_mix`).
         Batch statistics versus running statistics, the running-stat update (momentum, ``momentum=None``
         cumulative average, unbiased variance) and ``num_batches_tracked`` follow the BatchNorm's *own* mode and
         flags exactly as :class:`torch.nn.BatchNorm2d` decides them, not this module's ``training`` flag (so the
@@ -151,7 +151,7 @@ class ReAttentionMix(nn.Module):
 
         TorchScript (``torch.jit.script``) compiles the unfolded path, ``norm(Θᵀ a)`` as ``fold_norm=False`` computes
         it (the same function as the folded path up to rounding; ``rows_sum_to_one`` is not needed there); the folded
-        path's custom autograd Function and the checkpoint-recomputation state are Python-only.
+        path's custom op and the checkpoint-recomputation state are Python-only.
 
         Raises:
             ValueError: batch statistics from a single value per head (B * N * N == 1), as ``nn.BatchNorm2d``.
@@ -201,7 +201,7 @@ class ReAttentionMix(nn.Module):
             if B * N * M == 1:
                 raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                                  f"{attn.size()}")
-            out, mean, var = _FoldedBatchNormMix.apply(a, self.weight, weight, bias, bn.eps, rows_sum_to_one)
+            out, mean, var, _, _ = folded_batchnorm_mix(a, self.weight, weight, bias, bn.eps, rows_sum_to_one)
             if update:
                 self._update_running_stats(mean, var, B * N * M, factor)
             return out.view(B, H, N, M)
@@ -285,6 +285,23 @@ def _fold(theta, weight, bias, mean_a, second, eps):
     return theta_t * scale[:, None], bias - mean * scale, mean, var
 
 
+def _fold_backward(theta, weight, mean_a, second, eps, grad_mixer, grad_shift):
+    """The vector-Jacobian product of :func:`_fold`'s (mixer, shift) for (theta, weight, bias, mean_a, second), by
+    hand (a custom op's body runs below autograd): with t = Θᵀ, μ = t m, v = diag(t S tᵀ) − μ² (0 where clamped),
+    r = (v + ε)^-½, s = w r, mixer = t · s[:, None], shift = b − μ s."""
+    t = theta.t()
+    mean = t @ mean_a
+    raw = ((t @ second) * t).sum(1) - mean * mean
+    r = torch.rsqrt(raw.clamp_min(0.) + eps)
+    scale = weight * r
+    d_scale = (grad_mixer * t).sum(1) - grad_shift * mean
+    d_var = torch.where(raw > 0, d_scale * weight * -0.5 * r.pow(3), torch.zeros_like(raw))
+    d_mean = -grad_shift * scale - 2. * d_var * mean
+    d_t = grad_mixer * scale[:, None] + d_var[:, None] * (t @ (second + second.t())) + d_mean[:, None] * mean_a[None, :]
+    d_second = theta @ (d_var[:, None] * t)   # Σ_h d_var_h θ_h θ_hᵀ
+    return d_t.t().contiguous(), d_scale * r, grad_shift, theta @ d_mean, d_second
+
+
 def _round_fold(mixer, shift, dtype, mean_a=None, var_a=None):
     """Round the fold (mixer (H, H), shift (H,), float32/64) to the maps' ``dtype`` for the map-sized ``baddbmm``.
 
@@ -324,9 +341,13 @@ def _round_fold(mixer, shift, dtype, mean_a=None, var_a=None):
     return mixer_low.index_put((row, col), torch.where(take, new, old)), shift_low
 
 
-class _FoldedBatchNormMix(torch.autograd.Function):
+@torch.library.custom_op('deepvit::folded_batchnorm_mix', mutates_args=())
+def folded_batchnorm_mix(a: torch.Tensor, theta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                         rows_sum_to_one: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
     """BatchNorm2d(Θᵀ a) with batch statistics, as one ``baddbmm``: a (B, H, M) → (B, H, M), plus the batch mean
-    and biased variance (H,) of the mixed maps (non-differentiable, for the running-stat update).
+    and biased variance (H,) of the mixed maps (for the running-stat update) and mean(a) (H,), E[a aᵀ] (H, H) (what
+    the backward needs); only the first output is differentiable.
 
     Source: paper Eq. 5 (Norm(Θᵀ · A)) with Norm = BatchNorm2d(H) as in the official dvit_repo ``models/layers.py``
     ``ReAttention`` (1×1 Conv2d then BatchNorm2d); the fold is ours.
@@ -346,65 +367,89 @@ class _FoldedBatchNormMix(torch.autograd.Function):
     Autocast: both passes run with autocast disabled on ``a``'s device and cast explicitly, so an enclosing
     ``torch.autocast`` (CPU or CUDA) cannot re-cast the statistics or the fold math to bf16/fp16; the caller
     (:meth:`ReAttentionMix.forward`) casts float32 maps to the autocast dtype first, as autocast's ``matmul``
-    would. Not twice differentiable (``once_differentiable``).
+    would. Not twice differentiable.
+
+    A ``torch.library.custom_op`` with ``register_autograd`` (and fake implementations), so ``torch.compile`` traces a
+    Re-attention block as one graph (was: an autograd Function whose backward called ``torch.autograd.grad``, a
+    graph break in every block).
     """
+    B, H, M = a.shape
+    count = B * M
+    acc = _opmath_dtype(a, theta, weight, bias)
+    with _autocast_off(a.device.type):
+        if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
+            mean_a = torch.full((H,), 1.0 / math.isqrt(M), device=a.device, dtype=acc)
+        else:
+            mean_a = a.sum(dim=(0, 2), dtype=acc) / count
+        second = _gram(a, a, acc) / count
+        mixer, shift, mean, var = _fold(theta.to(acc), weight.to(acc), bias.to(acc), mean_a, second, eps)
+        var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
+        mixer_low, shift_low = _round_fold(mixer, shift, a.dtype, mean_a, var_a)
+        out = torch.baddbmm(shift_low.view(1, H, 1), mixer_low.expand(B, H, H), a)
+    return out, mean, var, mean_a, second
 
-    @staticmethod
-    def forward(ctx, a, theta, weight, bias, eps, rows_sum_to_one):
-        B, H, M = a.shape
-        count = B * M
-        acc = _opmath_dtype(a, theta, weight, bias)
-        with _autocast_off(a.device.type):
-            if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
-                mean_a = torch.full((H,), 1.0 / math.isqrt(M), device=a.device, dtype=acc)
-            else:
-                mean_a = a.sum(dim=(0, 2), dtype=acc) / count
-            second = _gram(a, a, acc) / count
-            mixer, shift, mean, var = _fold(theta.to(acc), weight.to(acc), bias.to(acc), mean_a, second, eps)
+
+@folded_batchnorm_mix.register_fake
+def _(a, theta, weight, bias, eps, rows_sum_to_one):
+    B, H, M = a.shape
+    acc = _opmath_dtype(a, theta, weight, bias)
+    return (a.new_empty(B, H, M), a.new_empty(H, dtype=acc), a.new_empty(H, dtype=acc), a.new_empty(H, dtype=acc),
+            a.new_empty(H, H, dtype=acc))
+
+
+@torch.library.custom_op('deepvit::folded_batchnorm_mix_backward', mutates_args=())
+def _folded_batchnorm_mix_backward(grad_out: torch.Tensor, a: torch.Tensor, theta: torch.Tensor, weight: torch.Tensor,
+                                   bias: torch.Tensor, mean_a: torch.Tensor, second: torch.Tensor, eps: float,
+                                   rows_sum_to_one: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """The gradients of :func:`folded_batchnorm_mix`'s ``out`` for (a, theta, weight, bias), each in its input's dtype:
+    the (H, H)-sized fold differentiated by autograd, the map-sized da = mixerᵀ g + (dS + dSᵀ)/n · a + dm/n in two
+    fused ``baddbmm`` passes."""
+    B, H, M = a.shape
+    count = B * M
+    acc = mean_a.dtype
+    with _autocast_off(a.device.type):
+        grad_out = grad_out.to(a.dtype)
+        theta_acc, weight_acc = theta.to(acc), weight.to(acc)
+        mixer = _fold(theta_acc, weight_acc, bias.to(acc), mean_a, second, eps)[0]
+        grad_mixer = _gram(grad_out, a, acc)
+        grad_shift = grad_out.sum(dim=(0, 2), dtype=acc)
+        d_theta, d_weight, d_bias, d_mean, d_second = _fold_backward(theta_acc, weight_acc, mean_a, second, eps,
+                                                                     grad_mixer, grad_shift)
+        # da = (dS + dSᵀ)/n · a + dm/n + mixerᵀ g: the statistics' part first, so that its rounding (it is usually the
+        # smaller part) and not the whole gradient's is the extra one; its mean is rounded as the forward's fold is
+        # (_round_fold), as it too nearly cancels for near-uniform maps
+        d_sym = (d_second + d_second.t()) / count
+        if rows_sum_to_one:  # mean(a) is fixed by the simplex: its gradient is a constant the softmax removes
+            grad_a = torch.bmm(d_sym.to(a.dtype).expand(B, H, H), a)
+        else:
             var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
-            mixer_low, shift_low = _round_fold(mixer, shift, a.dtype, mean_a, var_a)
-            out = torch.baddbmm(shift_low.view(1, H, 1), mixer_low.expand(B, H, H), a)
-        ctx.save_for_backward(a, theta, weight, bias, mean_a, second)
-        ctx.eps = eps
-        ctx.rows_sum_to_one = rows_sum_to_one
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+            d_low, d_mean_low = _round_fold(d_sym, d_mean / count, a.dtype, mean_a, var_a)
+            grad_a = torch.baddbmm(d_mean_low.view(1, H, 1), d_low.expand(B, H, H), a)
+        grad_a.baddbmm_(mixer.detach().t().to(a.dtype).expand(B, H, H), grad_out)
+    return grad_a, d_theta.to(theta.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, _grad_mean, _grad_var):
-        a, theta, weight, bias, mean_a, second = ctx.saved_tensors
-        need_a, need_theta, need_weight, need_bias = ctx.needs_input_grad[:4]
-        B, H, M = a.shape
-        count = B * M
-        acc = mean_a.dtype
-        with _autocast_off(a.device.type):
-            grad_out = grad_out.to(a.dtype)
-            with torch.enable_grad():
-                small = [t.detach().to(acc).requires_grad_() for t in (theta, weight, bias, mean_a, second)]
-                mixer, shift, _, _ = _fold(*small, ctx.eps)
-            grad_mixer = _gram(grad_out, a, acc)
-            grad_shift = grad_out.sum(dim=(0, 2), dtype=acc)
-            d_theta, d_weight, d_bias, d_mean, d_second = torch.autograd.grad(
-                (mixer, shift), small, (grad_mixer, grad_shift))
-            grad_a = None
-            if need_a:
-                # da = (dS + dSᵀ)/n · a + dm/n + mixerᵀ g: the statistics' part first, so that its rounding (it is
-                # usually the smaller part) and not the whole gradient's is the extra one; its mean is rounded
-                # as the forward's fold is (_round_fold), as it too nearly cancels for near-uniform maps
-                d_sym = (d_second + d_second.t()) / count
-                if ctx.rows_sum_to_one:  # mean(a) is fixed by the simplex: its gradient is a constant softmax removes
-                    grad_a = torch.bmm(d_sym.to(a.dtype).expand(B, H, H), a)
-                else:
-                    var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
-                    d_low, d_mean_low = _round_fold(d_sym, d_mean / count, a.dtype, mean_a, var_a)
-                    grad_a = torch.baddbmm(d_mean_low.view(1, H, 1), d_low.expand(B, H, H), a)
-                grad_a.baddbmm_(mixer.detach().t().to(a.dtype).expand(B, H, H), grad_out)
-        return (grad_a,
-                d_theta.to(theta.dtype) if need_theta else None,
-                d_weight.to(weight.dtype) if need_weight else None,
-                d_bias.to(bias.dtype) if need_bias else None,
-                None, None)
+
+@_folded_batchnorm_mix_backward.register_fake
+def _(grad_out, a, theta, weight, bias, mean_a, second, eps, rows_sum_to_one):
+    return torch.empty_like(a), torch.empty_like(theta), torch.empty_like(weight), torch.empty_like(bias)
+
+
+def _setup_context(ctx, inputs, output):
+    a, theta, weight, bias, eps, rows_sum_to_one = inputs
+    _, _, _, mean_a, second = output
+    ctx.save_for_backward(a, theta, weight, bias, mean_a, second)
+    ctx.eps, ctx.rows_sum_to_one = eps, rows_sum_to_one
+
+
+def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_mean_a, _grad_second):
+    a, theta, weight, bias, mean_a, second = ctx.saved_tensors
+    grads = _folded_batchnorm_mix_backward(grad_out, a, theta, weight, bias, mean_a, second, ctx.eps,
+                                           ctx.rows_sum_to_one)
+    return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])), None, None)
+
+
+folded_batchnorm_mix.register_autograd(_backward, setup_context=_setup_context)
 
 
 class ReAttention(Attention):
