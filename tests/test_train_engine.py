@@ -300,3 +300,80 @@ def test_one_visible_gpu_per_task_and_a_long_collective_timeout(monkeypatch):
     plan = type('P', (), {'rank': 0, 'local_rank': 0})()
     build.start_process_group(plan)
     assert calls[0]['timeout'] == build.PROCESS_GROUP_TIMEOUT >= datetime.timedelta(minutes=30)
+
+
+SYNC_PROBE = r'''
+import collections, json, os, sys, traceback
+import torch, timm, deepspeed
+import deepvit  # noqa: F401
+from deepspeed.accelerator import get_accelerator
+from deepvit.training.ds_config import resolve_ds_config
+from deepvit.training.engine import train_one_epoch
+os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=sys.argv[2], RANK='0', WORLD_SIZE='1', LOCAL_RANK='0')
+cfg = resolve_ds_config(sys.argv[1], 1).config
+cfg.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=3)
+deepspeed.init_distributed(verbose=False)
+model = timm.create_model('deepvit_tiny_patch4_32', depth=2, embed_dim=32, num_heads=2)
+engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-3), config=cfg)
+g = torch.Generator().manual_seed(0)
+data = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g)) for _ in range(12)]
+reads = collections.Counter()    # (api, file, function) of every read-back of a tensor's value to the host
+where = {'step': False}
+def counting(name, real):
+    def wrap(self, *args, **kwargs):
+        frame = traceback.extract_stack(limit=2)[0]
+        reads[f"{name}|{os.path.basename(frame.filename)}|{frame.name}|{'step' if where['step'] else 'loop'}"] += 1
+        return real(self, *args, **kwargs)
+    return wrap
+for name in ('item', '__float__', '__bool__', 'tolist', 'cpu', 'numpy'):
+    setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+syncs = []
+acc = get_accelerator()
+real_sync = acc.synchronize
+acc.synchronize = lambda *a, **k: syncs.append(traceback.extract_stack(limit=2)[0].name) or real_sync(*a, **k)
+real_step = engine.step
+def step(*a, **k):
+    where['step'] = True
+    try:
+        return real_step(*a, **k)
+    finally:
+        where['step'] = False
+engine.step = step
+class Sched:
+    def step_update(self, num_updates): pass
+result = train_one_epoch(engine, data, torch.nn.CrossEntropyLoss(), device=torch.device('cpu'), dtype=torch.float32,
+                         scheduler=Sched(), log_every=1000)
+print(json.dumps({'reads': reads, 'syncs': syncs, 'steps': result.steps}))
+'''
+
+
+@pytest.mark.slow  # DeepSpeed in a subprocess (~30 s)
+def test_a_real_deepspeed_step_reads_nothing_back_per_micro_batch(tmp_path):
+    """Issue 21.2 with the real engine (ZeRO-2 as shipped, world 1, 12 micro-batches, accumulation 3): the loop
+    itself reads back one value per log window (the epoch's end here), nothing per micro-batch; no device
+    synchronisation at all (DeepSpeed's throughput timer is off); DeepSpeed's own optimizer step reads the gradient
+    norm back (its overflow/clipping check, ``stage_1_and_2.py``) only at the 4 accumulation boundaries, and
+    torch's AdamW its CPU step counter (not a device read)."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    script = tmp_path / 'sync_probe.py'
+    script.write_text(SYNC_PROBE)
+    done = subprocess.run([sys.executable, str(script), str(root / 'ds_configs' / 'zero2.json'), str(port)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out['steps'] == 4 and out['syncs'] == []
+    loop = {k: v for k, v in out['reads'].items() if k.endswith('|loop')}
+    assert loop == {'tolist|engine.py|_sync_window|loop': 1, '__float__|engine.py|_log_window|loop': 1}, loop
+    in_step = {k: v for k, v in out['reads'].items() if k.endswith('|step')}
+    assert set(in_step) <= {'__bool__|utils.py|is_invalid_grad_norm|step', 'item|optimizer.py|_get_value|step'}, in_step
+    assert all(v % 4 == 0 and v <= 8 for v in in_step.values()), in_step   # per optimizer step, never per micro-batch
