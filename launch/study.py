@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGE_KEYS = {'name', 'families', 'depths', 'seeds', 'lrs', 'lr_from', 'lr_family', 'extra', 'extend_edges'}
@@ -187,14 +186,14 @@ def _stage(s: Schedule, name: str) -> dict:
     return next(st for st in s.stages if st['name'] == name)
 
 
-def _client(s: Schedule):
+def _client():
     from deepvit.training import tracking
     return tracking.tracking_client(os.environ['MLFLOW_TRACKING_URI'])
 
 
 def holdout_by_point(s: Schedule, points: List[Point]) -> Dict[Point, Optional[float]]:
     """Final ``holdout/top1`` (percent) of each point's FINISHED run, ``None`` when it has none (yet)."""
-    client = _client(s)
+    client = _client()
     exp = client.get_experiment_by_name(s.experiment)
     out = {p: None for p in points}
     if exp is None:
@@ -208,26 +207,35 @@ def holdout_by_point(s: Schedule, points: List[Point]) -> Dict[Point, Optional[f
     return out
 
 
+def _score_table(scores: Dict[Point, Optional[float]]):
+    """The holdout scores as ``analysis.lr_selection.choose_lr``'s input (holdout only: no test figure)."""
+    import pandas as pd
+    return pd.DataFrame([{'series': p.family, 'depth': p.depth, 'lr': p.lr, 'holdout_top1_final': v}
+                         for p, v in scores.items()])
+
+
+def _choose_lr(scores: Dict[Point, Optional[float]]):
+    sys.path.insert(0, str(ROOT))
+    from analysis.lr_selection import choose_lr   # the one choice rule (max mean holdout; tie: the smaller rate)
+    return choose_lr(_score_table(scores))
+
+
 def edge_rates(stage: dict, scores: Dict[Point, Optional[float]], added: Edges) -> List[Tuple[Tuple[str, int], float]]:
-    """The edge rule (docs/study/plan.md, amendment 1): a cell whose best rate (mean final holdout over the stage's
-    seeds; tie: the smaller) is the smallest rate tried gets half of it, the largest twice it, at most
-    ``extend_edges`` times on each side. Returns the ``((family, depth), lr)`` to add now; [] when every cell's best
-    rate is inside its grid, the cap is reached, or a score is missing."""
+    """The edge rule (docs/study/plan.md, amendment 1): a cell whose best rate (``choose_lr``'s choice: mean final
+    holdout over the stage's seeds; tie: the smaller) is the smallest rate tried gets half of it, the largest twice
+    it, at most ``extend_edges`` times on each side. Returns the ``((family, depth), lr)`` to add now; [] when every
+    cell's best rate is inside its grid, the cap is reached, or a score is missing."""
     cap = int(stage.get('extend_edges', 0))
     if not cap or any(v is None for v in scores.values()):
         return []
     grid = [float(v) for v in stage['lrs']]
     new = []
-    for cell in sorted({(p.family, p.depth) for p in scores}):
-        by_lr: Dict[float, List[float]] = {}
-        for p, v in scores.items():
-            if (p.family, p.depth) == cell:
-                by_lr.setdefault(p.lr, []).append(v)
-        best = max(sorted(by_lr), key=lambda lr: float(np.mean(by_lr[lr])))   # sorted: a tie keeps the smaller
+    for r in _choose_lr(scores).sort_values(['series', 'depth']).itertuples():
+        cell, best, tried = (r.series, int(r.depth)), float(r.chosen_lr), [float(v) for v in r.lr_grid]
         extra = added.get(cell, [])
-        if best == min(by_lr) and sum(lr < min(grid) for lr in extra) < cap:
+        if best == min(tried) and sum(lr < min(grid) for lr in extra) < cap:
             new.append((cell, best / 2))
-        elif best == max(by_lr) and sum(lr > max(grid) for lr in extra) < cap:
+        elif best == max(tried) and sum(lr > max(grid) for lr in extra) < cap:
             new.append((cell, best * 2))
     return new
 
@@ -258,9 +266,6 @@ def frozen_choice(s: Schedule, grid: dict, added: Optional[Edges] = None) -> Dic
     now from the finished grid (with the edge rule's ``added`` rates; holdout only) and written there. Raises
     :class:`ScheduleError` while the grid has unfinished points, or when a grid with an edge rule has not run in
     this invocation (its added rates are known only then)."""
-    import pandas as pd
-    sys.path.insert(0, str(ROOT))
-    from analysis.lr_selection import choose_lr
     path = s.store / SELECTION_FILE
     made = json.loads(path.read_text()) if path.is_file() else {}
     if grid['name'] in made:
@@ -273,9 +278,7 @@ def frozen_choice(s: Schedule, grid: dict, added: Optional[Edges] = None) -> Dic
     if missing:
         raise ScheduleError(f'stage {grid["name"]!r} has no finished holdout score for {missing[:3]}...; its lr '
                             f'choice needs every grid point')
-    table = pd.DataFrame([{'series': p.family, 'depth': p.depth, 'lr': p.lr, 'holdout_top1_final': v}
-                          for p, v in scores.items()])
-    choice = choose_lr(table)
+    choice = _choose_lr(scores)
     rows = [{'family': r.series, 'depth': int(r.depth), 'chosen_lr': float(r.chosen_lr),
              'holdout_by_lr': {f'{lr:g}': float(v) for lr, v in zip(r.lr_grid, r.holdout_by_lr)}}
             for r in choice.itertuples()]

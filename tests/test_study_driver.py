@@ -3,7 +3,6 @@ learning-rate choice on a real SQLite MLflow store, and one real two-stream stud
 seeds at the chosen rate; a stop at the time budget, then a rerun that continues)."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,12 +99,6 @@ def test_the_choice_waits_for_the_whole_grid(tmp_path, monkeypatch):
     with pytest.raises(study.ScheduleError, match='no finished holdout score'):
         study.frozen_choice(s, s.stages[0])
     assert not (store / study.SELECTION_FILE).exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow   # real DeepSpeed launches, two at once

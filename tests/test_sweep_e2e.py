@@ -2,7 +2,6 @@
 real launch/train.py on the built-in digits, then a rerun (all skipped) and the analysis. About 2-3 minutes."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from launching import free_port
+
 pytestmark = pytest.mark.slow  # real multi-process launches: not in the fast lane
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_tiny_sweep_end_to_end(tmp_path):

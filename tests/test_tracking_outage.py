@@ -1,7 +1,6 @@
 """A tracking-server outage costs no training: a real ``mlflow server`` stopped and started under a live tracker."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -9,6 +8,8 @@ import urllib.request
 
 import numpy as np
 import pytest
+
+from launching import free_port
 from mlflow import MlflowClient
 
 from deepvit.training import outage
@@ -18,17 +19,11 @@ from deepvit.training.upload import main as upload_main
 pytestmark = pytest.mark.slow  # starts a real MLflow server (seconds each time): not in the fast lane
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """``mlflow server`` on a SQLite file, stopped and started on the same port."""
 
     def __init__(self, tmp_path):
-        self.db, self.art, self.port = tmp_path / 'server.db', tmp_path / 'art', _free_port()
+        self.db, self.art, self.port = tmp_path / 'server.db', tmp_path / 'art', free_port()
         self.proc = None
 
     def start(self):

@@ -356,14 +356,12 @@ def test_a_real_deepspeed_step_reads_nothing_back_per_micro_batch(tmp_path):
     torch's AdamW its CPU step counter (not a device read)."""
     import json
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
+    from launching import free_port
     root = Path(__file__).resolve().parents[1]
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     script = tmp_path / 'sync_probe.py'
     script.write_text(SYNC_PROBE)
     done = subprocess.run([sys.executable, str(script), str(root / 'ds_configs' / 'zero2.json'), str(port)],
