@@ -173,7 +173,9 @@ class ReAttentionMix(nn.Module):
         if not (isinstance(self.norm, nn.BatchNorm2d) and self.fold_norm):
             out = self._mix(attn)
             if recompute and isinstance(self.norm, nn.BatchNorm2d) and self.norm.training:
-                buffers = [b for b in self.norm.buffers()]  # the same op as the first forward; buffers put back
+                # the same op as the first forward (non-reentrant checkpointing checks that the recomputation saves
+                # the same tensors: F.batch_norm without running statistics does not), its buffers put back
+                buffers = [b for b in self.norm.buffers()]
                 kept = [b.clone() for b in buffers]
                 out = self.norm(out)
                 with torch.no_grad():
