@@ -306,7 +306,7 @@ def run_stage(s: Schedule, points: List[Point], deadline: Optional[float]) -> in
     logs.mkdir(parents=True, exist_ok=True)
     todo, running, failed = list(points), {}, []
     stopping = False
-    while todo or running:
+    while (todo and not stopping) or running:   # once stopping, only the running points are waited for
         for core in [c for c in range(s.streams) if c not in running]:
             if not todo or stopping:
                 break

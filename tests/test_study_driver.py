@@ -115,7 +115,8 @@ def test_a_two_stream_study_chooses_stops_at_its_budget_and_continues(tmp_path):
         'log': {'log_model': False}}))
     schedule = _schedule(tmp_path, store=str(tmp_path / 'store'), recipe=str(recipe), data=data,
                          runs=str(tmp_path / 'runs'), streams=2, ds_config='ds_configs/zero2.json', stages=[
-                             {'name': 'grid', 'families': ['vit'], 'depths': [1], 'lrs': [1e-3, 4e-3], 'seeds': [0]},
+                             {'name': 'grid', 'families': ['vit'], 'depths': [1], 'lrs': [1e-3, 2e-3, 4e-3],
+                              'seeds': [0]},   # 3 points, 2 streams: the stop leaves one never started
                              {'name': 'core', 'families': ['vit'], 'depths': [1], 'lr_from': 'grid', 'seeds': [1]}])
     cmd = [sys.executable, str(REPO / 'launch' / 'study.py'), str(schedule)]
     stopped = subprocess.run(cmd + ['--budget-min', '0.05'], env=env, capture_output=True, text=True, timeout=600)
@@ -125,12 +126,12 @@ def test_a_two_stream_study_chooses_stops_at_its_budget_and_continues(tmp_path):
     assert done.returncode == 0 and 'every stage finished' in done.stdout, done.stdout + done.stderr
     assert done.stdout.count('core 0:') >= 1 and done.stdout.count('core 1:') >= 1   # both streams ran points
     choice = json.loads((tmp_path / 'store' / study.SELECTION_FILE).read_text())['grid']['choice']
-    assert len(choice) == 1 and choice[0]['chosen_lr'] in (1e-3, 4e-3)
+    assert len(choice) == 1 and choice[0]['chosen_lr'] in (1e-3, 2e-3, 4e-3)
     core_dir = tmp_path / 'runs' / f'core-vit-d1-lr{choice[0]["chosen_lr"]:g}'
     assert (core_dir / 'sweep.json').is_file()
     assert json.loads((tmp_path / 'store' / 'study.json').read_text())['config']['path'] == str(recipe)
     logs = sorted((tmp_path / 'runs' / 'logs').glob('*.log'))   # appended to by every start of the point
-    assert len(logs) == 3 and all('1 point(s)' in log.read_text() for log in logs)
+    assert len(logs) == 4 and all('1 point(s)' in log.read_text() for log in logs)
 
 
 def test_the_analysis_keeps_only_the_chosen_rate_of_each_grid_cell(tmp_path):
