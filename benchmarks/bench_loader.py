@@ -1,13 +1,15 @@
 """Loader throughput: decoded, transformed, normalised training images per second (and per worker).
 
     python benchmarks/bench_loader.py [--img-size 32 224] [--workers 0 2] [--images 2000] [--batch-size 32]
-                                      [--repeat 3]
+                                      [--repeat 3] [--max-side 512] [--datasets cifar photos]
 
 Pipelines, all with the same timm training transform (RandomResizedCrop, flip, colour jitter, normalise):
   * ``torchvision``: ``torchvision.datasets.ImageFolder`` + ``DataLoader(shuffle=True)``, ``timm.data.create_transform``;
   * ``wds-plain``: webdataset ``WebDataset(urls).shuffle(1000).decode('pil').to_tuple('jpg', 'cls')
     .map_tuple(transform).batched(B)`` in a ``WebLoader``;
-  * ``deepvit``: :func:`deepvit.data.create_loader` on the same shards.
+  * ``deepvit``: :func:`deepvit.data.create_loader` on the same shards;
+  * ``deepvit max-side N``: the same loader on shards converted with ``--max-side N`` (images stored with a longer side
+    of at most N px: the pre-resized-shard option), for the datasets whose images are larger than N.
 Datasets: the CIFAR-10 subset (32×32 JPEGs, ``../shared/data/cifar10_subset/train``) and large photographs
 (scikit-learn's sample JPEGs, ``china.jpg`` and ``flower.jpg``, 640×427, resized to 3000×2000 and cropped/flipped into
 ``--photos`` distinct images). Everything is written under a temporary directory. A benchmark, not a test.
@@ -77,6 +79,9 @@ def main(argv=None) -> None:
     p.add_argument('--photos', type=int, default=96, help='large photographs made (and timed per run)')
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--repeat', type=int, default=3, help='timings per pipeline and configuration (median reported)')
+    p.add_argument('--max-side', type=int, nargs='*', default=[512],
+                   help='also time shards converted with these --max-side values (datasets with larger images)')
+    p.add_argument('--datasets', nargs='+', default=['cifar', 'photos'], choices=['cifar', 'photos'])
     args = p.parse_args(argv)
     from timm.data import create_transform
 
@@ -85,15 +90,19 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_photos(tmp / 'photos', args.photos)
-        datasets = {
-            'cifar10 (32 px JPEG)': (SHARED / 'cifar10_subset', args.images, (32, 224)),
-            'photos (3000×2000 JPEG)': (tmp / 'photos', args.photos - args.batch_size, (224,)),
-        }
-        for label, (src, images, sizes) in datasets.items():
+        datasets = {}
+        if 'cifar' in args.datasets:
+            datasets['cifar10 (32 px JPEG)'] = (SHARED / 'cifar10_subset', args.images, (32, 224), 32)
+        if 'photos' in args.datasets:
+            make_photos(tmp / 'photos', args.photos)
+            datasets['photos (3000×2000 JPEG)'] = (tmp / 'photos', args.photos - args.batch_size, (224,), 3000)
+        for label, (src, images, sizes, longest) in datasets.items():
             out = tmp / f'shards-{len(rows)}'
             info = convert_image_folder(src, out, 'bench', shard_size=250, splits=['train'], progress=False).info
             urls = [str(out / f) for f in info.splits['train'].filenames]
+            resized = {n: tmp / f'shards-{len(rows)}-max{n}' for n in args.max_side if n < longest}
+            for n, folder in resized.items():
+                convert_image_folder(src, folder, 'bench', shard_size=250, splits=['train'], progress=False, max_side=n)
             for size in [s for s in args.img_size if s in sizes]:
                 tf = create_transform(size, is_training=True)
                 for workers in args.workers:
@@ -103,6 +112,9 @@ def main(argv=None) -> None:
                         'wds-plain': lambda: wds_loader(urls, tf, args.batch_size, workers),
                         'deepvit': lambda: create_loader(out, 'train', batch_size=args.batch_size, train=True,
                                                          img_size=size, num_workers=workers),
+                        **{f'deepvit max-side {n}': lambda folder=folder: create_loader(
+                            folder, 'train', batch_size=args.batch_size, train=True, img_size=size,
+                            num_workers=workers) for n, folder in resized.items()},
                     }
                     timings = {name: [] for name in pipelines}
                     for _ in range(args.repeat):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ['env_rank', 'env_world_size', 'env_local_rank', 'resolve_rank']
+__all__ = ['env_rank', 'env_world_size', 'env_local_rank', 'env_local_world_size', 'cores_per_rank', 'resolve_rank']
 
 
 def env_rank() -> int:
@@ -19,6 +19,18 @@ def env_world_size() -> int:
 
 def env_local_rank() -> int:
     return int(os.environ.get('LOCAL_RANK', 0))
+
+
+def env_local_world_size() -> int:
+    """Ranks on this host: ``$LOCAL_WORLD_SIZE`` (torchrun's), else ``$LOCAL_SIZE`` (DeepSpeed's launcher), else 1."""
+    return int(os.environ.get('LOCAL_WORLD_SIZE') or os.environ.get('LOCAL_SIZE') or 1)
+
+
+def cores_per_rank() -> int:
+    """CPU cores this process may run on (its affinity mask: what a scheduler granted, not the host's count),
+    shared evenly by the host's ranks; at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+    return max(1, cores // max(1, env_local_world_size()))
 
 
 def resolve_rank(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:

@@ -142,6 +142,48 @@ def test_conversion_lists_entries_that_are_no_regular_file(tmp_path):
     assert len((tmp_path / 'out' / '_skipped.tsv').read_text().splitlines()) == 4
 
 
+def test_max_side_stores_smaller_copies_of_large_images_only(tmp_path):
+    """Issue 21.4: --max-side PX re-encodes images whose longer side exceeds PX at that size (aspect kept, EXIF
+    orientation applied, alpha kept as PNG), records the original size per sample and max_side in _info.json; smaller
+    images keep their bytes; a rerun with another max_side rewrites the shards instead of reusing them."""
+    from deepvit.data.convert import main
+    src = tmp_path / 'src'
+    for split in ('train', 'val'):
+        (src / split / 'a').mkdir(parents=True)
+    yy, xx = np.mgrid[0:600, 0:900]
+    big = Image.fromarray(np.stack([xx * 255 // 900, yy * 255 // 600, (xx // 150 + yy // 150) % 2 * 200],
+                                   -1).astype(np.uint8))
+    big.save(src / 'train' / 'a' / 'big.jpg', quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6                                     # orientation: rotate 90° on display
+    big.save(src / 'train' / 'a' / 'rotated.jpg', quality=95, exif=exif)
+    Image.new('RGBA', (1000, 200), (1, 2, 3, 4)).save(src / 'train' / 'a' / 'alpha.png')
+    Image.new('RGB', (30, 20)).save(src / 'val' / 'a' / 'small.jpg')
+    small_bytes = (src / 'val' / 'a' / 'small.jpg').read_bytes()
+    out = tmp_path / 'out'
+    assert main(['--src', str(src), '--out', str(out), '--name', 't', '--workers', '1', '--no-progress',
+                 '--max-side', '300']) == 0
+    assert json.loads((out / '_info.json').read_text())['max_side'] == 300 and read_info(out).max_side == 300
+    samples = {json.loads(m['json'])['path'].split('/')[-1]: m for f in sorted(out.glob('t-*.tar'))
+               for m in read_tar(f).values()}
+    meta = {k: json.loads(m['json']) for k, m in samples.items()}
+    assert (meta['big.jpg']['width'], meta['big.jpg']['height'], meta['big.jpg']['resized_from']) == (300, 200, [900, 600])
+    assert (meta['rotated.jpg']['width'], meta['rotated.jpg']['height']) == (200, 300)       # turned upright
+    assert Image.open(__import__('io').BytesIO(samples['alpha.png']['png'])).size == (300, 60)
+    assert samples['small.jpg']['jpg'] == small_bytes and 'resized_from' not in meta['small.jpg']
+    stored = np.asarray(Image.open(__import__('io').BytesIO(samples['big.jpg']['jpg'])), dtype=float)
+    expected = np.asarray(big.resize((300, 200), Image.LANCZOS), dtype=float)
+    assert np.abs(stored - expected).mean() < 3           # the same picture, up to JPEG noise
+    assert np.abs(stored - expected[::-1]).mean() > 30    # (a flipped one is far off)
+    convert_image_folder(src, out, 't', workers=1, progress=False)        # no max_side: the originals again
+    assert read_info(out).max_side is None
+    big_again = [m for f in out.glob('t-train-*.tar') for m in read_tar(f).values()
+                 if json.loads(m['json'])['path'].endswith('big.jpg')]
+    assert big_again[0]['jpg'] == (src / 'train' / 'a' / 'big.jpg').read_bytes()
+    with pytest.raises(ValueError, match='max_side=8'):
+        convert_image_folder(src, out, 't', max_side=8)
+
+
 def test_converter_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='src='):
         convert_image_folder(tmp_path / 'nope', tmp_path / 'o', 'x')

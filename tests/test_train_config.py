@@ -428,3 +428,21 @@ def test_fixed_compute_budget_gives_every_depth_the_same_pflop_within_one_step()
         plan_budget(3e-5, 0.0065, batch, per_epoch, warmup_epochs=1)
     with pytest.raises(ConfigError, match='must be > 0'):
         plan_budget(0, 0.01, batch, per_epoch, warmup_epochs=0)
+
+
+def test_loader_workers_default_from_the_cores_per_rank(launch_env, monkeypatch):
+    """Issue 21.4: ``data.num_workers`` unset becomes the rank's cores less one (1..16; one shard per global worker
+    when shard lengths are unknown), resolved before the run is recorded; a given number is kept."""
+    from deepvit.data.plan import default_num_workers
+    from deepvit.ranks import cores_per_rank
+    from deepvit.training.preflight import preflight
+    assert [default_num_workers(c) for c in (1, 2, 3, 9, 64)] == [1, 1, 2, 8, 16]
+    assert default_num_workers(32, world_size=2, num_shards=6) == 3 and default_num_workers(32, 4, 2) == 1
+    monkeypatch.setattr('os.sched_getaffinity', lambda pid: set(range(24)))
+    monkeypatch.setenv('LOCAL_SIZE', '4')                 # DeepSpeed's launcher: 4 ranks share the 24 cores
+    assert cores_per_rank() == 6
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '2')           # torchrun's name wins
+    assert cores_per_rank() == 12
+    assert parse('--output-dir', str(launch_env / 'a')).data.num_workers is None
+    assert preflight(parse('--output-dir', str(launch_env / 'a')), ZERO2).cfg.data.num_workers == 11
+    assert preflight(parse('--output-dir', str(launch_env / 'b'), '--data.num_workers', '0'), ZERO2).cfg.data.num_workers == 0

@@ -1,11 +1,18 @@
 """Convert an ImageFolder / ImageNet-style tree into WebDataset shards in the public ImageNet shard layout.
 
     python -m deepvit.data.convert --src ROOT --out DIR --name NAME [--shard-size N] [--workers K] [--seed S]
+                                   [--max-side PX [--quality Q]]
 
 ``ROOT/SPLIT/CLASS/**/IMAGE`` (jpg, jpeg, png, webp, bmp, any case) becomes ``DIR/NAME-SPLIT-NNNN.tar``; one sample is
 ``KEY.jpg`` (or ``.png``, ``.webp``, ``.bmp``, after the format PIL detects: the original bytes, never re-encoded),
 ``KEY.cls`` (class index, classes in sorted folder-name order, the union over splits) and ``KEY.json``
 (``label``, ``class_name``, ``path`` relative to ROOT, ``width``, ``height`` as stored, before EXIF orientation).
+``--max-side PX`` stores smaller copies instead (the usual pre-resized ImageNet shards): an image whose longer side
+exceeds PX is resized to a longer side of PX (aspect kept, Lanczos; EXIF orientation applied first) and re-encoded
+as JPEG at ``--quality`` (PNG when it has an alpha channel); smaller images keep their bytes. Decoding then costs a
+fraction (a 3000×2000 photo at ``--max-side 512``: ~1/30 of the pixels), but what a training crop sees changes:
+RandomResizedCrop's smallest crops are upsampled more. ``width``/``height`` in ``KEY.json`` are then the stored size,
+``resized_from`` the original, and ``_info.json`` records ``max_side``.
 ``KEY`` is ``SPLIT_NNNNNNNN``, the file's index in the sorted listing. ``DIR/_info.json`` follows the schema of timm's
 ``timm/data/readers/reader_wds.py`` (splits → name, num_samples, filenames, shard_lengths) plus ``classes``.
 
@@ -112,6 +119,34 @@ def _reason(err: Exception) -> str:
 GRAY_MODES = frozenset({'1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F'})
 
 
+def shrink_image(data: bytes, max_side: int, quality: int = 90) -> tuple[bytes, tuple[int, int]] | None:
+    """``(new bytes, original (width, height))`` with the longer side resized to ``max_side`` pixels (aspect kept,
+    Lanczos, EXIF orientation applied), JPEG at ``quality`` (PNG with alpha), or ``None`` when the image is no larger
+    than ``max_side`` (it keeps its bytes). JPEGs are first DCT-scaled by libjpeg (``draft``) to no less than twice the
+    target, so the filter still has 2× the output's pixels. Raises an exception when PIL cannot decode ``data``."""
+    from PIL import ImageOps
+    with Image.open(io.BytesIO(data)) as img:
+        size = img.size
+        if max(size) <= max_side:
+            return None
+        if img.format == 'JPEG':
+            scale = 2 * max_side / max(size)
+            img.draft(img.mode, (max(1, int(size[0] * scale)), max(1, int(size[1] * scale))))
+        img = ImageOps.exif_transpose(img)
+        alpha = img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info)
+        gray = img.mode in GRAY_MODES or img.mode == 'LA'
+        img = img.convert(('LA' if gray else 'RGBA') if alpha else ('L' if gray else 'RGB'))
+        w, h = img.size
+        k = max_side / max(w, h)
+        img = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.LANCZOS)
+        buf = io.BytesIO()
+        if alpha:
+            img.save(buf, 'PNG')
+        else:
+            img.save(buf, 'JPEG', quality=quality)
+    return buf.getvalue(), size
+
+
 def inspect_image(data: bytes) -> tuple[str, int, int, int]:
     """(member extension, width, height, channels) of encoded image bytes, after decoding them fully (JPEGs at 1/8
     scale, which still reads every byte of the entropy-coded data); channels is 1 for a grayscale mode, else 3
@@ -133,10 +168,13 @@ class _ShardTask:
     filename: str
     items: tuple[tuple[int, str, str, int], ...]   # (index in the sorted listing, relative path, class, label)
     split: str
+    max_side: int | None = None
+    quality: int = 90
 
     @property
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(self.items).encode()).hexdigest()
+        resize = [] if self.max_side is None else [self.max_side, self.quality]   # old records stay valid
+        return hashlib.sha1(json.dumps([self.items, *resize] if resize else self.items).encode()).hexdigest()
 
     @property
     def state_path(self) -> Path:
@@ -163,11 +201,16 @@ def _run_task(task: _ShardTask) -> dict:
         for index, rel, class_name, label in task.items:
             try:
                 data = (Path(task.root) / rel).read_bytes()
+                shrunk = shrink_image(data, task.max_side, task.quality) if task.max_side else None
+                if shrunk is not None:
+                    data, original = shrunk
                 ext, width, height, chans = inspect_image(data)
             except Exception as e:  # noqa: BLE001 - any failure to read or decode skips this file, named in the report
                 skipped.append((rel, _reason(e)))
                 continue
             meta = {'label': label, 'class_name': class_name, 'path': rel, 'width': width, 'height': height}
+            if shrunk is not None:
+                meta['resized_from'] = list(original)
             count += 1
             channels.add(chans)
             yield f'{task.split}_{index:08d}', {ext: data, 'cls': str(label).encode(),
@@ -180,7 +223,7 @@ def _run_task(task: _ShardTask) -> dict:
 
 
 def plan_shards(files: dict[str, list[tuple[str, str]]], classes: list[str], src, out, name: str,
-                shard_size: int, seed: int) -> list[_ShardTask]:
+                shard_size: int, seed: int, max_side: int | None = None, quality: int = 90) -> list[_ShardTask]:
     """Shuffle each split with (seed, split) and cut it into shards of ``shard_size`` files."""
     label = {c: i for i, c in enumerate(classes)}
     tasks = []
@@ -192,7 +235,7 @@ def plan_shards(files: dict[str, list[tuple[str, str]]], classes: list[str], src
         safe_split = split.replace('.', '_')
         for k, chunk in enumerate(chunks):
             tasks.append(_ShardTask(str(src), str(out), f'{name}-{safe_split}-{k:0{width}d}.tar', tuple(chunk),
-                                    safe_split))
+                                    safe_split, max_side, quality))
     return tasks
 
 
@@ -225,13 +268,15 @@ def resolve_classes(spec: str | os.PathLike | None, found: list[str]) -> list[st
 
 
 def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers: int | None = None,
-                         seed: int = 0, splits=None, progress: bool = True, classes=None) -> ConvertResult:
+                         seed: int = 0, splits=None, progress: bool = True, classes=None,
+                         max_side: int | None = None, quality: int = 90) -> ConvertResult:
     """Convert ``src`` (ROOT/SPLIT/CLASS/images) into shards in ``out``; see the module docstring for the layout.
 
     Args: shard_size: files per shard (before skipped ones are removed); workers: processes (default: every core;
     1 runs in this process); seed: shuffle seed; splits: split folder names (default: all); progress: tqdm bar;
     classes: the full class list (:func:`resolve_classes`: ``'imagenet1k'`` or a file), so that a subset of the
-    folders keeps the labels of the whole dataset; written into ``_info.json``.
+    folders keeps the labels of the whole dataset; written into ``_info.json``; max_side, quality: store images
+    with a longer side above ``max_side`` pixels resized to it (:func:`shrink_image`; ``None``: original bytes).
     Returns a :class:`ConvertResult`. Raises ``ValueError`` for a bad name / shard_size / empty source and
     ``FileNotFoundError`` for a missing ``src``, before writing anything.
     """
@@ -239,13 +284,17 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
         raise ValueError(f'name={name!r} must be non-empty, without "/", "." or braces')
     if shard_size < 1:
         raise ValueError(f'shard_size={shard_size} must be >= 1')
+    if max_side is not None and max_side < 16:
+        raise ValueError(f'max_side={max_side} must be >= 16 pixels (or None: keep the images as they are)')
+    if not 1 <= quality <= 95:
+        raise ValueError(f'quality={quality} must be from 1 to 95 (PIL\'s JPEG quality scale)')
     files, found, unusable = scan_image_folder(src, splits)
     classes = resolve_classes(classes, found)
     out = Path(out)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f'.{name}-*.tmp'):
         stale.unlink()
-    tasks = plan_shards(files, classes, Path(src).resolve(), out, name, shard_size, seed)
+    tasks = plan_shards(files, classes, Path(src).resolve(), out, name, shard_size, seed, max_side, quality)
     workers = workers or os.cpu_count() or 1
     from tqdm import tqdm
     bar = tqdm(total=sum(len(t.items) for t in tasks), unit='img', disable=not progress, desc=f'convert {name}')
@@ -273,7 +322,7 @@ def convert_image_folder(src, out, name: str, *, shard_size: int = 1000, workers
     seen = [states[t.filename].get('channels') for t in tasks]
     union = set() if any(c is None for c in seen) else set().union(*map(set, seen))  # None: converted before
     channels = None if not union else (1 if union == {1} else 3)
-    info = DatasetInfo(name, split_infos, tuple(classes), channels)
+    info = DatasetInfo(name, split_infos, tuple(classes), channels, max_side)
     report = out / SKIPPED_REPORT
     report.write_text(''.join(f'{path}\t{reason}\n' for path, reason in sorted(skipped)))
     write_info(out, info)
@@ -293,12 +342,17 @@ def main(argv=None) -> int:
     p.add_argument('--classes', default=None, metavar='FILE|imagenet1k',
                    help='the full class list that fixes the labels: a file of names (one per line) or imagenet1k '
                         '(the 1,000 synsets, standard order); default: the class folders found')
+    p.add_argument('--max-side', type=int, default=None, metavar='PX',
+                   help='store images whose longer side exceeds PX resized to PX (JPEG at --quality): much cheaper '
+                        'decoding for a small training crop; default: original bytes')
+    p.add_argument('--quality', type=int, default=90, help='JPEG quality of the resized images (default 90)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = p.parse_args(argv)
     try:
         result = convert_image_folder(args.src, args.out, args.name, shard_size=args.shard_size,
                                       workers=args.workers, seed=args.seed, splits=args.splits,
-                                      progress=not args.no_progress, classes=args.classes)
+                                      progress=not args.no_progress, classes=args.classes,
+                                      max_side=args.max_side, quality=args.quality)
     except (FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

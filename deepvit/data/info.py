@@ -6,6 +6,7 @@ public ``timm/imagenet-1k-wds`` shards ship), plus the class names, which timm i
     {"name": "imagenet1k",
      "classes": ["n01440764", ...], "num_classes": 1000,          # our addition
      "channels": 3,                                               # our addition: 1 if every image is grayscale
+     "max_side": 512,                                             # our addition: images resized at conversion
      "splits": {"train": {"name": "train", "num_samples": 1281167,
                           "filenames": ["imagenet1k-train-0000.tar", ...],   # relative to the directory
                           "shard_lengths": [1251, ...]}, ...}}
@@ -43,6 +44,7 @@ class DatasetInfo:
     splits: dict[str, SplitInfo]
     classes: tuple[str, ...] = field(default=())
     channels: int | None = None   # our addition: 1 when every image is grayscale, 3 otherwise; None: not recorded
+    max_side: int | None = None   # our addition: the converter's --max-side (longer sides above it were resized)
 
     def to_json(self) -> dict:
         out = {'name': self.name, 'splits': {k: s.to_json() for k, s in self.splits.items()}}
@@ -50,6 +52,8 @@ class DatasetInfo:
             out.update(classes=list(self.classes), num_classes=len(self.classes))
         if self.channels is not None:
             out['channels'] = self.channels
+        if self.max_side is not None:
+            out['max_side'] = self.max_side
         return out
 
     @classmethod
@@ -68,7 +72,10 @@ class DatasetInfo:
             channels = data.get('channels')
             if channels is not None and channels not in (1, 3):
                 raise ValueError(f'channels must be 1 or 3, got {channels!r}')
-            return cls(str(data.get('name', '')), splits, tuple(data.get('classes', ())), channels)
+            max_side = data.get('max_side')
+            if max_side is not None and (not isinstance(max_side, int) or max_side < 1):
+                raise ValueError(f'max_side must be a positive integer, got {max_side!r}')
+            return cls(str(data.get('name', '')), splits, tuple(data.get('classes', ())), channels, max_side)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f'{where}: not a valid _info.json ({type(e).__name__}: {e})') from None
 

@@ -24,6 +24,18 @@ from typing import Iterator
 
 import numpy as np
 
+MAX_DEFAULT_WORKERS = 16
+
+
+def default_num_workers(cores_per_rank: int, world_size: int = 1, num_shards: int | None = None) -> int:
+    """Loader workers per rank when the config gives none: the rank's cores less one (the rank's own process runs the
+    model and the collation), at least 1, at most :data:`MAX_DEFAULT_WORKERS` (each worker holds a shuffle buffer).
+    ``num_shards``: for shards without known lengths, which need one shard per global worker, at most
+    ``num_shards // world_size``. Sizing for a GPU: docs/training.md (images/s per worker)."""
+    workers = min(MAX_DEFAULT_WORKERS, max(1, cores_per_rank - 1))
+    if num_shards is not None:
+        workers = min(workers, max(1, num_shards // max(1, world_size)))
+    return workers
 
 
 @dataclass(frozen=True)

@@ -108,8 +108,9 @@ class DataConfig:
     """training samples scored every epoch in eval mode (no augmentation) as train_eval/*, to tell optimisation from
     overfitting: the first samples of every train shard in proportion to its length (samples trained on, the same
     for every seed); the whole train split when it is smaller; 0: off"""
-    num_workers: int = 1
-    """loader worker processes per rank"""
+    num_workers: Optional[int] = None
+    """loader worker processes per rank; null: the rank's CPU cores less one, from 1 to 16 (the resolved number is
+    recorded with the run)"""
     aa: Optional[str] = None
     """RandAugment policy, e.g. 'rand-m9-mstd0.5-inc1' (official recipe)"""
     reprob: float = 0.0
@@ -126,7 +127,7 @@ class DataConfig:
     """centre-crop fraction at evaluation; null: the model's pretrained_cfg value"""
 
     def __post_init__(self):
-        _check('data', self, {'num_workers': (self.num_workers >= 0, '>= 0'),
+        _check('data', self, {'num_workers': (self.num_workers is None or self.num_workers >= 0, '>= 0 or null'),
                               'reprob': (0 <= self.reprob <= 1, 'in [0, 1]'), 'hflip': (0 <= self.hflip <= 1, 'in [0, 1]'),
                               'holdout': (self.holdout >= 0, '>= 0'), 'train_eval': (self.train_eval >= 0, '>= 0')})
         if self.holdout and self.val_split == self.train_split:

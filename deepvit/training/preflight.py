@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .config import Config, ConfigError, flatten, model_overrides
-from ..ranks import env_local_rank, env_rank, env_world_size
+from ..data.plan import default_num_workers
+from ..ranks import cores_per_rank, env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .joblock import acquire as acquire_job_lock
 from .universal import WorldChange, refuse_reason, saved_batch
@@ -68,6 +69,9 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     for what, shards in (('train', train_shards), ('val', val_shards)):
         if shards.num_samples == 0:
             raise ConfigError(f"data.{what}_split: split {shards.split!r} of {cfg.data.source!r} has no samples")
+    if cfg.data.num_workers is None:   # resolved here, so the run's record and config.json hold the number
+        cfg.data.num_workers = default_num_workers(
+            cores_per_rank(), world, len(train_shards.urls) if train_shards.lengths is None else None)
     holdout_shards = None
     if cfg.data.holdout and not cfg.eval_only:
         try:
