@@ -27,15 +27,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def matmul_peak(device, dtype, n=2048, repeats=10) -> float:
-    """Matmul peak (FLOP/s): the fastest of ``repeats`` timings of one (n, n) @ (n, n) product, each after
-    ``torch.utils.benchmark.Timer``'s own two warm-up runs (it synchronises the device around each timing), on all of
-    this process's threads (Timer's default is one)."""
+def matmul_peak(device, dtype, n=2048, repeats=10, number=1) -> float:
+    """Matmul peak (FLOP/s): the fastest of ``repeats`` timings of ``number`` back-to-back (n, n) @ (n, n) products,
+    each after ``torch.utils.benchmark.Timer``'s own warm-up (it synchronises the device around each timing), on all
+    of this process's threads (Timer's default is one). On a GPU use n >= 8192 and number >= 10: a single 2048² product
+    is mostly launch overhead there, which would inflate every MFU computed against it."""
     from torch.utils.benchmark import Timer
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     timer = Timer('a @ b', globals={'a': a, 'b': b}, num_threads=torch.get_num_threads())
-    return 2 * n ** 3 / min(timer.timeit(1).times[0] for _ in range(repeats))
+    return 2 * n ** 3 / min(timer.timeit(number).times[0] for _ in range(repeats))
 
 
 def make_model(args, device):
@@ -131,10 +132,11 @@ def main():
     parser.add_argument('--grad-checkpointing', action='store_true', help='activation checkpointing in both loops')
     parser.add_argument('--only-ours', action='store_true', help='skip the bare loop (e.g. a model it cannot fit)')
     parser.add_argument('--json', default=None, help='append one JSON line with the results to this file')
+    parser.add_argument('--cpu', action='store_true', help='run on the CPU even where CUDA is available')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
     precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     from deepvit.models import gmacs_per_image
@@ -153,7 +155,7 @@ def main():
         results[name] = (args.batch / step, gmacs_per_image(model))
         memory[name] = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda' else None
         del model
-    peak = matmul_peak(device, dtype)
+    peak = matmul_peak(device, dtype, *((8192, 10, 20) if device.type == 'cuda' else ()))
     print(f"device={device} precision={precision} threads={torch.get_num_threads()} model={args.model} "
           f"batch={args.batch} steps={args.steps} (median after {args.warmup} warm-up steps)")
     print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s")
