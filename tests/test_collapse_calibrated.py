@@ -180,6 +180,24 @@ def test_chunk_size_bounds_memory():
     assert 2 * 8 * 4 * 65 ** 2 * 4 * 4 * small <= 256 * 2 ** 20
 
 
+def test_probe_budget_on_a_gpu_comes_from_free_memory(monkeypatch):
+    """Issue 21.6: on CUDA the chunk is sized by a quarter of the free device memory or of the host's available
+    memory, whichever is less (never under the CPU default); on CPU the default budget stays."""
+    import types
+    import psutil
+    from deepvit.collapse import probe_budget_mib
+    assert probe_budget_mib('cpu') == 256
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (100 * gib, 141 * gib))
+    monkeypatch.setattr(psutil, 'virtual_memory', lambda: types.SimpleNamespace(available=64 * gib))
+    assert probe_budget_mib('cuda:0') == 16 * 1024                    # host-bound: 64 GiB / 4
+    assert probe_chunk_size(32, 12, 197, probe_budget_mib('cuda:0')) == 36
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (8 * gib, 141 * gib))
+    assert probe_budget_mib('cuda:0') == 2 * 1024                     # device-bound: 8 GiB / 4
+    monkeypatch.setattr(torch.cuda, 'mem_get_info', lambda device=None: (gib // 2, 141 * gib))
+    assert probe_budget_mib('cuda:0') == 256                          # never under the default
+
+
 def _brute_force(maps: torch.Tensor, perms) -> dict:
     """Float64 reference straight from the definitions: per-head column cosines, P A Pᵀ nulls, explicit loops."""
     x = maps.double()

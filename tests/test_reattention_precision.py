@@ -487,3 +487,26 @@ def test_conv_stem_batchnorm_runs_in_float32_under_a_parameters_only_bf16_cast()
     assert model.patch_embed.stem[0].bn.weight.grad is not None
     model.eval()
     assert torch.isfinite(model(torch.randn(1, 3, 224, 224, dtype=torch.bfloat16)).float()).all()
+
+
+@pytest.mark.parametrize('name', ['vit_tiny_patch4_32', 'deepvit_tiny_patch4_32', 'talkinghead_tiny_patch4_32'])
+def test_probe_maps_are_float32_computations_in_a_bf16_model(name):
+    """Issue 21.1: a bf16 model's probe maps were bf16 softmaxes cast to float32 (quantised to bf16's 8-bit
+    mantissa), so a GPU run's collapse numbers did not compare with the float32 CPU study. The logits, softmax and
+    head mixing now run in float32 whenever maps are kept: the maps hold values no bf16 can, match a float32
+    recomputation from the same bf16 weights, and the forward's output is still bf16."""
+    import timm
+    from deepvit.collapse import attention_maps_by_stage
+    torch.manual_seed(0)
+    model = timm.create_model(name, depth=2).eval()
+    x = torch.randn(3, 3, 32, 32)
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    maps = attention_maps_by_stage(half, x.bfloat16())
+    reference = attention_maps_by_stage(copy.deepcopy(half).float(), x.bfloat16().float())
+    for stage in ('softmax', 'mixed'):
+        m = maps[stage]
+        assert m.dtype == torch.float32
+        assert (m != m.bfloat16().float()).float().mean() > 0.5          # not bf16 values cast up
+        # the same q, k in float32: only the bf16 residual stream before each block differs
+        assert torch.allclose(m[0], reference[stage][0], atol=2e-3)
+    assert half(x.bfloat16()).dtype == torch.bfloat16

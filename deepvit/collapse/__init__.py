@@ -16,12 +16,13 @@ from .calibrated import DEFAULT_PERMUTATIONS, HEADLINE, MEASURES, VARIANTS, Cros
     calibrated_similarity
 from .maps import MAP_STAGES, attention_maps, attention_maps_by_stage, probe_maps
 from .paper import DEFAULT_SIMILARITY_THRESHOLD, cross_layer_similarity, similar_adjacent_blocks, similar_blocks
-from .probe import DEFAULT_BOOTSTRAP, MIN_PROBE_IMAGES, CollapseResult, collapse_probe, probe_chunk_size
+from .probe import (DEFAULT_BOOTSTRAP, MIN_PROBE_IMAGES, CollapseResult, collapse_probe, probe_budget_mib,
+                    probe_chunk_size)
 from .representation import DEFAULT_CKA_EXAMPLES, debiased_cka_matrix, linear_cka, token_uniformity
 from .sharpness import attention_entropy, effective_keys
 
 __all__ = ['MAP_STAGES', 'attention_maps', 'attention_maps_by_stage', 'probe_maps', 'cross_layer_similarity',
            'similar_blocks', 'similar_adjacent_blocks', 'DEFAULT_SIMILARITY_THRESHOLD', 'VARIANTS', 'MEASURES',
            'HEADLINE', 'CrossLayerAccumulator', 'calibrated_similarity', 'effective_keys', 'attention_entropy',
-           'DEFAULT_PERMUTATIONS', 'CollapseResult', 'collapse_probe', 'probe_chunk_size', 'DEFAULT_BOOTSTRAP',
-           'MIN_PROBE_IMAGES', 'token_uniformity', 'linear_cka', 'debiased_cka_matrix', 'DEFAULT_CKA_EXAMPLES']
+           'DEFAULT_PERMUTATIONS', 'CollapseResult', 'collapse_probe', 'probe_chunk_size', 'probe_budget_mib',
+           'DEFAULT_BOOTSTRAP', 'MIN_PROBE_IMAGES', 'token_uniformity', 'linear_cka', 'debiased_cka_matrix', 'DEFAULT_CKA_EXAMPLES']

@@ -52,7 +52,8 @@ class Attention(TimmAttention):
 
     Attributes:
         keep_maps: when true, the next forward takes the explicit path and stores detached float32 copies of its
-            maps in ``maps``: ``maps['softmax']`` is the softmax output ``s`` (B, H, N, N), rows summing to 1;
+            maps in ``maps`` (computed in float32 from q and k whatever the model's dtype): ``maps['softmax']`` is the
+            softmax output ``s`` (B, H, N, N), rows summing to 1;
             ``maps['mixed']`` is ``a``, the map that weights ``v`` (the same tensor here, up to attention dropout;
             Re-attention and talking heads change it).
         maps: the stored maps of the last probed forward, or ``None``.
@@ -119,6 +120,10 @@ class Attention(TimmAttention):
                 is_causal=is_causal,
             )
         else:
+            if self.keep_maps and q.dtype != torch.float32:
+                # the collapse probe: maps (logits, softmax, mixing) in float32 whatever the training precision, so a
+                # bf16 run's maps compare with a float32 run's; only the weighted sum of v below is in v's dtype
+                q, k = q.float(), k.float()
             attn = self.mix_logits((q * self.scale) @ k.transpose(-2, -1))  # (B, H, N, N)
             attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
             attn = attn.softmax(dim=-1)
@@ -131,7 +136,7 @@ class Attention(TimmAttention):
                 self.maps = {'softmax': softmax_maps.detach().float(), 'mixed': attn.detach().float()}
             if self.keep_attn_for_loss:
                 self.attn_for_loss = attn
-            x = attn @ v  # (B, H, N, D)
+            x = attn.to(v.dtype) @ v  # (B, H, N, D)
 
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)

@@ -112,14 +112,16 @@ def _loader_args(plan: Plan, device: torch.device) -> dict:
 
 def build_eval_loaders(plan: Plan, model, device: torch.device):
     """``(validation, probe)`` loaders: the validation split for this rank (padded to equal batches), and the whole
-    split on every rank in chunks the collapse probe can hold (:func:`deepvit.collapse.probe_chunk_size`)."""
-    from ..collapse import probe_chunk_size
+    split on every rank in chunks the collapse probe can hold (:func:`deepvit.collapse.probe_chunk_size` within
+    :func:`deepvit.collapse.probe_budget_mib`: the default on CPU, a share of the free memory on a GPU)."""
+    from ..collapse import probe_budget_mib, probe_chunk_size
     from ..data import create_loader
     cfg, common = plan.cfg, _loader_args(plan, device)
     val = create_loader(cfg.data.source, cfg.data.val_split, batch_size=plan.ds.micro_batch_size, train=False,
                         pad=True, **common)
     chunk = min(cfg.train.collapse_images, probe_chunk_size(model.model_cfg['depth'], model.model_cfg['num_heads'],
-                                                            model.patch_embed.num_patches + model.num_prefix_tokens))
+                                                            model.patch_embed.num_patches + model.num_prefix_tokens,
+                                                            probe_budget_mib(device)))
     probe = create_loader(cfg.data.source, cfg.data.val_split, batch_size=chunk, train=False,
                           **dict(common, rank=0, world_size=1, num_workers=0))
     return val, probe
