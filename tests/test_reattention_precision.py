@@ -489,16 +489,26 @@ def test_conv_stem_batchnorm_runs_in_float32_under_a_parameters_only_bf16_cast()
     assert torch.isfinite(model(torch.randn(1, 3, 224, 224, dtype=torch.bfloat16)).float()).all()
 
 
-@pytest.mark.parametrize('name', ['vit_tiny_patch4_32', 'deepvit_tiny_patch4_32', 'talkinghead_tiny_patch4_32'])
-def test_probe_maps_are_float32_computations_in_a_bf16_model(name):
+@pytest.mark.parametrize('name, kwargs', [
+    ('vit_tiny_patch4_32', {}), ('deepvit_tiny_patch4_32', {}), ('talkinghead_tiny_patch4_32', {}),
+    ('deepvit_tiny_patch4_32', dict(reattn_norm='ln')),
+    ('deepvit_tiny_patch4_32', dict(reattn_norm='ln', reattn_theta='fixed', reattn_init='identity')),
+    ('deepvit_tiny_patch4_32', dict(reattn_norm='bn', fold='off'))])
+def test_probe_maps_are_float32_computations_in_a_bf16_model(name, kwargs):
     """Issue 21.1: a bf16 model's probe maps were bf16 softmaxes cast to float32 (quantised to bf16's 8-bit
     mantissa), so a GPU run's collapse numbers did not compare with the float32 CPU study. The logits, softmax and
-    head mixing now run in float32 whenever maps are kept: the maps hold values no bf16 can, match a float32
-    recomputation from the same bf16 weights, and the forward's output is still bf16."""
+    head mixing now run in float32 whenever maps are kept (a LayerNorm or unfolded BatchNorm over the heads with its
+    bf16 parameters cast up): the maps hold values no bf16 can, match a float32 recomputation from the same bf16
+    weights, and the forward's output is still bf16."""
     import timm
     from deepvit.collapse import attention_maps_by_stage
     torch.manual_seed(0)
-    model = timm.create_model(name, depth=2).eval()
+    kwargs = dict(kwargs)
+    fold = kwargs.pop('fold', 'on')
+    model = timm.create_model(name, depth=2, **kwargs).eval()
+    if fold == 'off':                                   # the unfolded BatchNorm path
+        for block in model.blocks:
+            block.attn.reattn.fold_norm = False
     x = torch.randn(3, 3, 32, 32)
     half = copy.deepcopy(model).to(torch.bfloat16)
     maps = attention_maps_by_stage(half, x.bfloat16())
@@ -507,6 +517,8 @@ def test_probe_maps_are_float32_computations_in_a_bf16_model(name):
         m = maps[stage]
         assert m.dtype == torch.float32
         assert (m != m.bfloat16().float()).float().mean() > 0.5          # not bf16 values cast up
-        # the same q, k in float32: only the bf16 residual stream before each block differs
-        assert torch.allclose(m[0], reference[stage][0], atol=2e-3)
+        # the same q, k in float32: only the bf16 residual stream before each block differs (a LayerNorm over 4 heads
+        # of near-equal maps amplifies that difference: 1 % of the mixed maps' scale there)
+        tol = 2e-3 if stage == 'softmax' else 1e-2 * max(1.0, float(reference[stage][0].abs().max()))
+        assert torch.allclose(m[0], reference[stage][0], atol=tol)
     assert half(x.bfloat16()).dtype == torch.bfloat16

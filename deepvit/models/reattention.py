@@ -18,6 +18,7 @@ from typing import Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d, register_notrace_module
 
 from .attention import Attention, mix_heads
@@ -182,7 +183,7 @@ class ReAttentionMix(nn.Module):
                     for b, k in zip(buffers, kept):
                         b.copy_(k)
                 return out
-            return self.norm(out)
+            return self._norm_in_own_dtype(out)
         bn = self.norm
         device_type = attn.device.type
         if (attn.dtype == torch.float32 and _autocast_available(device_type)
@@ -215,6 +216,24 @@ class ReAttentionMix(nn.Module):
             mixer, shift = _round_fold(mixer, shift, a.dtype, mean_a)
             out = torch.baddbmm(shift.view(1, H, 1), mixer.expand(B, H, H), a)
         return out.view(B, H, N, M)
+
+    def _norm_in_own_dtype(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.norm(x)`` computed in ``x``'s dtype when the norm's parameters have another: the collapse probe's
+        float32 maps in a bf16 model (DeepSpeed casts parameters, not the maps the probe upcasts), for LayerNorm and
+        an evaluation-mode BatchNorm; a training-mode BatchNorm (its buffers must update in their own dtype) gets
+        ``x`` in its parameters' dtype."""
+        norm = self.norm
+        params = [t for t in norm.parameters()]
+        if not params or all(t.dtype == x.dtype for t in params):
+            return norm(x)
+        cast = (lambda t: None if t is None else t.to(x.dtype))
+        if isinstance(norm, LayerNorm2d):
+            y = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, cast(norm.weight), cast(norm.bias), norm.eps)
+            return y.permute(0, 3, 1, 2)
+        if isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_mean is not None:
+            return F.batch_norm(x, cast(norm.running_mean), cast(norm.running_var), cast(norm.weight),
+                                cast(norm.bias), False, 0.0, norm.eps)
+        return norm(x.to(params[0].dtype)).to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int, factor: float) -> None:
