@@ -22,7 +22,8 @@ ABI="cp${PYVER/./}"
 mkdir -p "$DEST"
 REQ=benchmarks/gpu_requirements.txt
 DEEPSPEED=$(python -c 'import importlib.metadata as m; print(m.version("deepspeed"))')
-PLATFORM=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+PLATFORM=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+          --platform manylinux2014_x86_64 --platform manylinux1_x86_64
           --platform linux_x86_64 --python-version "$PYVER" --implementation cp --abi "$ABI" --only-binary=:all:)
 # everything but webdataset with its dependencies; webdataset alone (its numpy is the node's)
 grep -v '^\s*#' "$REQ" | sed 's/#.*//' | grep -v '^\s*$' | grep -v '^webdataset' > "$DEST/.with-deps.txt"
