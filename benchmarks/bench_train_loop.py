@@ -1,8 +1,11 @@
 """Our training loop (DeepSpeed engine + ``deepvit.training.engine.train_one_epoch``) against a bare PyTorch loop.
 
 Same model, micro-batch, precision, optimizer (timm AdamW), schedule and gradient clipping; the batches are the same
-pre-made in-memory tensors for both, so the number measures the loop and DeepSpeed's overhead, not data loading.
-World size 1 (a single process with its own gloo group). Also reports model FLOP utilisation (MFU): training FLOPs
+pre-made in-memory tensors for both, so the number measures the loop and DeepSpeed's overhead, not data loading —
+unless ``--data SHARDS`` feeds our loop real loader batches (decoded and augmented by ``--workers`` processes,
+normalised on the device), which measures the trainer's whole input path. Our loop is timed over windows of
+``--log-every`` steps with the device synchronised only at the window ends (the bare loop reads its loss every step,
+as a naive loop does). World size 1 (a single process with its own gloo group). Also reports model FLOP utilisation (MFU): training FLOPs
 per image = 3 × 2 × MACs (forward + backward ≈ 3 forwards; ``deepvit.models.gmacs_per_image``) against this
 machine's measured dense-matmul peak (fp32 ``torch.mm`` of 2048² on CPU, bf16 on CUDA).
 
@@ -10,6 +13,7 @@ machine's measured dense-matmul peak (fp32 ``torch.mm`` of 2048² on CPU, bf16 o
     python benchmarks/bench_train_loop.py --model deepvit_16b_patch16_224 --batch 64 --steps 50   # on a GPU
     python benchmarks/bench_train_loop.py --model vit_tiny_patch4_32 --depth 16 --embed-dim 96 --num-heads 6 \
         --patch-size 8 --threads 1 --only-ours --json out.jsonl                                 # a study candidate
+    python benchmarks/bench_train_loop.py --model deepvit_16b_patch16_224 --batch 128 --data SHARDS --only-ours
 """
 import argparse
 import os
@@ -99,20 +103,29 @@ def our_loop(args, device, dtype, precision):
     engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
     sched, _ = create_scheduler_v2(opt, sched='cosine', num_epochs=1, warmup_epochs=0, step_on_epochs=False,
                                    updates_per_epoch=args.steps)
-    data = batches(args, model, device, dtype)
-    times = []
+    if args.data:   # real loader batches (decoded, augmented, normalised on the device), as the trainer feeds them
+        from deepvit.data import create_loader
+        data = create_loader(args.data, 'train', batch_size=args.batch, train=True,
+                             img_size=model.model_cfg['img_size'], in_chans=model.model_cfg.get('in_chans', 3),
+                             num_classes=model.num_classes, num_workers=args.workers, device=device, rank=0,
+                             world_size=1)
+    else:
+        data = batches(args, model, device, dtype)
+    # Timed by windows of log_every steps, the device synchronised only at the window ends (where the loop reads its
+    # losses back anyway): a per-step synchronize would hide a hidden sync inside the loop
+    marks = []
 
-    class Timed:
-        def __iter__(self):
-            for x, y in data:
-                t0 = time.perf_counter()
-                yield x, y
-                if device.type == 'cuda':
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
+    def on_log(metrics, step):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        marks.append((step, time.perf_counter()))
 
-    train_one_epoch(engine, Timed(), torch.nn.CrossEntropyLoss(), device=device, dtype=dtype, scheduler=sched,
-                    log_every=args.log_every)
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    marks.append((0, time.perf_counter()))
+    train_one_epoch(engine, data, torch.nn.CrossEntropyLoss(), device=device, dtype=dtype, scheduler=sched,
+                    log_every=args.log_every, on_log=on_log, stop_batch=args.steps)
+    times = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(marks, marks[1:]) for _ in range(s1 - s0)]
     return times, engine.module
 
 
@@ -133,16 +146,27 @@ def main():
     parser.add_argument('--only-ours', action='store_true', help='skip the bare loop (e.g. a model it cannot fit)')
     parser.add_argument('--json', default=None, help='append one JSON line with the results to this file')
     parser.add_argument('--cpu', action='store_true', help='run on the CPU even where CUDA is available')
+    parser.add_argument('--data', default=None, help="feed our loop real batches from these shards' train split "
+                        "(deepvit.data.create_loader, normalised on the device) instead of in-memory tensors; the bare "
+                        "loop keeps the in-memory batches")
+    parser.add_argument('--workers', type=int, default=None,
+                        help='loader workers with --data (default: the cores less one, at most 16)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.data and args.workers is None:
+        from deepvit.data.plan import default_num_workers
+        from deepvit.ranks import cores_per_rank
+        args.workers = default_num_workers(cores_per_rank())
     device = torch.device('cuda' if torch.cuda.is_available() and not args.cpu else 'cpu')
     precision = 'bf16' if device.type == 'cuda' and torch.cuda.is_bf16_supported() else 'fp32'
     dtype = torch.bfloat16 if precision == 'bf16' else torch.float32
     from deepvit.models import gmacs_per_image
 
     results = {}
-    loops = [('deepvit (DeepSpeed ZeRO-%d)' % args.zero_stage, lambda: our_loop(args, device, dtype, precision))]
+    ours = 'deepvit (DeepSpeed ZeRO-%d)' % args.zero_stage
+    label = f'{ours} + loader ({args.workers} workers)' if args.data else ours
+    loops = [(ours, lambda: our_loop(args, device, dtype, precision))]
     if not args.only_ours:
         loops.insert(0, ('bare PyTorch', lambda: bare_loop(args, device, dtype)))
     memory = {}
@@ -164,11 +188,12 @@ def main():
     for name, (ips, gmacs) in results.items():
         base = base or ips
         mfu = ips * 6 * gmacs * 1e9 / peak
-        print(f"| {name} | {ips:.1f} | {ips / base:.3f}× | {100 * mfu:.1f}% |")
+        print(f"| {label if name == ours else name} | {ips:.1f} | {ips / base:.3f}× | {100 * mfu:.1f}% |")
     if args.json:
         import json
         with open(args.json, 'a') as f:
-            f.write(json.dumps({'model': args.model, 'depth': args.depth, 'embed_dim': args.embed_dim,
+            f.write(json.dumps({'model': args.model, 'depth': args.depth, 'data': args.data,
+                                'workers': args.workers if args.data else None, 'embed_dim': args.embed_dim,
                                 'num_heads': args.num_heads, 'patch_size': args.patch_size, 'batch': args.batch,
                                 'device': str(device),
                                 'device_name': torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu',

@@ -13,13 +13,16 @@ Steps, each said as it starts:
   2. **Device** (skipped under ``--cpu-smoke``): ``torch.cuda`` must see a device; its name and memory are recorded.
   3. **Matmul peak**: the fastest of several timed batches of (8192, 8192) bf16 products (CPU smoke: 1024², fp32), the
      denominator of the MFU (``bench_train_loop.matmul_peak``).
-  4. **Training loop** (``benchmarks/bench_train_loop.py``, synthetic in-memory batches, 224 px, ZeRO-2, bf16): ViT
+  4. **Data**: shards made here from generated JPEGs (:func:`prepare_data`: nothing read from outside the repository).
+  5. **Training loop** (``benchmarks/bench_train_loop.py``, synthetic in-memory batches, 224 px, ZeRO-2, bf16): ViT
      (timm's fused SDPA attention) and DeepViT at 16 blocks, micro-batch 32, 128 and 256, each against a bare PyTorch
      loop on the same model; both at 32 blocks (batch 128); DeepViT with activation checkpointing at 32 and 64 blocks
-     (our loop only), whose peak memory gives the largest depth that fits (a linear fit, stated as an estimate).
-  5. **A real job**: ``launch/train.py`` under DeepSpeed's launcher on shards made here from generated JPEGs
-     (``prepare_data``: nothing read from outside the repository), for the data path, the probe and the MLflow record.
-  6. **Summary**: one table (``summarize``) printed and written to ``OUT/gpu_check.md``; the raw rows in
+     (our loop only), whose peak memory gives the largest depth that fits (a linear fit, stated as an estimate); and
+     DeepViT at 16 blocks fed by the real loader from the generated shards (its default workers), synchronised only
+     at log windows: the input path against the in-memory batches.
+  6. **A real job**: ``launch/train.py`` under DeepSpeed's launcher on the generated shards, for the data path, the
+     probe and the MLflow record.
+  7. **Summary**: one table (``summarize``) printed and written to ``OUT/gpu_check.md``; the raw rows in
      ``OUT/gpu_check.jsonl``. Shards, checkpoints and the MLflow store stay in ``WORK`` (default
      ``/tmp/deepvit-gpu-check``): ``OUT`` only receives small files.
 
@@ -143,7 +146,8 @@ def launch_bound(rows: list[dict], model: str, depth: int, loop: str) -> str | N
     """The smallest micro-batch whose images/s is within 10 % of the best over the batches measured for (model,
     depth, loop), in words; None with fewer than two batches."""
     pts = sorted((r['batch'], r['loops'][loop]['images_per_s']) for r in rows
-                 if r['model'] == model and r['depth'] == depth and not r['grad_checkpointing'] and loop in r['loops'])
+                 if r['model'] == model and r['depth'] == depth and not r['grad_checkpointing'] and not r.get('data')
+                 and loop in r['loops'])
     if len(pts) < 2:
         return None
     best = max(ips for _, ips in pts)
@@ -196,10 +200,11 @@ def summarize(rows: list[dict], *, header: dict, failures: list[str], job: dict 
             ds = f"{100 * m['images_per_s'] * 6 * m['gmacs_per_image'] * 1e9 / datasheet:.1f} %" if datasheet else '—'
             vs = f"{m['images_per_s'] / bare:.3f}" if bare and name != 'bare PyTorch' else '—'
             gib = f"{m['peak_mib'] / 1024:.1f}" if m.get('peak_mib') else '—'
+            loop = f"{name} + loader ({r.get('workers')} workers)" if r.get('data') else name
             lines.append(f"| {r['model']} | {r['depth']} | {r['batch']} | {'yes' if r['grad_checkpointing'] else 'no'} "
-                         f"| {name} | {m['images_per_s']:.0f} | {vs} | {gib} | "
+                         f"| {loop} | {m['images_per_s']:.0f} | {vs} | {gib} | "
                          f"{100 * m['mfu_vs_measured_peak']:.1f} % | {ds} |")
-            if name != 'bare PyTorch' and not r['grad_checkpointing']:
+            if name != 'bare PyTorch' and not r['grad_checkpointing'] and not r.get('data'):
                 step[(r['model'].split('_')[0], r['depth'], r['batch'])] = 1 / m['images_per_s']
     lines.append('')
     ours = next((n for r in rows for n in r['loops'] if n != 'bare PyTorch'), None)
@@ -231,7 +236,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def plan_loop_runs(smoke: bool, batches: list[int]) -> list[list[str]]:
+def plan_loop_runs(smoke: bool, batches: list[int], data: Path) -> list[list[str]]:
     """Arguments of each ``bench_train_loop.py`` run (see the module docstring, step 4)."""
     if smoke:
         tiny = ['--depth', '2', '--steps', '4', '--warmup', '1', '--log-every', '2']
@@ -239,14 +244,16 @@ def plan_loop_runs(smoke: bool, batches: list[int]) -> list[list[str]]:
                 for m in ('vit_tiny_patch4_32', 'deepvit_tiny_patch4_32')]
         runs += [['--model', 'deepvit_tiny_patch4_32', '--depth', str(d), '--steps', '3', '--warmup', '1',
                   '--batch', str(batches[0]), '--grad-checkpointing', '--only-ours'] for d in (2, 4)]
-        return runs
+        return runs + [['--model', 'deepvit_tiny_patch4_32', *tiny, '--batch', str(batches[0]), '--data', str(data),
+                        '--only-ours']]
     runs = [['--model', m, '--depth', '16', '--batch', str(b), '--steps', '25', '--warmup', '5'] for b in batches
             for m in ('vit_16b_patch16_224', 'deepvit_16b_patch16_224')]
     runs += [['--model', m, '--depth', '32', '--batch', '128', '--steps', '20', '--warmup', '5']
              for m in ('vit_16b_patch16_224', 'deepvit_16b_patch16_224')]
     runs += [['--model', 'deepvit_16b_patch16_224', '--depth', str(d), '--batch', '128', '--steps', '12', '--warmup',
               '3', '--grad-checkpointing', '--only-ours'] for d in (32, 64)]
-    return runs
+    return runs + [['--model', 'deepvit_16b_patch16_224', '--depth', '16', '--batch', '128', '--steps', '25',
+                    '--warmup', '5', '--data', str(data), '--only-ours']]
 
 
 def job_command(data: Path, work: Path, smoke: bool) -> list[str]:
@@ -322,10 +329,10 @@ def main(argv=None) -> int:
     def say(text):
         print(f'gpu_check [{time.monotonic() - start:5.0f} s]: {text}', flush=True)
 
-    say('1/6 install check')
+    say('1/7 install check')
     installed = ensure_installed(args.wheelhouse, args.work / 'site', env)
     say(f'installed from {args.wheelhouse}: {", ".join(installed)}' if installed else 'everything needed is installed')
-    say('2/6 device' + (' — skipped (--cpu-smoke)' if args.cpu_smoke else ''))
+    say('2/7 device' + (' — skipped (--cpu-smoke)' if args.cpu_smoke else ''))
     probe = ('import json, torch; c = torch.cuda.is_available(); print(json.dumps({"cuda": c, "device_name": '
              'torch.cuda.get_device_name() if c else "cpu", "total_gib": torch.cuda.get_device_properties(0).'
              'total_memory / 2**30 if c else None, "torch": torch.__version__}))')
@@ -333,7 +340,7 @@ def main(argv=None) -> int:
                                        check=True).stdout)
     if not args.cpu_smoke and not device['cuda']:
         raise CheckError('torch sees no CUDA device (run with --cpu-smoke to exercise the rest on CPU)')
-    say('3/6 matmul peak')
+    say('3/7 matmul peak')
     n, repeats = (1024, 3) if args.cpu_smoke else (8192, 10)
     peak_code = (f'import sys, json, torch; sys.path.insert(0, {str(ROOT / "benchmarks")!r}); '
                  f'from bench_train_loop import matmul_peak; c = torch.cuda.is_available() and not {args.cpu_smoke}; '
@@ -348,7 +355,10 @@ def main(argv=None) -> int:
            when=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))
     say(f'matmul peak {peak / 1e12:.2f} TFLOP/s')
     failed = False
-    runs = plan_loop_runs(args.cpu_smoke, args.batches)
+    say('4/7 data: generated JPEGs converted to shards')
+    data = prepare_data(args.work / 'data', per_class=8 if args.cpu_smoke else 400, size=48 if args.cpu_smoke else 256,
+                        env=env)
+    runs = plan_loop_runs(args.cpu_smoke, args.batches, data)
     loop_json = args.work / 'loops.jsonl'
     loop_json.write_text('')
     for i, run in enumerate(runs, 1):
@@ -356,7 +366,7 @@ def main(argv=None) -> int:
         if time.monotonic() - start > args.budget_s:
             record(kind='failure', what=f'skipped (budget of {args.budget_s:.0f} s spent): bench_train_loop {what}')
             continue
-        say(f'4/6 training loop {i}/{len(runs)}: {what}')
+        say(f'5/7 training loop {i}/{len(runs)}: {what}')
         cmd = [sys.executable, str(ROOT / 'benchmarks' / 'bench_train_loop.py'), *run, '--json', str(loop_json)]
         if args.cpu_smoke:
             cmd += ['--cpu']
@@ -371,9 +381,7 @@ def main(argv=None) -> int:
     if time.monotonic() - start > args.budget_s:
         record(kind='failure', what=f'skipped (budget of {args.budget_s:.0f} s spent): the real job')
     else:
-        say('5/6 real job: data from generated JPEGs, then launch/train.py under DeepSpeed\'s launcher')
-        data = prepare_data(args.work / 'data', per_class=8 if args.cpu_smoke else 40,
-                            size=48 if args.cpu_smoke else 256, env=env)
+        say('6/7 real job: launch/train.py under DeepSpeed\'s launcher on the generated shards')
         cmd = job_command(data, args.work, args.cpu_smoke)
         job_env = dict(env, CUDA_VISIBLE_DEVICES='') if args.cpu_smoke else env
         r = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600, cwd=args.work)
@@ -384,7 +392,7 @@ def main(argv=None) -> int:
                    images_per_s=job_throughput(args.work / 'mlflow.db', env))
         record(kind='job', **job)
         failed |= r.returncode != 0
-    say('6/6 summary')
+    say('7/7 summary')
     header, rows, failures, job = read_results(results)
     table = summarize(rows, header=header, failures=failures, job=job)
     (args.out / 'gpu_check.md').write_text(table)

@@ -88,7 +88,8 @@ def test_summary_from_a_recorded_run(gpu_check, tmp_path):
             _loop('vit_16b_patch16_224', 16, 256, 2100, 2150, mib=16384),
             _loop('deepvit_16b_patch16_224', 16, 128, 1600, 1700, mib=9000),
             _loop('deepvit_16b_patch16_224', 32, 128, 700, ckpt=True, mib=10 * 1024),
-            _loop('deepvit_16b_patch16_224', 64, 128, 350, ckpt=True, mib=18 * 1024)]
+            _loop('deepvit_16b_patch16_224', 64, 128, 350, ckpt=True, mib=18 * 1024),
+            dict(_loop('deepvit_16b_patch16_224', 16, 128, 800), data='/tmp/shards', workers=15)]
     header = dict(kind='header', cpu_smoke=False, device_name='NVIDIA H200', total_gib=140.0, precision='bf16',
                   matmul_peak_flops=7.5e14, matmul='8192² bf16, fastest of 10', when='2026-12-03')
     recorded = tmp_path / 'gpu_check.jsonl'
@@ -101,6 +102,8 @@ def test_summary_from_a_recorded_run(gpu_check, tmp_path):
     assert 'micro-batch 128 reaches 2000 img/s, within 10 % of the best (2100)' in table
     assert 'smaller batches are launch-bound (fraction of the best: 32: 0.48)' in table
     assert 'Re-attention overhead at 16 blocks, batch 128: DeepViT step = 1.25× the SDPA ViT step' in table
+    assert '| deepvit_16b_patch16_224 | 16 | 128 | no | deepvit (DeepSpeed ZeRO-2) + loader (15 workers) | 800 |' in table
+    assert table.count('Re-attention overhead') == 1          # the real-loader row is not an in-memory step
     # 1000 img/s x 6 x 4 GMACs = 24 TFLOP/s of 989: 2.4 %
     assert '| vit_16b_patch16_224 | 16 | 32 | no | deepvit (DeepSpeed ZeRO-2) | 1000 | 0.952 | 4.0 | 25.0 % | 2.4 % |' \
         in table
@@ -120,7 +123,8 @@ def test_cpu_smoke_runs_every_step_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     table = (tmp_path / 'out' / 'gpu_check.md').read_text()
     assert '**CPU smoke run**: the GPU steps' in table and 'Failed' not in table
-    assert table.count('| deepvit_tiny_patch4_32 |') == 4 and table.count('| vit_tiny_patch4_32 |') == 2
+    assert table.count('| deepvit_tiny_patch4_32 |') == 5 and table.count('| vit_tiny_patch4_32 |') == 2
+    assert '+ loader (1 workers)' in table
     assert 'Re-attention overhead at 2 blocks, batch 4' in table
     assert 'Real job (' in table and ': finished; ' in table and '; ? img/s' not in table
     assert {p.name for p in (tmp_path / 'out').iterdir()} == {'gpu_check.jsonl', 'gpu_check.md', 'train.txt'}
