@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from deepvit.data.loader import seeded
 from deepvit.models import ReAttentionMix
-from deepvit.models import reattention as R
+from deepvit.models import folded_bn_mix as R
 
 U_BF16 = 2.0 ** -8  # bf16 unit roundoff: 8 significant bits (7 stored + 1 implicit), |fl(x) - x| <= 2^-8 |x|
 
