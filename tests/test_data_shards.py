@@ -494,7 +494,7 @@ def test_workers_come_from_a_forkserver_that_a_job_signal_leaves_alive(cifar_sha
     stop request still gets its workers from it; the batches do not change."""
     import multiprocessing.forkserver as forkserver
     import signal as signals
-    from deepvit.data.loader import worker_context
+    from deepvit.data.workers import worker_context
     out, _ = cifar_shards
     loader = create_loader(out, 'val', batch_size=16, train=False, img_size=16, num_workers=1)
     first = [x for x, _ in loader]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deepvit.data.loader import seeded
+from deepvit.data.dataset import seeded
 from deepvit.models import ReAttentionMix
 from deepvit.models import folded_bn_mix as R
 
@@ -360,7 +360,7 @@ def test_fixed_theta(as_buffer, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# deepvit.data.loader.seeded: every generator it seeds is restored
+# deepvit.data.dataset.seeded: every generator it seeds is restored
 
 
 def _rng_states():
