@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / 'launch'))
 import study  # noqa: E402  (launch/study.py)
 
+from deepvit.sweep import schedule  # noqa: E402
+
 from mlflow_runs import create_store, log_training_run  # noqa: E402
 
 BASE = {'experiment': 'e', 'store': 'docs/s', 'recipe': 'r.yaml', 'ds_config': 'ds.json', 'data': 'd', 'width': '32:2',
@@ -50,17 +52,17 @@ def test_a_bad_schedule_is_refused_in_one_line_naming_the_field(tmp_path, capsys
 
 
 def test_points_run_costliest_first_and_controls_borrow_a_familys_choice(tmp_path):
-    s = study.load_schedule(_schedule(tmp_path))
-    grid = study.stage_points(s.stages[0], {})
+    s = schedule.load_schedule(_schedule(tmp_path))
+    grid = schedule.stage_points(s.stages[0], {})
     assert len(grid) == 8 and [(p.family, p.depth) for p in grid[:2]] == [('deepvit', 16), ('deepvit', 16)]
     assert [p.depth for p in grid][-2:] == [2, 2] and grid[-1].family == 'vit'
     chosen = {('vit', 2): 1e-3, ('vit', 16): 2e-3, ('deepvit', 2): 2e-3, ('deepvit', 16): 1e-3}
-    core = study.stage_points(s.stages[1], chosen)
+    core = schedule.stage_points(s.stages[1], chosen)
     lrs = {(p.family, p.depth): p.lr for p in core}
     assert lrs[('bn_only', 16)] == 1e-3 and lrs[('bn_only', 2)] == 2e-3 and lrs[('vit', 16)] == 2e-3
     assert sorted({p.seed for p in core}) == [1, 2] and {p.index for p in core} == {0, 1}
     assert core[0].sweep_id == 'core-deepvit-d16-lr0.001' or core[0].sweep_id == 'core-bn_only-d16-lr0.001'
-    budget = study.Point('fc', 'vit', 2, 1e-3, 0, 0, ('--train.budget_pflop', '0.03'))
+    budget = schedule.Point('fc', 'vit', 2, 1e-3, 0, 0, ('--train.budget_pflop', '0.03'))
     assert budget.cost > core[0].cost   # a fixed-compute point costs what the deepest run does
 
 
@@ -69,25 +71,25 @@ def test_the_lr_choice_reads_the_holdout_only_and_is_frozen_once_made(tmp_path, 
     store = tmp_path / 'store'
     store.mkdir()
     uri = create_store(store / 'mlflow.db')
-    s = study.load_schedule(_schedule(tmp_path, store=str(store)))
+    s = schedule.load_schedule(_schedule(tmp_path, store=str(store)))
     monkeypatch.setenv('MLFLOW_TRACKING_URI', uri)
     from mlflow import MlflowClient
     client = MlflowClient(uri)
     exp = client.create_experiment('e')
     # holdout prefers the larger rate for vit-16 and the smaller one elsewhere; the test split says the opposite
-    for p in study.stage_points(s.stages[0], {}):
+    for p in schedule.stage_points(s.stages[0], {}):
         better = (p.lr == 2e-3) == (p.family == 'vit' and p.depth == 16)
         log_training_run(client, exp, family=p.family, depth=p.depth, seed=p.seed, top1=[50, 40 if better else 60],
                          sweep_id=p.sweep_id, extra_params={'train.lr': p.lr / 16},
                          metrics={'holdout/top1': [50, 60 if better else 40]})
-    chosen = study.frozen_choice(s, s.stages[0])
+    chosen = schedule.frozen_choice(s, s.stages[0])
     assert chosen == {('vit', 2): 1e-3, ('vit', 16): 2e-3, ('deepvit', 2): 1e-3, ('deepvit', 16): 1e-3}
-    record = json.loads((store / study.SELECTION_FILE).read_text())['grid']
+    record = json.loads((store / schedule.SELECTION_FILE).read_text())['grid']
     assert {r['family'] for r in record['choice']} == {'vit', 'deepvit'} and 'holdout' in record['rule']
     # a later run at the other rate with a better holdout score does not move a choice already made
     log_training_run(client, exp, family='vit', depth=2, seed=0, top1=[99], sweep_id='grid-vit-d2-lr0.002',
                      metrics={'holdout/top1': [99]})
-    assert study.frozen_choice(s, s.stages[0]) == chosen
+    assert schedule.frozen_choice(s, s.stages[0]) == chosen
 
 
 @pytest.mark.slow   # a SQLite store migrated: ~4 s
@@ -95,10 +97,10 @@ def test_the_choice_waits_for_the_whole_grid(tmp_path, monkeypatch):
     store = tmp_path / 'store'
     store.mkdir()
     monkeypatch.setenv('MLFLOW_TRACKING_URI', create_store(store / 'mlflow.db'))
-    s = study.load_schedule(_schedule(tmp_path, store=str(store)))
-    with pytest.raises(study.ScheduleError, match='no finished holdout score'):
-        study.frozen_choice(s, s.stages[0])
-    assert not (store / study.SELECTION_FILE).exists()
+    s = schedule.load_schedule(_schedule(tmp_path, store=str(store)))
+    with pytest.raises(schedule.ScheduleError, match='no finished holdout score'):
+        schedule.frozen_choice(s, s.stages[0])
+    assert not (store / schedule.SELECTION_FILE).exists()
 
 
 @pytest.mark.slow   # real DeepSpeed launches, two at once
@@ -113,19 +115,19 @@ def test_a_two_stream_study_chooses_stops_at_its_budget_and_continues(tmp_path):
         'data': {'source': data, 'holdout': 128, 'train_eval': 64, 'num_workers': 0},
         'train': {'epochs': 1, 'warmup_epochs': 0.2, 'collapse_images': 64, 'collapse_every': 0, 'log_every': 5},
         'log': {'log_model': False}}))
-    schedule = _schedule(tmp_path, store=str(tmp_path / 'store'), recipe=str(recipe), data=data,
+    schedule_file = _schedule(tmp_path, store=str(tmp_path / 'store'), recipe=str(recipe), data=data,
                          runs=str(tmp_path / 'runs'), streams=2, ds_config='ds_configs/zero2.json', stages=[
                              {'name': 'grid', 'families': ['vit'], 'depths': [1], 'lrs': [1e-3, 2e-3, 4e-3],
                               'seeds': [0]},   # 3 points, 2 streams: the stop leaves one never started
                              {'name': 'core', 'families': ['vit'], 'depths': [1], 'lr_from': 'grid', 'seeds': [1]}])
-    cmd = [sys.executable, str(REPO / 'launch' / 'study.py'), str(schedule)]
+    cmd = [sys.executable, str(REPO / 'launch' / 'study.py'), str(schedule_file)]
     stopped = subprocess.run(cmd + ['--budget-min', '0.05'], env=env, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 143, stopped.stdout + stopped.stderr
-    assert 'time budget spent' in stopped.stdout and not (tmp_path / 'store' / study.SELECTION_FILE).exists()
+    assert 'time budget spent' in stopped.stdout and not (tmp_path / 'store' / schedule.SELECTION_FILE).exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0 and 'every stage finished' in done.stdout, done.stdout + done.stderr
     assert done.stdout.count('core 0:') >= 1 and done.stdout.count('core 1:') >= 1   # both streams ran points
-    choice = json.loads((tmp_path / 'store' / study.SELECTION_FILE).read_text())['grid']['choice']
+    choice = json.loads((tmp_path / 'store' / schedule.SELECTION_FILE).read_text())['grid']['choice']
     assert len(choice) == 1 and choice[0]['chosen_lr'] in (1e-3, 2e-3, 4e-3)
     core_dir = tmp_path / 'runs' / f'core-vit-d1-lr{choice[0]["chosen_lr"]:g}'
     assert (core_dir / 'sweep.json').is_file()
@@ -154,29 +156,29 @@ def test_the_edge_rule_brackets_each_cells_best_rate_up_to_its_cap():
 
     def scores(added, best):   # holdout peaks at ``best`` for vit and inside the grid for deepvit
         return {p: (-abs(np.log(p.lr / best[p.family])) + 0.01 * p.seed)
-                for p in study.stage_points(stage, {}, added)}
+                for p in schedule.stage_points(stage, {}, added)}
     best = {'vit': 1e-4, 'deepvit': 2e-3}
-    assert study.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 5e-4)]      # below the grid: halve
+    assert schedule.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 5e-4)]      # below the grid: halve
     added = {('vit', 16): [5e-4]}
-    assert study.edge_rates(stage, scores(added, best), added) == []                  # cap 1 reached
+    assert schedule.edge_rates(stage, scores(added, best), added) == []                  # cap 1 reached
     best['vit'] = 1e-2
-    assert study.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 8e-3)]      # above: double
+    assert schedule.edge_rates(stage, scores({}, best), {}) == [(('vit', 16), 8e-3)]      # above: double
     missing = scores({}, best)
     missing[next(iter(missing))] = None
-    assert study.edge_rates(stage, missing, {}) == []                                 # the grid is not finished
-    assert study.edge_rates({**stage, 'extend_edges': 0}, scores({}, best), {}) == []
+    assert schedule.edge_rates(stage, missing, {}) == []                                 # the grid is not finished
+    assert schedule.edge_rates({**stage, 'extend_edges': 0}, scores({}, best), {}) == []
 
 
 def test_a_grid_with_an_edge_rule_must_have_run_before_its_choice_is_read(tmp_path):
-    s = study.load_schedule(_schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': 2}, BASE['stages'][1]]))
-    with pytest.raises(study.ScheduleError, match='an edge rule'):
-        study.frozen_choice(s, s.stages[0])
+    s = schedule.load_schedule(_schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': 2}, BASE['stages'][1]]))
+    with pytest.raises(schedule.ScheduleError, match='an edge rule'):
+        schedule.frozen_choice(s, s.stages[0])
     bad = _schedule(tmp_path, stages=[{**BASE['stages'][0], 'extend_edges': -1}])
     assert study.main([str(bad), '--dry-run']) == 2
 
 
 @pytest.mark.parametrize('path', sorted((REPO / 'launch' / 'schedules').glob('*.yaml')), ids=lambda p: p.name)
 def test_shipped_schedules_load_and_name_files_that_exist(path):
-    s = study.load_schedule(path)
+    s = schedule.load_schedule(path)
     assert (REPO / s.recipe).is_file() and (REPO / s.ds_config).is_file() and len(s.stages) >= 1
-    assert all(p.lr > 0 for st in s.stages if 'lrs' in st for p in study.stage_points(st, {}))
+    assert all(p.lr > 0 for st in s.stages if 'lrs' in st for p in schedule.stage_points(st, {}))

@@ -15,8 +15,7 @@ import torch
 import torch.distributed as dist
 
 from .. import atomic
-
-LATEST = 'latest'
+from .layout import LATEST
 
 
 def rng_state() -> Dict[str, Any]:

@@ -22,6 +22,7 @@ from .checkpoint import latest_tag, seed_everything
 from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
 from .config import ConfigError, to_yaml
 from .engine import by_sample, evaluate, gather_correct
+from .layout import checkpoint_folder
 from .tracking import create_tracker
 
 
@@ -31,7 +32,7 @@ def load_weights(path: str) -> dict:
     if p.is_file():
         from safetensors.torch import load_file
         return load_file(str(p))
-    ckpt = p if (p / 'latest').is_file() else p / 'checkpoints'
+    ckpt = checkpoint_folder(p)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=latest_tag(ckpt))
 

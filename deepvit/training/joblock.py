@@ -19,10 +19,9 @@ from filelock import FileLock, Timeout
 
 from .. import atomic
 from .config import ConfigError
+from .layout import RunDir
 
-__all__ = ['JobLock', 'acquire', 'LOCK_FILE', 'HOLDER_FILE']
-
-LOCK_FILE, HOLDER_FILE = '.job.lock', '.job.json'
+__all__ = ['JobLock', 'acquire']
 
 
 class JobLock:
@@ -35,7 +34,7 @@ class JobLock:
         self._write()
 
     def _write(self) -> None:
-        atomic.write_text(self.out_dir / HOLDER_FILE, json.dumps(self.holder) + '\n')
+        atomic.write_text(RunDir(self.out_dir).holder_file, json.dumps(self.holder) + '\n')
 
     def note(self, **facts) -> None:
         self.holder.update(facts)
@@ -47,7 +46,7 @@ class JobLock:
 
 def _holder(out_dir: Path) -> str:
     try:
-        h = json.loads((out_dir / HOLDER_FILE).read_text())
+        h = json.loads(RunDir(out_dir).holder_file.read_text())
     except (OSError, ValueError):
         return 'a job that has not named itself yet'
     run = f", MLflow run {h['run_id']}" if h.get('run_id') else ''
@@ -60,7 +59,7 @@ def acquire(out_dir: Path) -> JobLock:
     Raises:
         ConfigError: another live job holds it (the message names the holder).
     """
-    lock = FileLock(str(out_dir / LOCK_FILE), timeout=0)
+    lock = FileLock(str(RunDir(out_dir).lock_file), timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -72,6 +71,6 @@ def acquire(out_dir: Path) -> JobLock:
 def holder_of(out_dir: Path) -> Optional[dict]:
     """The holder file's facts, or None (for tools and tests)."""
     try:
-        return json.loads((out_dir / HOLDER_FILE).read_text())
+        return json.loads(RunDir(out_dir).holder_file.read_text())
     except (OSError, ValueError):
         return None

@@ -15,10 +15,9 @@ from ..data.plan import default_num_workers
 from ..ranks import cores_per_rank, env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .joblock import acquire as acquire_job_lock
+from .layout import LATEST, RunDir, checkpoint_folder
 from .universal import WorldChange, refuse_reason, saved_batch
 
-RUN_FILE = 'run.json'        # {"run_id": ...}: lets --resume continue the MLflow run even before a checkpoint
-CONFIG_FILE = 'config.json'  # the run's resolved config (flat), compared with a resume's (issue 22.1)
 # fields a resume may change: the run's length (re-planned and recorded, docs/training.md), logging and
 # checkpoint cadence, data workers, memory and speed switches that leave the numbers alone, where it is written
 RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.log_every', 'train.checkpoint_hist',
@@ -133,7 +132,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     # last: the output directory (created or refused on every rank, before any process group waits), so a bad
     # value anywhere above is reported first and leaves no empty folder behind
     out_dir = Path(cfg.output_dir)
-    if not cfg.eval_only and not cfg.resume and _holds_run(out_dir):
+    run_dir = RunDir(out_dir)
+    if not cfg.eval_only and not cfg.resume and run_dir.holds_run():
         raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or choose "
                           f"another --output-dir")
     try:  # created (or refused) here, on every rank, before any process group waits
@@ -146,15 +146,15 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
     lock = None
     if rank == 0 and not cfg.eval_only:   # one job per folder, for the job's life; then the check again, under it
         lock = acquire_job_lock(out_dir)
-        if not cfg.resume and _holds_run(out_dir):
+        if not cfg.resume and run_dir.holds_run():
             lock.release()
             raise ConfigError(f"output_dir {str(out_dir)!r} already holds a run; pass --resume to continue it, or "
                               f"choose another --output-dir")
     world_change = None
     if cfg.resume:
         _check_resumed_config(cfg, out_dir)
-        tag = _fall_back_from_damage(out_dir / 'checkpoints', rank)
-        world_change = _world_change(cfg, out_dir / 'checkpoints', tag, world, ds, ds_path)
+        tag = _fall_back_from_damage(run_dir.checkpoints, rank)
+        world_change = _world_change(cfg, run_dir.checkpoints, tag, world, ds, ds_path)
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
@@ -162,10 +162,10 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
 
 
 def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
-    """Refuse a resume whose config differs from the run's (``CONFIG_FILE``) in a field outside
+    """Refuse a resume whose config differs from the run's (``config.json``, :class:`~.layout.RunDir`) in a field outside
     :data:`RESUME_MAY_CHANGE` (architecture, data, optimisation, schedule shape, seed, probe settings): in one
     paragraph naming each field with its old and new value. Runs started before the file existed are not checked."""
-    path = out_dir / CONFIG_FILE
+    path = RunDir(out_dir).config_file
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
@@ -185,7 +185,7 @@ def _fall_back_from_damage(ckpt_dir: Path, rank: int) -> Optional[str]:
     check on the same files) and say so; the damaged folder stays on disk. Returns the tag to resume from (None: no
     checkpoint). Raises ConfigError when none is intact."""
     from .. import atomic
-    from .checkpoint import LATEST, intact_tag
+    from .checkpoint import intact_tag
     tag, passed = intact_tag(ckpt_dir)   # (None, []) without a checkpoint
     if not passed:
         return tag
@@ -198,10 +198,6 @@ def _fall_back_from_damage(ckpt_dir: Path, rank: int) -> Optional[str]:
     return tag
 
 
-def _holds_run(out_dir: Path) -> bool:
-    return (out_dir / 'checkpoints' / 'latest').is_file() or (out_dir / RUN_FILE).is_file()
-
-
 def _check_eval_weights(path: Optional[str]) -> None:
     if not path:
         raise ConfigError("eval_only: give the weights to score with --eval-weights (a .safetensors export, a "
@@ -209,7 +205,7 @@ def _check_eval_weights(path: Optional[str]) -> None:
     p = Path(path)
     if p.is_file() and p.suffix == '.safetensors':
         return
-    if p.is_dir() and ((p / 'latest').is_file() or (p / 'checkpoints' / 'latest').is_file()):
+    if p.is_dir() and (checkpoint_folder(p) / LATEST).is_file():
         return
     raise ConfigError(f"eval_weights={path!r}: not a .safetensors file, nor a folder with a DeepSpeed checkpoint "
                       f"('latest' in it or in its checkpoints/)")

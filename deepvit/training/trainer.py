@@ -21,11 +21,9 @@ from ..ranks import env_rank
 from .distributed import all_reduce_sum, average_buffers, is_dist
 from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
 from .preemption import Preemption, any_rank
-from .preflight import CONFIG_FILE, RUN_FILE, Plan
+from .layout import RunDir
+from .preflight import Plan
 
-EXPORT_FILE = 'model.safetensors'
-BACKLOG_DIR = 'tracking_backlog'   # records a tracking-store outage kept from the store (deepvit/training/outage.py)
-MODEL_FILE = 'model.json'    # {"name": ..., "kwargs": {...}}: the create_model call that rebuilds the model
 EXIT_CODES = {'FINISHED': 0, 'FAILED': 1, 'KILLED': 143}   # 143 = 128 + SIGTERM, what a scheduler expects
 
 
@@ -33,25 +31,25 @@ def run(plan: Plan) -> int:
     """Train on this rank (``launch/train.py`` calls it on every rank). Returns the exit code: 0 done, 1 a non-finite
     loss, 143 stopped by a signal after every rank checkpointed at the same optimizer step."""
     preempt = Preemption()
-    out_dir = Path(plan.cfg.output_dir).resolve()
+    out = RunDir.of(plan.cfg.output_dir)
     if plan.rank == 0:
-        (out_dir / 'checkpoints').mkdir(parents=True, exist_ok=True)
+        out.checkpoints.mkdir(parents=True, exist_ok=True)
     job = build_job(plan, start_process_group(plan))
-    resumed = resume(plan, job, out_dir)
-    tracker, best = open_record(plan, job, resumed, out_dir)
+    resumed = resume(plan, job, out)
+    tracker, best = open_record(plan, job, resumed, out)
     if resumed.finished:
-        return _already_finished(plan, tracker, out_dir)
+        return _already_finished(plan, tracker, out)
     probe = _collapse_probe(plan, job, tracker)
     try:
         if resumed.new_run:  # the initialised model (a continued run logged it when it started)
             probe(job.engine.module, job.engine.global_steps)
-        status, last_val = train_epochs(plan, job, resumed, tracker, best, probe, preempt, out_dir)
+        status, last_val = train_epochs(plan, job, resumed, tracker, best, probe, preempt, out)
         if status == 'FINISHED':
-            finish(plan, job, tracker, probe, last_val, out_dir)
+            finish(plan, job, tracker, probe, last_val, out)
     except NonFiniteLossError as err:
         status = 'FAILED'
         if plan.rank == 0:
-            print(f"[deepvit] error: {err} ({latest_tag(out_dir / 'checkpoints') or 'no checkpoint yet'})", flush=True)
+            print(f"[deepvit] error: {err} ({latest_tag(out.checkpoints) or 'no checkpoint yet'})", flush=True)
     except CheckpointSpaceError as err:   # every rank writing to the full disk meets it: one line from each
         status = 'FAILED'
         print(f"[deepvit] error (rank {plan.rank}): {err}", file=sys.stderr, flush=True)
@@ -76,12 +74,12 @@ class Resumed:
         return self.state is None and self.run_id is None
 
 
-def resume(plan: Plan, job: Job, out_dir: Path) -> Resumed:
+def resume(plan: Plan, job: Job, out: RunDir) -> Resumed:
     """With ``--resume``, load the latest checkpoint into the engine (all ranks) and find the MLflow run to continue.
 
     The schedule is not restored: it is a function of the global step under *this* job's plan, so a resume with a
     longer ``--epochs`` re-plans from where the run is (the same plan resumes exactly as before)."""
-    cfg, ckpt_dir, change = plan.cfg, out_dir / 'checkpoints', plan.world_change
+    cfg, ckpt_dir, change = plan.cfg, out.checkpoints, plan.world_change
     if change is not None:   # another world size: through DeepSpeed's universal checkpoint (converted once, rank 0)
         if plan.rank == 0:
             universal.convert(ckpt_dir, change)
@@ -96,15 +94,15 @@ def resume(plan: Plan, job: Job, out_dir: Path) -> Resumed:
     else:
         state = load_checkpoint(job.engine, ckpt_dir, plan.rank) if cfg.resume and latest_tag(ckpt_dir) else None
     run_id = (state or {}).get('mlflow_run_id')
-    if run_id is None and cfg.resume and (out_dir / RUN_FILE).is_file():
-        run_id = json.loads((out_dir / RUN_FILE).read_text()).get('run_id')
+    if run_id is None and cfg.resume and out.run_file.is_file():
+        run_id = json.loads(out.run_file.read_text()).get('run_id')
     job.scheduler.step_update(num_updates=job.engine.global_steps)
     epoch = int((state or {}).get('epoch', 0))
     return Resumed(state=state, run_id=run_id, epoch=epoch, batch=int((state or {}).get('batch_in_epoch', 0)),
-                   finished=state is not None and epoch >= cfg.train.epochs and (out_dir / EXPORT_FILE).is_file())
+                   finished=state is not None and epoch >= cfg.train.epochs and out.export.is_file())
 
 
-def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
+def open_record(plan: Plan, job: Job, resumed: Resumed, out: RunDir):
     """Start (or continue) the MLflow run on rank 0 — tags, params, config, datasets, system metrics — and the
     running best top-1. Returns ``(tracker, best)``; other ranks get a tracker that records nothing."""
     from .tracking import create_tracker
@@ -114,15 +112,15 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
                                                    plan.train_shards.num_samples if plan.train_shards else None)
     tracker = create_tracker(plan.rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, model),
                              tracking_uri=cfg.log.tracking_uri, run_id=resumed.run_id, tags=tags,
-                             backlog_dir=out_dir / BACKLOG_DIR)
+                             backlog_dir=out.backlog)
     best = _Best()
     if plan.rank != 0:
         return tracker, best
-    (out_dir / RUN_FILE).write_text(json.dumps({'run_id': tracker.run_id}))
+    out.run_file.write_text(json.dumps({'run_id': tracker.run_id}))
     if plan.job_lock is not None:
         plan.job_lock.note(run_id=tracker.run_id)
-    (out_dir / MODEL_FILE).write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
-    (out_dir / CONFIG_FILE).write_text(json.dumps(flatten(cfg), indent=1))   # what a later --resume must match
+    out.model_file.write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
+    out.config_file.write_text(json.dumps(flatten(cfg), indent=1))   # what a later --resume must match
     tracker.log_params({**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
                                             family=job.family, remedy=job.remedy, lr=job.lr),
                         schema.PLANNED_STEPS_PARAM: job.planned_steps,
@@ -145,14 +143,14 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out_dir: Path):
           f"MLflow run {tracker.run_id} "
           f"({tracker.uri})", flush=True)
     if resumed.state is not None:
-        print(f"[deepvit] resumed from {out_dir / 'checkpoints' / resumed.state['tag']} (epoch {resumed.epoch}, "
+        print(f"[deepvit] resumed from {out.checkpoints / resumed.state['tag']} (epoch {resumed.epoch}, "
               f"batch {resumed.batch}, step {job.engine.global_steps})", flush=True)
     return tracker, best
 
 
-def _already_finished(plan: Plan, tracker, out_dir: Path) -> int:
+def _already_finished(plan: Plan, tracker, out: RunDir) -> int:
     if plan.rank == 0:
-        print(f"[deepvit] the run in {out_dir} already finished its {plan.cfg.train.epochs} epochs; nothing to do "
+        print(f"[deepvit] the run in {out.root} already finished its {plan.cfg.train.epochs} epochs; nothing to do "
               f"(raise --epochs to train further)", flush=True)
     tracker.end('FINISHED')
     return EXIT_CODES['FINISHED']
@@ -165,13 +163,13 @@ def _collapse_probe(plan: Plan, job: Job, tracker):
 
 
 def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, preempt,
-                 out_dir: Path) -> Tuple[str, Dict[str, float]]:
+                 out: RunDir) -> Tuple[str, Dict[str, float]]:
     """Train from ``resumed`` to the last epoch (or the step budget): each epoch trains, validates, checkpoints and
     (every ``collapse_every`` epochs) probes. A stop request agreed by all ranks checkpoints and ends the loop.
     Returns the status (``'FINISHED'`` or ``'KILLED'``) and the last validation metrics."""
     from tqdm import tqdm
     cfg, ds, rank, engine = plan.cfg, plan.ds, plan.rank, job.engine
-    ckpt_dir = out_dir / 'checkpoints'
+    ckpt_dir = out.checkpoints
     control = StepControl(stop_requested=preempt, max_steps=cfg.train.max_steps)
     last_val: Dict[str, float] = {}
     epoch, start_batch = resumed.epoch, resumed.batch
@@ -252,7 +250,7 @@ def _validate(plan: Plan, job: Job, tracker, best, epoch: int, final: bool) -> D
     return metrics
 
 
-def finish(plan: Plan, job: Job, tracker, probe, last_val: Dict[str, float], out_dir: Path) -> None:
+def finish(plan: Plan, job: Job, tracker, probe, last_val: Dict[str, float], out: RunDir) -> None:
     """The final collapse probe and peak memory (collectives), then on rank 0 the collapse artifacts, the fp32 export
     (and MLflow logged model) and the closing summary line."""
     from .collapse_report import log_collapse_artifacts, similarity_figure
@@ -261,15 +259,15 @@ def finish(plan: Plan, job: Job, tracker, probe, last_val: Dict[str, float], out
     report = final.summary()
     peaks = _peak_memory_per_rank(job.device, plan.world_size)
     if rank == 0:
-        ckpt_dir = out_dir / 'checkpoints'
+        ckpt_dir = out.checkpoints
         log_collapse_artifacts(tracker, final, similarity_figure)
         tracker.log_metrics({schema.PEAK_MEMORY.format(rank=r): m for r, m in enumerate(peaks)}, engine.global_steps)
         print(f"[deepvit] peak memory per rank (MiB, {'GPU allocated' if job.device.type == 'cuda' else 'RSS'}): "
               f"{', '.join(f'{m:.0f}' for m in peaks)}", flush=True)
-        export = export_fp32(ckpt_dir, latest_tag(ckpt_dir), out_dir / EXPORT_FILE)
-        tracker.log_params({schema.EXPORT_PATH_PARAM: _display_path(Path(cfg.output_dir) / EXPORT_FILE)})
+        export = export_fp32(ckpt_dir, latest_tag(ckpt_dir), out.export)
+        tracker.log_params({schema.EXPORT_PATH_PARAM: _display_path(Path(cfg.output_dir) / out.export.name)})
         if cfg.log.log_model:
-            tracker.log_model([export, out_dir / MODEL_FILE], cfg.model.name,
+            tracker.log_model([export, out.model_file], cfg.model.name,
                               {'model_name': cfg.model.name, **plan.model_kwargs}, engine.global_steps)
         print(f"[deepvit] done: val top1 {last_val.get(schema.TOP1, float('nan')):.2f} | similar blocks "
               f"(paper / row-wise) softmax {report['similar_blocks_softmax']} / "
