@@ -258,13 +258,13 @@ def plan_loop_runs(smoke: bool, batches: list[int], data: Path) -> list[list[str
 
 def job_command(data: Path, work: Path, smoke: bool) -> list[str]:
     """DeepSpeed's launcher, one rank, on the generated shards: a short real run (40 steps; smoke: 4 at 32 px)."""
-    model = ['--model', 'deepvit_tiny_patch4_32', '--depth', '2', '--img-size', '32', '--train.max_steps', '4',
+    model = ['--model.name', 'deepvit_tiny_patch4_32', '--depth', '2', '--img-size', '32', '--train.max_steps', '4',
              '--train.log_every', '2', '--collapse-images', '16'] if smoke else \
-        ['--model', 'deepvit_16b_patch16_224', '--img-size', '224', '--train.max_steps', '40', '--train.log_every', '10',
-         '--collapse-images', '64']
+        ['--model.name', 'deepvit_16b_patch16_224', '--img-size', '224', '--train.max_steps', '40',
+         '--train.log_every', '10', '--collapse-images', '64']
     return [sys.executable, '-m', 'deepspeed.launcher.runner', '--num_gpus', '1', '--master_port', str(_free_port()),
             str(ROOT / 'launch' / 'train.py'), '--deepspeed', str(ROOT / 'ds_configs' / 'zero2.json'),
-            '--data', str(data), '--epochs', '1', '--warmup-epochs', '0', '--data.train_eval', '0',
+            '--data.source', str(data), '--epochs', '1', '--warmup-epochs', '0', '--data.train_eval', '0',
             '--log.log_model', 'false', '--log.tracking_uri', f'sqlite:///{work / "mlflow.db"}',
             '--log.experiment', 'gpu-check', '--output-dir', str(work / f'train-{int(time.time())}'), *model]
 
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         r = subprocess.run(cmd, env=job_env, capture_output=True, text=True, timeout=600, cwd=args.work)
         log = (r.stdout + r.stderr).replace('\r', '\n').splitlines()
         (args.out / 'train.txt').write_text('\n'.join(log[-60:]) + '\n')
-        job = dict(what=' '.join(shlex.quote(c) for c in cmd[cmd.index('--model'):]),
+        job = dict(what=' '.join(shlex.quote(c) for c in cmd[cmd.index('--model.name'):]),
                    status='finished' if r.returncode == 0 else f'exit {r.returncode}',
                    images_per_s=job_throughput(args.work / 'mlflow.db', env))
         record(kind='job', **job)

@@ -2,7 +2,7 @@
 
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json                       # built-in digits, tiny DeepViT
     deepspeed --num_gpus 8 launch/train.py --deepspeed ds_configs/zero2.json \\
-        --config launch/configs/imagenet.yaml --model deepvit_32b_patch16_224 --data /data/imagenet1k-wds
+        --config launch/configs/imagenet.yaml --model.name deepvit_32b_patch16_224 --data.source /data/imagenet1k-wds
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --output-dir runs/a --resume   # continue a run
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors
 

@@ -300,7 +300,7 @@ def test_residual_scale_fields_and_training_flags():
     from deepvit.training import build_parser, resolve
     from deepvit.training.config import model_overrides
     for flag, value in (('depth', 'depth'), ('0.25', 0.25), ('none', 'none')):
-        cfg = resolve(build_parser().parse_args(['--deepspeed', 'ds.json', '--model', 'depthscale_tiny_patch4_32',
+        cfg = resolve(build_parser().parse_args(['--deepspeed', 'ds.json', '--model.name', 'depthscale_tiny_patch4_32',
                                                  '--residual-scale', flag, '--residual-alpha', '2']))
         overrides = model_overrides(cfg.model)
         assert (overrides['residual_scale'], overrides['residual_alpha']) == (value, 2.)

@@ -86,7 +86,7 @@ def test_lr_axis_is_a_first_class_option():
     for args, extra, message in [(['--lrs', '1e-3,x'], (), '--lrs must be distinct positive numbers'),
                                  (['--lrs', '1e-3,0.001'], (), '--lrs must be distinct positive numbers'),
                                  (['--lrs', '1e-3', '--grid', 'lr=2e-3'], (), '--lrs and --grid lr=...'),
-                                 (['--lrs', '1e-3'], ('--lr', '2e-3'), '--lr after -- and an lr axis')]:
+                                 (['--lrs', '1e-3'], ('--lr', '2e-3'), '--lr after -- and the --lr axis')]:
         with pytest.raises(sweep.SweepError, match=message):
             make(GRID + args, extra)
 

@@ -33,7 +33,7 @@ FAKE_LAUNCHER = textwrap.dedent('''
         sys.exit(3)
     client = MlflowClient()
     exp = client.get_experiment_by_name(a['experiment'])
-    log_training_run(client, exp.experiment_id, family=a['model'].split('_')[0], depth=int(a['depth']),
+    log_training_run(client, exp.experiment_id, family=a['model.name'].split('_')[0], depth=int(a['depth']),
                      embed_dim=int(a['embed-dim']), num_heads=int(a['num-heads']), seed=int(a['seed']),
                      top1=[json.loads(os.environ.get('FAKE_TOP1', '{}')).get(a['sweep-point'], 50.0)],
                      sweep_id=a['sweep-id'], sweep_point=a['sweep-point'], parent_run_id=a['parent-run-id'])
@@ -112,10 +112,31 @@ def test_a_grid_value_the_trainer_refuses_stops_the_sweep_before_anything_starts
 
 
 def test_extra_args_output_dir_and_forbidden_flags():
-    assert sweep.split_output_dir(['--epochs', '2', '--output-dir=/x', '--data', 'd']) == ('/x', ['--epochs', '2',
-                                                                                             '--data', 'd'])
+    assert sweep.split_output_dir(['--epochs', '2', '--output-dir=/x', '--data.source', 'd']) == \
+        ('/x', ['--epochs', '2', '--data.source', 'd'])
+    assert sweep.split_output_dir(['--output_dir', '/y']) == ('/y', [])      # any spelling of output_dir
     with pytest.raises(sweep.SweepError, match='--depth after -- is set by the sweep'):
         sweep.split_output_dir(['--depth', '4'])
+    with pytest.raises(sweep.SweepError, match=r'--model.depth after -- is set by the sweep .*\(use --depths\)'):
+        sweep.split_output_dir(['--model.depth', '4'])                        # the same field, dotted
+    with pytest.raises(sweep.SweepError, match='--model.name after -- is set by the sweep'):
+        sweep.split_output_dir(['--model.name=x'])
+
+
+def test_a_config_file_after_the_double_dash_does_not_override_the_point(tmp_path):
+    """train.py applies its arguments in order, so the sweep writes EXTRA (a recipe's --config) before the point's
+    flags: the recipe's depth, seed and --grid value lose to the point's; its other fields apply."""
+    from deepvit.training import build_parser as train_parser, resolve
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text('model:\n  depth: 99\n  drop_path_rate: 0.3\n  img_size: 32\ntrain:\n  seed: 5\n')
+    plan = _plan(['--experiment', 'e', '--families', 'vit', '--depths', '3', '--widths', '96:6', '--seeds', '7',
+                  '--grid', 'drop-path=0.1'], ['--config', str(recipe)])
+    point = plan.points[0]
+    argv = sweep.point_command(point, launcher=[], launcher_flags=[], train_script=REPO / 'launch' / 'train.py',
+                               ds_config='ds_configs/zero2.json', model=plan.model(point), root=plan.root,
+                               experiment='e', sweep_id=plan.sweep_id, parent_run_id='p', extra=plan.extra)[1:]
+    cfg = resolve(train_parser().parse_args(argv))
+    assert (cfg.model.depth, cfg.train.seed, cfg.model.drop_path_rate, cfg.model.img_size) == (3, 7, 0.1, 32)
 
 
 def test_sweep_id_is_stable_and_tracks_the_grid_not_the_launcher():
@@ -141,12 +162,12 @@ def test_dry_run_prints_every_command(tmp_path, env):
     seen = set()
     for cmd in cmds:
         a = dict(zip(cmd, cmd[1:]))
-        seen.add((a['--model'], a['--depth'], a['--embed-dim'], a['--num-heads'], a['--seed']))
+        seen.add((a['--model.name'], a['--depth'], a['--embed-dim'], a['--num-heads'], a['--seed']))
         point = a['--sweep-point']
         assert cmd[:6] == shlex.split(env['DEEPVIT_LAUNCHER']) + ['--num_gpus', '2', '--master_port', '29612']
         assert cmd[6].endswith('launch/train.py') and a['--deepspeed'].endswith('ds_configs/zero2.json')
         assert a['--output-dir'] == f'out/{point}' and a['--run-name'] == point and a['--experiment'] == 'study'
-        assert point == f"{a['--model'].split('_')[0]}-d{a['--depth']}-w{a['--embed-dim']}-h{a['--num-heads']}-" \
+        assert point == f"{a['--model.name'].split('_')[0]}-d{a['--depth']}-w{a['--embed-dim']}-h{a['--num-heads']}-" \
                         f"s{a['--seed']}"
         assert a['--epochs'] == '3' and cmd.count('--resume') == 1 and a['--parent-run-id'] == '<PARENT_RUN_ID>'
         assert len({c[c.index('--sweep-id') + 1] for c in cmds}) == 1
@@ -250,20 +271,20 @@ def test_remedy_families_launch_their_model_and_flags(tmp_path, env):
             (shlex.split(ln) for ln in res.stdout.splitlines() if not ln.startswith(('#', 'sweep ')))}
     def flags(key):
         c = cmds[key]
-        return c[c.index('--model'):c.index('--depth')]
-    assert flags('vit-d2-w96-h6-s0') == ['--model', 'vit_tiny_patch4_32']
-    assert flags('layerscale-d2-w96-h6-s0') == ['--model', 'layerscale_tiny_patch4_32']
-    assert flags('talkinghead-d2-w96-h6-s0') == ['--model', 'talkinghead_tiny_patch4_32']
-    assert flags('bn_only-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--reattn-init', 'identity',
+        return c[c.index('--model.name'):c.index('--depth')]
+    assert flags('vit-d2-w96-h6-s0') == ['--model.name', 'vit_tiny_patch4_32']
+    assert flags('layerscale-d2-w96-h6-s0') == ['--model.name', 'layerscale_tiny_patch4_32']
+    assert flags('talkinghead-d2-w96-h6-s0') == ['--model.name', 'talkinghead_tiny_patch4_32']
+    assert flags('bn_only-d2-w96-h6-s0') == ['--model.name', 'deepvit_tiny_patch4_32', '--reattn-init', 'identity',
                                              '--reattn-theta', 'fixed']
-    assert flags('reattn_ln-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--reattn-norm', 'ln']
-    assert flags('deepvit_cosreg-d2-w96-h6-s0') == ['--model', 'deepvit_tiny_patch4_32', '--cosine-reg', '0.1']
+    assert flags('reattn_ln-d2-w96-h6-s0') == ['--model.name', 'deepvit_tiny_patch4_32', '--reattn-norm', 'ln']
+    assert flags('deepvit_cosreg-d2-w96-h6-s0') == ['--model.name', 'deepvit_tiny_patch4_32', '--cosine-reg', '0.1']
 
 
 def test_remedy_flags_are_training_flags():
     """Every flag a remedy family adds is one train.py's parser knows (no drift between the two)."""
-    from deepvit.training import build_parser
-    known = build_parser().known_flags()
+    from deepvit.training.config import flag_fields
+    known = flag_fields()
     for family, (model_family, flags) in sweep.REMEDIES.items():
         assert all(f in known for f in flags[::2]), family
         assert f'{model_family}_tiny_patch4_32' in __import__('deepvit').models.list_variants()

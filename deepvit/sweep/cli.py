@@ -15,9 +15,10 @@ until every cell is narrow enough or has ``max`` seeds.
 A family maps to its registered variant of one size (``tiny``: ``<family>_tiny_patch4_32``; ``paper``:
 ``<family>_16b_patch16_224``, the paper's models) with depth and width overridden; the default width and the head
 dimension are the registered variant's. Each point is launched as ``<launcher> [launcher flags] launch/train.py
---deepspeed DS --model M --depth D --embed-dim E --num-heads H --seed S --output-dir ROOT/KEY --experiment NAME
---run-name KEY --sweep-id ID --sweep-point KEY --parent-run-id PID --resume [EXTRA]``; ``--output-dir`` among EXTRA
-is the sweep root ROOT (default ``runs/sweeps/<experiment>/<sweep id>``).
+--deepspeed DS [EXTRA] --model.name M --depth D --embed-dim E --num-heads H --seed S --output-dir ROOT/KEY
+--experiment NAME --run-name KEY --sweep-id ID --sweep-point KEY --parent-run-id PID --resume [--grid values]``
+(train.py applies its arguments in order, so a ``--config`` in EXTRA never overrides the point's flags);
+``--output-dir`` among EXTRA is the sweep root ROOT (default ``runs/sweeps/<experiment>/<sweep id>``).
 
 Sweep id: the first 8 hex digits of SHA-1 over the experiment, the grid, the size, the DeepSpeed config and EXTRA
 without ``--output-dir`` (not the launcher flags), unless ``--sweep-id`` is given; rerunning the same command finds

@@ -42,8 +42,9 @@ SIZES = {
 }
 DEFAULT_SIZE = 'tiny'
 
-# Flags the driver sets for every point (flag -> the sweep option that sets it): EXTRA and --grid must not carry them.
-DRIVER_FLAGS = {'--model': '--families/--size', '--depth': '--depths', '--embed-dim': '--widths',
+# Flags the driver sets for every point (flag -> the sweep option that sets it): EXTRA and --grid must not carry them,
+# under any of train.py's spellings of the same field (--model.depth is --depth).
+DRIVER_FLAGS = {'--model.name': '--families/--size', '--depth': '--depths', '--embed-dim': '--widths',
                 '--num-heads': '--widths', '--seed': '--seeds', '--experiment': '--experiment',
                 '--run-name': '(the point key)', '--sweep-id': '--sweep-id', '--sweep-point': '(the point key)',
                 '--parent-run-id': '(the parent run)', '--resume': '(always passed)', '--deepspeed': '--ds-config'}
@@ -51,6 +52,20 @@ DRIVER_FLAGS = {'--model': '--families/--size', '--depth': '--depths', '--embed-
 
 class SweepError(ValueError):
     """A bad sweep request; the message names the field and its value."""
+
+
+def train_field(flag: str) -> Optional[str]:
+    """The launch/train.py field a flag sets (``'--depth'`` and ``'--model.depth=8'`` → ``'model.depth'``); None
+    for a flag train.py does not have."""
+    from ..training.config import flag_fields
+    return flag_fields().get(flag.split('=', 1)[0])
+
+
+def driver_flag(flag: str) -> Optional[str]:
+    """The :data:`DRIVER_FLAGS` entry setting the same field as ``flag`` (``'--model.depth'`` → ``'--depth'``), else
+    None."""
+    field = train_field(flag)
+    return next((d for d in DRIVER_FLAGS if field is not None and train_field(d) == field), None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,29 +160,31 @@ def parse_grid_axis(spec: str) -> Tuple[str, List[str]]:
     vals = [v for v in values.split(',') if v]
     if not sep or name == '--' or not vals:
         raise SweepError(f'--grid takes FLAG=V1,V2,..., got {spec!r}')
-    if name in DRIVER_FLAGS:
-        raise SweepError(f'--grid {spec!r}: {name} is set by the sweep (use {DRIVER_FLAGS[name]})')
-    from ..training.config import build_parser
-    if name not in build_parser().known_flags():   # before any point launches (each would fail at its start)
+    if driver_flag(name):
+        raise SweepError(f'--grid {spec!r}: {name} is set by the sweep (use {DRIVER_FLAGS[driver_flag(name)]})')
+    if train_field(name) is None:   # before any point launches (each would fail at its start)
         raise SweepError(f'--grid {spec!r}: {name} is not a flag of launch/train.py (see its --help)')
     return name, vals
 
 
 def split_output_dir(extra: Sequence[str]) -> Tuple[Optional[str], List[str]]:
-    """Take ``--output-dir X`` / ``--output-dir=X`` out of the train.py args: ``(X or None, the other args)``.
+    """Take ``--output-dir X`` / ``--output-dir=X`` (any spelling of train.py's ``output_dir``) out of the train.py
+    args: ``(X or None, the other args)``.
 
     Raises:
-        SweepError: ``--output-dir`` without a value, or a flag of :data:`DRIVER_FLAGS` (the driver sets it).
+        SweepError: ``--output-dir`` without a value, or a flag of :data:`DRIVER_FLAGS` in any spelling (the driver
+            sets it).
     """
     root, rest, it = None, [], iter(extra)
     for arg in it:
         flag = arg.split('=', 1)[0]
-        if flag == '--output-dir':
+        if train_field(flag) == 'output_dir':
             root = arg.split('=', 1)[1] if '=' in arg else next(it, None)
             if not root:
-                raise SweepError('--output-dir after -- needs a value')
-        elif flag in DRIVER_FLAGS:
-            raise SweepError(f'{flag} after -- is set by the sweep for every point (use {DRIVER_FLAGS[flag]})')
+                raise SweepError(f'{flag} after -- needs a value')
+        elif driver_flag(flag):
+            raise SweepError(f'{flag} after -- is set by the sweep for every point '
+                             f'(use {DRIVER_FLAGS[driver_flag(flag)]})')
         else:
             rest.append(arg)
     return root, rest
@@ -204,18 +221,20 @@ def _repo_relative(path: Path) -> str:
 def point_command(point: Point, *, launcher: Sequence[str], launcher_flags: Sequence[str], train_script: Path,
                   ds_config: str, model: str, root: Path, experiment: str, sweep_id: str, parent_run_id: str,
                   extra: Sequence[str]) -> List[str]:
-    """The full launch command of one point: ``<launcher> [launcher flags] train.py --deepspeed DS --model M
-    [remedy flags] --depth D --embed-dim E --num-heads H --seed S --output-dir ROOT/KEY --experiment NAME
-    --run-name KEY --sweep-id ID --sweep-point KEY --parent-run-id PID --resume [--grid values] [EXTRA]``."""
+    """The full launch command of one point: ``<launcher> [launcher flags] train.py --deepspeed DS [EXTRA]
+    --model.name M [remedy flags] --depth D --embed-dim E --num-heads H --seed S --output-dir ROOT/KEY
+    --experiment NAME --run-name KEY --sweep-id ID --sweep-point KEY --parent-run-id PID --resume [--grid values]``.
+    EXTRA comes first because train.py applies its arguments in order: a ``--config`` among them must not override
+    the point's own flags."""
     cmd = list(launcher) + list(launcher_flags) + [
-        short_path(train_script), '--deepspeed', ds_config, '--model', model, *REMEDIES[point.family][1],
+        short_path(train_script), '--deepspeed', ds_config, *extra, '--model.name', model, *REMEDIES[point.family][1],
         '--depth', str(point.depth),
         '--embed-dim', str(point.embed_dim), '--num-heads', str(point.num_heads), '--seed', str(point.seed),
         '--output-dir', short_path(root / point.key), '--experiment', experiment, '--run-name', point.key,
         '--sweep-id', sweep_id, '--sweep-point', point.key, '--parent-run-id', parent_run_id, '--resume']
     for flag, value in point.extra:
         cmd += [flag, value]
-    return cmd + list(extra)
+    return cmd
 
 
 @dataclass
@@ -265,7 +284,7 @@ def make_plan(args: argparse.Namespace, extra: Sequence[str]) -> Plan:
     widths = parse_widths(args.widths or f'{embed}:{heads}', head_dim=size_head_dim(args.size))
     axes = [parse_grid_axis(s) for s in args.grid]
     if getattr(args, 'lrs', None):
-        if any(flag == '--lr' for flag, _ in axes):
+        if any(train_field(flag) == 'train.lr' for flag, _ in axes):
             raise SweepError('--lrs and --grid lr=...: give the learning rates once')
         lrs = [v.strip() for v in args.lrs.split(',') if v.strip()]
         try:
@@ -289,8 +308,11 @@ def make_plan(args: argparse.Namespace, extra: Sequence[str]) -> Plan:
     else:
         seeds = parse_ints('--seeds', args.seeds if args.seeds is not None else '0')
     root_arg, extra = split_output_dir(extra)
-    if any(flag == '--lr' for flag, _ in axes) and any(a.split('=', 1)[0] == '--lr' for a in extra):
-        raise SweepError('--lr after -- and an lr axis (--lrs or --grid lr=...): give the learning rate once')
+    axis_of = {train_field(flag): flag for flag, _ in axes}
+    both = [a.split('=', 1)[0] for a in extra if a.startswith('--') and train_field(a) in axis_of]
+    if both:   # the axis would win (it comes after EXTRA), making EXTRA's value a silent no-op
+        raise SweepError(f'{both[0]} after -- and the {axis_of[train_field(both[0])]} axis (--lrs or --grid) set '
+                         f'{train_field(both[0])}: give it once')
     spec = {'experiment': args.experiment, 'families': sorted(families), 'depths': sorted(depths),
             'widths': sorted(widths), 'seeds': sorted(seeds), 'model': template,
             'grid': sorted((f, sorted(v)) for f, v in axes),

@@ -1,35 +1,28 @@
-"""The training configuration: the typed schema and its checks; parsing is jsonargparse's.
+"""The training configuration: the typed schema, its checks and its command line, which is jsonargparse's.
 
-Over 400 lines because each field carries its docstring: that text is the field's ``--help``.
-
-`jsonargparse <https://jsonargparse.readthedocs.io>`_ (the library behind Lightning's CLI) turns the dataclasses
-below into the command line: one dotted flag per field (``--model.depth 8``), ``--config FILE.yaml`` with nested
-sections, unknown fields refused (in files and on the command line), each field's docstring as its ``--help`` text,
-and ``--print_config`` for the resolved configuration. Chosen over simple-parsing for its YAML config files with
-per-key errors, its ``--print_config`` and its dataclass support without a base class.
-
-Precedence: built-in defaults < ``--config FILE.yaml`` < command-line flags, in the order given.
-
-What the library does not do, kept here: the short spellings users know from timm / DeiT scripts (``--depth 8``,
-``--embed-dim 96``, ``--model NAME``, ``--data SRC``, ``--output-dir DIR``, ``--resume`` without a value,
-``--data.scale 0.08,1``) are rewritten to the dotted flags before parsing (:func:`normalise_argv`); range checks live
-in the dataclasses (``__post_init__``); every error is one line naming the field and the value (:class:`ConfigError`).
+`jsonargparse <https://jsonargparse.readthedocs.io>`_ (the library behind Lightning's CLI) parses one argument per
+field of the dataclasses below, whose docstring is its ``--help`` text (hence the length of this module). Its flags
+are the dotted name, a config file's key (``--model.depth 8``), the field's own name where no other field has it
+(``--depth 8``, ``--output-dir DIR``) and :data:`ALIASES`. ``--config FILE.yaml`` takes the sections ``model``,
+``data``, ``train``, ``log``; unknown fields are refused; ``--print_config`` prints the resolved configuration. Values
+are YAML (``null``, ``--data.scale [0.08,1]``); a bool flag alone means true (``--resume``). Precedence is the
+library's: defaults, then the arguments in the order given, so flags after ``--config`` override the file and flags
+before it do not. Range checks live in the dataclasses (``__post_init__``); every error is one :class:`ConfigError`
+line naming the field and the value.
 """
 import dataclasses
+import functools
 import json
-import re
-import sys
+from argparse import ArgumentError
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, get_type_hints
 
+import docstring_parser   # jsonargparse[signatures]'s docstring reader: a field's docstring is its --help text
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import SUPPRESS, ActionConfigFile, ArgumentParser, Namespace
 
 from ..collapse.paper import DEFAULT_SIMILARITY_THRESHOLD
 from ..collapse.probe import MIN_PROBE_IMAGES
-
-set_parsing_settings(docstring_parse_attribute_docstrings=True)  # a field's docstring is its --help text
 
 
 class ConfigError(ValueError):
@@ -280,212 +273,94 @@ class Config:
     """with eval_only: a .safetensors export, a checkpoints/ folder or a run's output_dir"""
 
 
-SECTIONS = ('model', 'data', 'train', 'log')
-# Spellings users know from timm / DeiT / HF scripts → dotted field.
-ALIASES = {
-    'model': 'model.name',
-    'data': 'data.source',
-    'epochs': 'train.epochs',
-    'seed': 'train.seed',
-    'output-dir': 'output_dir',
-    'experiment': 'log.experiment',
-    'run-name': 'log.run_name',
-    'resume': 'resume',
-    'smoothing': 'train.label_smoothing',
-    'drop-path': 'model.drop_path_rate',
-    'workers': 'data.num_workers',
-}
+SECTIONS = {'model': ModelConfig, 'data': DataConfig, 'train': TrainConfig, 'log': LogConfig}
+# Names users know from timm / DeiT scripts, beside each field's own (``--model.drop_path_rate``, ``--drop-path-rate``).
+ALIASES = {'model.drop_path_rate': '--drop-path', 'train.label_smoothing': '--smoothing',
+           'data.num_workers': '--workers'}
+# Set by the sweep or the launcher, never typed: accepted, left out of --help (and of --print_config).
+INTERNAL = ('log.sweep_id', 'log.sweep_point', 'log.parent_run_id')
 
 
-def field_types() -> Dict[str, Any]:
-    """Every leaf field as ``{'model.depth': Optional[int], ..., 'output_dir': str}``."""
+@functools.lru_cache(maxsize=None)
+def cli_fields() -> Dict[str, Tuple[List[str], Any, Any, str]]:
+    """Every leaf field → ``(flags, type, default, docstring)``: ``{'model.depth': (['--model.depth', '--depth'],
+    Optional[int], None, 'number of transformer blocks'), ...}``. The flags: the dotted name, the field's own name
+    with dashes where no other field has it (``--embed-dim``, ``--output-dir``) and :data:`ALIASES`."""
     out = {}
-    for name, tp in get_type_hints(Config).items():
-        if name in SECTIONS:
-            out.update({f'{name}.{sub}': sub_tp for sub, sub_tp in get_type_hints(tp).items()})
-        else:
-            out[name] = tp
+    for prefix, cls in [(f'{name}.', cls) for name, cls in SECTIONS.items()] + [('', Config)]:
+        docs = {p.arg_name: ' '.join(p.description.split()) for p in docstring_parser.parse_from_object(cls).params}
+        hints = get_type_hints(cls)
+        out.update({prefix + f.name: ([f'--{prefix}{f.name}'], hints[f.name], f.default, docs.get(f.name, ''))
+                    for f in dataclasses.fields(cls) if f.name not in SECTIONS})
+    short = [dest.rpartition('.')[2].replace('_', '-') for dest in out]
+    for (dest, (flags, *_)), name in zip(out.items(), short):
+        if short.count(name) == 1 and name != dest:
+            flags.append(f'--{name}')
+        flags.extend([ALIASES[dest]] if dest in ALIASES else [])
     return out
 
 
-def spellings() -> Dict[str, str]:
-    """Every accepted flag (without ``--``) → its dotted field: the dotted names, their dashed forms
-    (``model.drop-path-rate``), the aliases and each field's own name where unique (``depth``, ``embed-dim``)."""
-    keys = list(field_types())
-    short = [k.split('.')[-1].replace('_', '-') for k in keys]
-    out = {}
-    for key, name in zip(keys, short):
-        out[key] = out[key.replace('_', '-')] = key
-        if short.count(name) == 1 and name not in ALIASES:
-            out[name] = key
-    out.update(ALIASES)
-    return out
-
-
-def _optional(tp) -> bool:
-    return get_origin(tp) is Union and type(None) in get_args(tp)
-
-
-def normalise_argv(argv: Sequence[str]) -> List[str]:
-    """Rewrite the user spellings to jsonargparse's dotted flags: ``--depth 8`` → ``--model.depth 8``; a bool flag
-    without a value means true (``--resume``); ``none`` means null for optional non-string fields; a tuple may be
-    given comma-separated (``--data.scale 0.08,1``). Other arguments pass through unchanged."""
-    names, types = spellings(), field_types()
-    out: List[str] = []
-    argv = list(argv)
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        flag, eq, value = arg.partition('=')
-        key = names.get(flag[2:]) if flag.startswith('--') else None
-        if key is None:
-            out.append(arg)
-            i += 1
-            continue
-        tp = types[key]
-        if not eq:
-            has_value = i + 1 < len(argv) and not argv[i + 1].startswith('--')
-            if tp is bool and not has_value:
-                value = 'true'
-            elif has_value:
-                value, i = argv[i + 1], i + 1
-            else:
-                out.append(f'--{key}')     # the library reports the missing value
-                i += 1
-                continue
-        if tp is bool and value.lower() in ('1', 'yes', 'on', '0', 'no', 'off'):
-            value = 'true' if value.lower() in ('1', 'yes', 'on') else 'false'
-        elif _optional(tp) and str not in get_args(tp) and value.lower() == 'none':
-            value = 'null'
-        elif get_origin(tp) is tuple and ',' in value and not value.lstrip().startswith(('[', '(')):
-            value = f'[{value}]'
-        out += [f'--{key}', value]
-        i += 1
-    return out
-
-
-_TYPE_ERROR = re.compile(r'Parser key "(?P<key>[^"]+)":\s*Expected a <class \'(?P<type>\w+)\'>\. Got value: '
-                         r'(?P<value>.*?)\s*$', re.S)
-_TYPE_NAMES = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string',
-               'tuple': '2 comma-separated numbers'}
-
-
-def _one_line(err: Exception) -> str:
-    """jsonargparse's (multi-line) message as one line; a type error as ``'<key> must be <type>, got <value>'``."""
-    text = str(err).strip()
-    match = _TYPE_ERROR.search(text)
-    if match and match['type'] in _TYPE_NAMES:
-        return f"{match['key']} must be {_TYPE_NAMES[match['type']]}, got {match['value']!r}"
-    return ' '.join(text.split())
-
-
-def _config_first(argv: List[str]) -> List[str]:
-    """Move every ``--config FILE`` to the front, in order: flags win over a config file wherever it is given
-    (jsonargparse applies arguments left to right, so ``--model X --config F`` would let F's model win; the sweep
-    appends a user's ``--config`` after each point's flags)."""
-    configs: List[str] = []
-    rest: List[str] = []
-    i = 0
-    while i < len(argv):
-        if argv[i] == '--config' and i + 1 < len(argv):
-            configs += argv[i:i + 2]
-            i += 2
-            continue
-        if argv[i].startswith('--config='):
-            configs += ['--config', argv[i].partition('=')[2]]
-        else:
-            rest.append(argv[i])
-        i += 1
-    return configs + rest
-
-
-def check_config_file(path: str) -> None:
-    """Refuse a ``--config`` file that is missing, not YAML, not a mapping, has a section that is not a mapping
-    (jsonargparse would take ``train: [1, 2]`` as the section's value) or an unknown field (named with the file,
-    which jsonargparse's message leaves out). Bad values are left to the parser. Raises ConfigError."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: {'is a directory, not a YAML file' if p.is_dir() else 'file not found'}: {path}")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of sections, got {type(data).__name__}")
-    known = field_types()
-    for key, value in data.items():
-        if key in SECTIONS and not isinstance(value, dict):
-            raise ConfigError(f"--config {path}: section {key!r} must be a mapping, got {value!r}")
-        for name in ([f'{key}.{sub}' for sub in value] if key in SECTIONS else [key]):
-            if name not in known:
-                raise ConfigError(f"--config {path}: unknown field {name!r} (known: {', '.join(sorted(known))})")
+def flag_fields() -> Dict[str, str]:
+    """Every flag of :func:`build_parser` → the field (namespace key) it sets: ``{'--depth': 'model.depth', ...}``."""
+    out = {'--deepspeed': 'deepspeed', '--local_rank': 'local_rank', '--local-rank': 'local_rank', '--config': 'config'}
+    return {**out, **{flag: dest for dest, (flags, *_) in cli_fields().items() for flag in flags}}
 
 
 class TrainParser(ArgumentParser):
-    """jsonargparse's parser with the user spellings (:func:`normalise_argv`); every error is a one-line
-    :class:`ConfigError` instead of an exit, so the launch script prints it and exits with status 2."""
+    """jsonargparse's parser whose every error is a one-line :class:`ConfigError` instead of an exit, so the launch
+    script prints it and exits with status 2."""
 
-    def parse_args(self, args: Optional[Sequence[str]] = None, **kwargs):  # noqa: D102 (argparse's)
-        argv = _config_first(normalise_argv(sys.argv[1:] if args is None else args))
-        for i, arg in enumerate(argv):
-            if arg == '--config' and i + 1 < len(argv):
-                check_config_file(argv[i + 1])
+    def parse_args(self, args: Optional[Sequence[str]] = None, **kwargs) -> Namespace:
+        """jsonargparse's ``parse_args``. Raises ConfigError: an unknown flag or config-file field, a bad value or
+        file (the library's message on one line: it names the field or file and the value)."""
         try:
-            return super().parse_args(argv, **kwargs)
-        except ConfigError:
-            raise
-        except Exception as err:   # jsonargparse's ArgumentError, or a dataclass check it wrapped
-            cause = err.__cause__ or err.__context__
-            raise ConfigError(str(cause) if isinstance(cause, ConfigError) else _one_line(err)) from None
-
-
-    def known_flags(self) -> set:
-        """Every flag this parser accepts: its own options and the user spellings (``--depth``, ``--output-dir``)."""
-        own = {opt for action in self._actions for opt in action.option_strings}
-        return own | {f'--{name}' for name in spellings()}
+            return super().parse_args(args, **kwargs)
+        except ArgumentError as err:   # the library's errors carry their text only
+            raise ConfigError(' '.join(str(err).split())) from None
 
 
 def build_parser() -> TrainParser:
-    """The launch script's parser: ``--deepspeed``, ``--local_rank``, ``--config`` and one flag per config field.
-
-    ``parse_args(argv)`` returns a jsonargparse Namespace (``ns.model.depth``; ``ns.deepspeed``) and raises
-    ConfigError (one line, naming the field and the value) for an unknown flag or field, a bad value or a bad file.
-    """
-    spelled = ', '.join(f'--{a} = --{k}' for a, k in ALIASES.items() if a != k)
+    """The launch script's parser: ``--deepspeed``, ``--config``, ``--print_config`` and one argument per config field
+    (:func:`cli_fields`). ``parse_args(argv)`` returns a jsonargparse Namespace (``ns.model.depth``; ``ns.deepspeed``)
+    and raises ConfigError (one line) for an unknown flag or field, a bad value or a bad file."""
     parser = TrainParser(
-        prog='launch/train.py', exit_on_error=False,
+        prog='launch/train.py', exit_on_error=False, allow_abbrev=False,
+        usage='deepspeed [launcher flags] %(prog)s --deepspeed PATH [--config FILE.yaml] [FLAG VALUE ...]',
         description='Train a ViT / DeepViT with DeepSpeed ZeRO; every run is recorded in MLflow.\n'
                     'Run through DeepSpeed\'s launcher: deepspeed launch/train.py --deepspeed ds_configs/zero2.json',
-        epilog=f'Each field also takes its own name where unique across sections (--depth = --model.depth, '
-               f'--embed-dim = --model.embed_dim, --lr = --train.lr) and: {spelled}. A bool flag alone means true.')
+        epilog='Arguments apply in the order given: put --config first, so that the flags after it override it. '
+               'A bool flag alone means true; null unsets an optional field; a pair is a list: --data.scale [0.08,1].')
     parser.add_argument('--deepspeed', metavar='PATH', required=True,
                         help='DeepSpeed JSON config (ZeRO stage, micro-batch, accumulation, precision, clipping)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=-1,
-                        help='set by the DeepSpeed launcher; LOCAL_RANK from the environment wins')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=-1, help=SUPPRESS)  # the launcher's
     parser.add_argument('--config', action=ActionConfigFile, help='YAML file with model/data/train/log sections')
-    parser.add_class_arguments(Config, nested_key=None, fail_untyped=True)
+    groups = {name: parser.add_argument_group(name, cls.__doc__.split('\n')[0].replace('``', ''), name=name)
+              for name, cls in SECTIONS.items()}
+    for dest, (flags, tp, default, doc) in cli_fields().items():
+        bool_alone = dict(nargs='?', const=True) if tp is bool else {}   # --resume = --resume true
+        groups.get(dest.partition('.')[0], parser).add_argument(
+            *flags, type=tp, default=default, help=SUPPRESS if dest in INTERNAL else doc, **bool_alone)
     return parser
 
 
-def resolve(args) -> Config:
-    """The parsed namespace as a checked :class:`Config` (each dataclass checks its ranges). Raises ConfigError."""
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(Config)}}
-    sections = {name: cls(**vars(values.pop(name))) for name, cls in
-                (('model', ModelConfig), ('data', DataConfig), ('train', TrainConfig), ('log', LogConfig))}
+def resolve(args: Namespace) -> Config:
+    """The parsed namespace as a checked :class:`Config` (each dataclass checks its ranges). Raises ConfigError: a
+    section that is not a mapping (a config file's ``train: [1, 2]``), a value out of range."""
+    sections = {}
+    for name, cls in SECTIONS.items():
+        if not isinstance(args.get(name), Namespace):
+            raise ConfigError(f"{name} must be a mapping of its fields, got {args.get(name)!r}")
+        sections[name] = cls(**vars(args[name]))
     sections['train'].warmup_epochs = sections['train'].warmup   # the default made explicit: the record shows it
-    return Config(**sections, **values)
+    top = {f.name: args[f.name] for f in dataclasses.fields(Config) if f.name not in SECTIONS}
+    return Config(**sections, **top)
 
 
 def model_overrides(cfg: ModelConfig) -> Dict[str, Any]:
     """``timm.create_model`` keyword arguments: the non-``None`` model fields except ``name``."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name == 'name' or value is None:
-            continue
-        if f.name in ('reattn_blocks', 'talkinghead_blocks'):
-            value = _parse_blocks(f'model.{f.name}', value)
-        out[f.name] = value
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k != 'name' and v is not None}
+    for key in {'reattn_blocks', 'talkinghead_blocks'} & set(out):
+        out[key] = _parse_blocks(f'model.{key}', out[key])
     return out
 
 
@@ -503,15 +378,9 @@ def _parse_blocks(key: str, value: Union[int, str]) -> Union[str, int, List[int]
 
 def flatten(obj: Any, prefix: str = '') -> Dict[str, Any]:
     """Nested dataclasses / dicts → ``{'model.depth': 8, ...}`` (lists and tuples kept as values)."""
-    if dataclasses.is_dataclass(obj):
-        obj = dataclasses.asdict(obj)
     out = {}
-    for key, value in obj.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            out.update(flatten(value, prefix=f'{name}.'))
-        else:
-            out[name] = value
+    for key, value in (dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj).items():
+        out.update(flatten(value, f'{prefix}{key}.') if isinstance(value, dict) else {f'{prefix}{key}': value})
     return out
 
 

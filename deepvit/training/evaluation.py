@@ -2,7 +2,7 @@
 ``validate.py``) and record top-1/top-5, the loss and the collapse probe in MLflow, as a run of kind ``eval``.
 
     deepspeed launch/train.py --deepspeed ds_configs/zero2.json --eval-only --eval-weights runs/a/model.safetensors \\
-        [--model NAME --data SRC --data.val_split val ...]
+        [--model.name NAME --data.source SRC --data.val_split val ...]
 
 The model is built from the config as for training (same name and fields), the weights loaded with
 ``load_state_dict(strict=True)`` (a mismatch is an error naming the keys); a checkpoint is consolidated to fp32 with
