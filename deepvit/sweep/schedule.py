@@ -138,8 +138,8 @@ def sweep_command(s: Schedule, p: Point, port: int) -> List[str]:
             '--depths', str(p.depth), '--widths', s.width, '--lrs', f'{p.lr:g}',
             '--seeds', ','.join(map(str, stage_by_name(s, p.stage)['seeds'])), '--size', s.size, '--num-gpus', '1',
             '--ds-config', str(s.ds_config), '--sweep-id', p.sweep_id, '--point-index', str(p.index),
-            '--launcher-args', f'--master_port {port}', '--', '--config', str(s.recipe), '--data.source', str(s.data),
-            '--output-dir', str(s.runs / p.sweep_id), *p.extra]
+            '--launcher-args', f'--master_port {port}', '--', '--config', str(s.recipe),
+            '--data.source', str(s.data), '--output-dir', str(s.runs / p.sweep_id), *p.extra]
 
 
 def stage_by_name(s: Schedule, name: str) -> dict:
