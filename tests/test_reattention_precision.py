@@ -448,7 +448,7 @@ def test_fixed_theta_mixes_bf16_maps_under_a_parameters_only_cast():
 def test_world_size_of_a_bf16_checkpoint_is_read(tmp_path):
     """Issue 21.1: with bf16 on, DeepSpeed names its optimizer partitions bf16_zero_pp_rank_* at every ZeRO stage;
     the resume's world-size check globbed only zero_pp_rank_* and never saw a change of GPU count."""
-    from deepvit.training.preflight import _checkpoint_world_size
+    from deepvit.training.resume import _checkpoint_world_size
     for r in range(3):
         (tmp_path / f'bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt').write_bytes(b'')
     assert _checkpoint_world_size(tmp_path) == 3

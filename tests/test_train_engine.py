@@ -258,7 +258,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caps
     import time
     from deepvit.training.checkpoint import damage
     from deepvit.training.config import ConfigError
-    from deepvit.training.preflight import _fall_back_from_damage
+    from deepvit.training.resume import _fall_back_from_damage
     ckpt = tmp_path / 'checkpoints'
     for i, tag in enumerate(('epoch0001', 'epoch0002', 'epoch0003')):
         (ckpt / tag).mkdir(parents=True)

@@ -3,27 +3,19 @@
 :func:`preflight` resolves a config and a DeepSpeed config into a :class:`Plan` on every rank; ``launch/train.py``
 prints its :class:`ConfigError` as one line and exits with status 2.
 """
-import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from .config import Config, ConfigError, flatten, model_overrides
+from .config import Config, ConfigError, model_overrides
 from ..data.plan import default_num_workers
 from ..ranks import cores_per_rank, env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
 from .joblock import acquire as acquire_job_lock
 from .layout import LATEST, RunDir, checkpoint_folder
-from .universal import WorldChange, refuse_reason, saved_batch
-
-# fields a resume may change: the run's length (re-planned and recorded, docs/training.md), logging and
-# checkpoint cadence, data workers, memory and speed switches that leave the numbers alone, where it is written
-RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.log_every', 'train.checkpoint_hist',
-                     'train.collapse_every', 'train.grad_checkpointing', 'train.compile', 'data.num_workers',
-                     'output_dir', 'resume', 'eval_only', 'eval_weights')
-
+from .resume import check_resume
+from .universal import WorldChange
 
 @dataclass
 class Plan:
@@ -152,50 +144,11 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
                               f"choose another --output-dir")
     world_change = None
     if cfg.resume:
-        _check_resumed_config(cfg, out_dir)
-        tag = _fall_back_from_damage(run_dir.checkpoints, rank)
-        world_change = _world_change(cfg, run_dir.checkpoints, tag, world, ds, ds_path)
+        world_change = check_resume(cfg, run_dir, rank, world, ds, ds_path)
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,
                 world_change=world_change, job_lock=lock)
-
-
-def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
-    """Refuse a resume whose config differs from the run's (``config.json``, :class:`~.layout.RunDir`) in a field outside
-    :data:`RESUME_MAY_CHANGE` (architecture, data, optimisation, schedule shape, seed, probe settings): in one
-    paragraph naming each field with its old and new value. Runs started before the file existed are not checked."""
-    path = RunDir(out_dir).config_file
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    now = json.loads(json.dumps(flatten(cfg)))
-    changed = [k for k in sorted(set(saved) | set(now)) if not k.startswith('log.') and k not in RESUME_MAY_CHANGE
-               and saved.get(k) != now.get(k)]
-    if changed:
-        fields = '; '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed)
-        raise ConfigError(f"--resume of {str(out_dir)!r} with a different config: {fields}. A resume continues the "
-                          f"same run: give the run's own values (they are in {path}), or start a new run in another "
-                          f"--output-dir. A resume may change only {', '.join(RESUME_MAY_CHANGE[:8])} and log.*")
-
-
-def _fall_back_from_damage(ckpt_dir: Path, rank: int) -> Optional[str]:
-    """Before a resume loads anything: when the checkpoint ``latest`` names is damaged (a truncated or corrupt file,
-    e.g. from a full disk), point ``latest`` at the newest intact one (rank 0 writes it; every rank makes the same
-    check on the same files) and say so; the damaged folder stays on disk. Returns the tag to resume from (None: no
-    checkpoint). Raises ConfigError when none is intact."""
-    from .. import atomic
-    from .checkpoint import intact_tag
-    tag, passed = intact_tag(ckpt_dir)   # (None, []) without a checkpoint
-    if not passed:
-        return tag
-    if tag is None:
-        raise ConfigError(f"--resume: no intact checkpoint in {str(ckpt_dir)!r}: {'; '.join(passed)}")
-    if rank == 0:
-        atomic.write_text(ckpt_dir / LATEST, tag)
-        print(f"[deepvit] warning: {'; '.join(passed)}. Resuming from the newest intact checkpoint, {tag} (the "
-              f"damaged one is left on disk)", flush=True)
-    return tag
 
 
 def _check_eval_weights(path: Optional[str]) -> None:
@@ -209,36 +162,6 @@ def _check_eval_weights(path: Optional[str]) -> None:
         return
     raise ConfigError(f"eval_weights={path!r}: not a .safetensors file, nor a folder with a DeepSpeed checkpoint "
                       f"('latest' in it or in its checkpoints/)")
-
-
-def _world_change(cfg: Config, ckpt_dir: Path, tag: Optional[str], world: int, ds,
-                  ds_path: str) -> Optional[WorldChange]:
-    """None when checkpoint ``tag`` (the one the resume loads) was written by this job's world size (or there is
-    none); a WorldChange when it can continue through a universal checkpoint (the global batch unchanged); else
-    ConfigError, before loading."""
-    if tag is None:
-        return None
-    saved = _checkpoint_world_size(ckpt_dir / tag)
-    if saved is None or saved == world:
-        return None
-    saved_global, saved_accum = saved_batch(ckpt_dir / tag)
-    reason = refuse_reason(saved, saved_global, world, ds)
-    if reason:
-        raise ConfigError(f"--resume: the checkpoint in {str(ckpt_dir)!r} was written by {saved} rank(s), this job "
-                          f"has {world}. A ZeRO checkpoint is partitioned by rank count; the trainer converts it "
-                          f"with DeepSpeed's universal checkpoint (ds_to_universal) when the run can stay one run, "
-                          f"but {reason} ({ds_path}); the MLflow run is left as it was")
-    return WorldChange(tag=tag, saved_world=saved, saved_grad_accum=saved_accum)
-
-
-def _checkpoint_world_size(tag_dir: Path) -> Optional[int]:
-    """Ranks that wrote a DeepSpeed checkpoint: its ZeRO optimizer partitions, one per data-parallel rank
-    (``zero_pp_rank_<R>_mp_rank_00_optim_states.pt``, ``bf16_zero_pp_rank_<R>_…`` with bf16 on, at every stage;
-    ZeRO-3 also ``…_model_states.pt``). None for stage 0."""
-    ranks = {re.search(r'zero_pp_rank_(\d+)_', p.name)[1]
-             for pattern in ('zero_pp_rank_*_mp_rank_*_optim_states.pt', 'bf16_zero_pp_rank_*_mp_rank_*_optim_states.pt')
-             for p in tag_dir.glob(pattern)}
-    return len(ranks) or None
 
 
 def _check_model_name(name: str) -> None:

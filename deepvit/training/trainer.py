@@ -5,17 +5,16 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
 from .. import schema
 from ..code_version import code_tags, code_version
-from . import record, universal
+from . import record, resume
 from .build import Job, build_job, start_process_group
-from .checkpoint import CheckpointSpaceError, export_fp32, latest_tag, load as load_checkpoint, save as save_checkpoint, seed_everything
+from .checkpoint import CheckpointSpaceError, export_fp32, latest_tag, save as save_checkpoint, seed_everything
 from .config import Config, flatten, to_yaml
 from ..ranks import env_rank
 from .distributed import all_reduce_sum, average_buffers, is_dist
@@ -23,6 +22,7 @@ from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
 from .preemption import Preemption, any_rank
 from .layout import RunDir
 from .preflight import Plan
+from .resume import Resumed
 
 EXIT_CODES = {'FINISHED': 0, 'FAILED': 1, 'KILLED': 143}   # 143 = 128 + SIGTERM, what a scheduler expects
 
@@ -35,7 +35,7 @@ def run(plan: Plan) -> int:
     if plan.rank == 0:
         out.checkpoints.mkdir(parents=True, exist_ok=True)
     job = build_job(plan, start_process_group(plan))
-    resumed = resume(plan, job, out)
+    resumed = resume.load(plan, job, out)
     tracker, best = open_record(plan, job, resumed, out)
     if resumed.finished:
         return _already_finished(plan, tracker, out)
@@ -58,48 +58,6 @@ def run(plan: Plan) -> int:
         raise
     tracker.end(status)
     return EXIT_CODES[status]
-
-
-@dataclass
-class Resumed:
-    """Where the run continues: the restored checkpoint's client state (None for a new run) and MLflow run id."""
-    state: Optional[Dict[str, Any]]
-    run_id: Optional[str]
-    epoch: int = 0
-    batch: int = 0               # micro-batches of ``epoch`` already trained
-    finished: bool = False       # every planned epoch trained and the weights exported: nothing to do
-
-    @property
-    def new_run(self) -> bool:
-        return self.state is None and self.run_id is None
-
-
-def resume(plan: Plan, job: Job, out: RunDir) -> Resumed:
-    """With ``--resume``, load the latest checkpoint into the engine (all ranks) and find the MLflow run to continue.
-
-    The schedule is not restored: it is a function of the global step under *this* job's plan, so a resume with a
-    longer ``--epochs`` re-plans from where the run is (the same plan resumes exactly as before)."""
-    cfg, ckpt_dir, change = plan.cfg, out.checkpoints, plan.world_change
-    if change is not None:   # another world size: through DeepSpeed's universal checkpoint (converted once, rank 0)
-        if plan.rank == 0:
-            universal.convert(ckpt_dir, change)
-        if is_dist():
-            torch.distributed.barrier()
-        state = load_checkpoint(job.engine, ckpt_dir, plan.rank, tag=change.universal_tag)
-        mid_epoch = bool(state.get('batch_in_epoch'))
-        state['batch_in_epoch'] = universal.batch_in_epoch(int(state.get('batch_in_epoch', 0)), change,
-                                                           plan.ds.grad_accum_steps)
-        if plan.rank == 0:
-            print(universal.describe(change, plan.world_size, mid_epoch), flush=True)
-    else:
-        state = load_checkpoint(job.engine, ckpt_dir, plan.rank) if cfg.resume and latest_tag(ckpt_dir) else None
-    run_id = (state or {}).get('mlflow_run_id')
-    if run_id is None and cfg.resume and out.run_file.is_file():
-        run_id = json.loads(out.run_file.read_text()).get('run_id')
-    job.scheduler.step_update(num_updates=job.engine.global_steps)
-    epoch = int((state or {}).get('epoch', 0))
-    return Resumed(state=state, run_id=run_id, epoch=epoch, batch=int((state or {}).get('batch_in_epoch', 0)),
-                   finished=state is not None and epoch >= cfg.train.epochs and out.export.is_file())
 
 
 def open_record(plan: Plan, job: Job, resumed: Resumed, out: RunDir):
