@@ -35,16 +35,16 @@ def check_resume(cfg: Config, run_dir: RunDir, rank: int, world: int, ds, ds_pat
     """Before any process group waits: refuse a changed config, fall back from a damaged latest checkpoint, and say
     whether the checkpoint resumed from was written by another world size (a :class:`~.universal.WorldChange`, or
     None). Raises ConfigError (one paragraph) for what cannot resume."""
-    _check_resumed_config(cfg, run_dir.root)
+    _check_resumed_config(cfg, run_dir)
     tag = _fall_back_from_damage(run_dir.checkpoints, rank)
     return _world_change(cfg, run_dir.checkpoints, tag, world, ds, ds_path)
 
 
-def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
+def _check_resumed_config(cfg: Config, run_dir: RunDir) -> None:
     """Refuse a resume whose config differs from the run's (``config.json``, :class:`~.layout.RunDir`) in a field outside
     :data:`RESUME_MAY_CHANGE` (architecture, data, optimisation, schedule shape, seed, probe settings): in one
     paragraph naming each field with its old and new value. Runs started before the file existed are not checked."""
-    path = RunDir(out_dir).config_file
+    path = run_dir.config_file
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
@@ -53,7 +53,7 @@ def _check_resumed_config(cfg: Config, out_dir: Path) -> None:
                and saved.get(k) != now.get(k)]
     if changed:
         fields = '; '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed)
-        raise ConfigError(f"--resume of {str(out_dir)!r} with a different config: {fields}. A resume continues the "
+        raise ConfigError(f"--resume of {str(run_dir.root)!r} with a different config: {fields}. A resume continues the "
                           f"same run: give the run's own values (they are in {path}), or start a new run in another "
                           f"--output-dir. A resume may change only {', '.join(RESUME_MAY_CHANGE[:8])} and log.*")
 
