@@ -177,8 +177,12 @@ def test_fused_path_is_sdpa_and_deepvit_never_uses_it(monkeypatch):
 
 def test_attention_layers_are_ours():
     model = timm.create_model('deepvit_s_patch16_224', **small_overrides('deepvit_s_patch16_224'))
-    kinds = [type(a) for a in model.attention_layers()]
-    assert kinds == [Attention] * 11 + [ReAttention] * 5
+    layers = list(model.attention_layers())
+    # Re-attention layers are ReAttention with their block's options bound (timm's Block takes a class), so
+    # isinstance, and each one's Θ stream is its own block's index
+    assert [type(a) is Attention for a in layers] == [True] * 11 + [False] * 5
+    assert [isinstance(a, ReAttention) for a in layers] == [False] * 11 + [True] * 5
+    assert [a.reattn.index for a in layers[11:]] == list(range(11, 16))
 
 
 def test_plain_timm_loads_exported_weights(tmp_path):

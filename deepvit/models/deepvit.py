@@ -8,6 +8,7 @@ Paired seeds: after ``torch.manual_seed(s)`` every family builds the shared tens
 embedding, class token, qkv, proj, MLPs, norms, head) bitwise equal to the ViT's of that seed and leaves the global
 RNG in the same state, because remedy tensors never draw from the global RNG (:mod:`deepvit.models.remedies`).
 """
+import functools
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -17,8 +18,9 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from .checkpointing import checkpoint_blocks
 from .attention import Attention
-from .reattention import ReAttention, ReAttentionMix, check_reattn_options
-from .remedies import TALKINGHEAD_INITS, HeadMix, ResidualScale, TalkingHeadAttention, residual_branch_scale
+from .reattention import ReAttention, check_reattn_options
+from .remedies import (TALKINGHEAD_INITS, ResidualScaledBlock, TalkingHeadAttention,
+                       residual_branch_scale)
 from .stem import ConvPatchEmbed
 
 __all__ = ['DeepVisionTransformer', 'resolve_blocks', 'resolve_reattn_blocks', 'model_family', 'model_remedy',
@@ -120,49 +122,49 @@ def model_family(cfg: Dict[str, Any]) -> str:
     return 'vit'
 
 
-class _BlockFactory:
-    """``block_fn`` for timm's VisionTransformer: timm's Block with our Attention, ReAttention or
-    TalkingHeadAttention in the chosen blocks, and a fixed :class:`~deepvit.models.remedies.ResidualScale` as
-    ``ls1``/``ls2`` of every block when ``residual_scale`` is a number.
+def _with_options(layer: type, **options: Any) -> type:
+    """``layer`` with ``options`` bound to its constructor, still a class: a subclass of the same name.
 
-    The remedy modules are rebuilt with the block's index (their private random stream); none of them draws from
-    the global RNG, so the Block's shared layers get the same draws as in the ViT.
+    timm 1.0's Block takes its ``attn_layer`` as a class (``_create_attn`` calls ``issubclass`` on it), so a
+    ``functools.partial`` cannot carry a block's own fields (its index, the Re-attention options) into the attention
+    layer; a bound subclass can, and the layer is then built once, inside the Block, like timm's own.
+    """
+    init = functools.partialmethod(layer.__init__, **options)
+    return type(layer.__name__, (layer,), {'__init__': init, '__module__': layer.__module__,
+                                           '__qualname__': layer.__qualname__})
+
+
+class _BlockFactory:
+    """``block_fn`` for timm's VisionTransformer: per block, timm's Block (or :class:`ResidualScaledBlock` when
+    ``residual_scale`` is a number) with our Attention, ReAttention or TalkingHeadAttention as its ``attn_layer``,
+    built with the block's index (the remedy modules' private random stream) and the remedy's options.
+
+    None of the remedy modules draws from the global RNG, so the Block's shared layers get the same draws as in
+    the ViT.
     """
 
     def __init__(self, reattn_blocks: Tuple[int, ...], reattn_norm: str, reattn_init: str, reattn_theta: str,
                  talkinghead_blocks: Tuple[int, ...], talkinghead_init: str,
                  residual_scale: Optional[float] = None) -> None:
         self.reattn_blocks = set(reattn_blocks)
-        self.reattn_norm = reattn_norm
-        self.reattn_init = reattn_init
-        self.reattn_theta = reattn_theta
+        self.reattn_options = dict(reattn_norm=reattn_norm, reattn_init=reattn_init, reattn_theta=reattn_theta)
         self.talkinghead_blocks = set(talkinghead_blocks)
         self.talkinghead_init = talkinghead_init
         self.residual_scale = residual_scale
 
-    def __call__(self, *, depth: int, attn_layer=None, device=None, dtype=None, **kwargs) -> Block:
-        dd = {'device': device, 'dtype': dtype}
+    def attn_layer(self, depth: int) -> type:
+        """The attention class of block ``depth`` (0-based), its options bound."""
         if depth in self.reattn_blocks:
-            attn_layer = ReAttention
-        elif depth in self.talkinghead_blocks:
-            attn_layer = TalkingHeadAttention
-        else:
-            attn_layer = Attention
-        # timm 1.0's Block takes an attention *class* (``_create_attn`` calls ``issubclass``), not a partial with the
-        # block's fields: the remedy parts are rebuilt with them here (no global RNG draw, so pairing is kept)
-        block = Block(depth=depth, attn_layer=attn_layer, **dd, **kwargs)
-        heads = block.attn.num_heads
-        if attn_layer is ReAttention:
-            block.attn.reattn = ReAttentionMix(heads, norm=self.reattn_norm, init=self.reattn_init,
-                                               theta=self.reattn_theta, index=depth, **dd)
-        elif attn_layer is TalkingHeadAttention:
-            init = self.talkinghead_init
-            block.attn.proj_l = HeadMix(heads, bias=False, init=init, stream='talkinghead.proj_l', index=depth, **dd)
-            block.attn.proj_w = HeadMix(heads, bias=True, init=init, stream='talkinghead.proj_w', index=depth, **dd)
-        if self.residual_scale is not None:  # in place of timm's nn.Identity (no LayerScale: checked by the model)
-            block.ls1 = ResidualScale(self.residual_scale)
-            block.ls2 = ResidualScale(self.residual_scale)
-        return block
+            return _with_options(ReAttention, block_index=depth, **self.reattn_options)
+        if depth in self.talkinghead_blocks:
+            return _with_options(TalkingHeadAttention, block_index=depth, talkinghead_init=self.talkinghead_init)
+        return Attention
+
+    def __call__(self, *, depth: int, attn_layer=None, **kwargs) -> Block:
+        if self.residual_scale is None:
+            return Block(depth=depth, attn_layer=self.attn_layer(depth), **kwargs)
+        return ResidualScaledBlock(depth=depth, attn_layer=self.attn_layer(depth),
+                                   residual_scale=self.residual_scale, **kwargs)
 
 
 def _square(size: Union[int, Tuple[int, int]]) -> Union[int, List[int]]:

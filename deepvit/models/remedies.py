@@ -27,10 +27,12 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn as nn
+from timm.models.vision_transformer import Block
 
 from .attention import Attention, mix_heads
 
-__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'HeadMix', 'ResidualScale', 'TalkingHeadAttention',
+__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'HeadMix', 'ResidualScale', 'ResidualScaledBlock',
+           'TalkingHeadAttention',
            'cait_init_values', 'residual_branch_scale', 'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
 
 REATTN_THETAS = ('learned', 'fixed')
@@ -120,6 +122,25 @@ class ResidualScale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale
+
+
+class ResidualScaledBlock(Block):
+    """timm's :class:`~timm.models.vision_transformer.Block` with a fixed :class:`ResidualScale` as its ``ls1`` and
+    ``ls2`` (in place of timm's ``nn.Identity``): ``x + s·attn(norm1(x))``, then ``x + s·mlp(norm2(x))``.
+
+    Args:
+        residual_scale: s, a finite number > 0 (see :func:`residual_branch_scale`).
+        *args, **kwargs: as timm's Block; ``init_values`` must be unset (LayerScale and a fixed scale are two
+            choices for the same place; :class:`~deepvit.models.deepvit.DeepVisionTransformer` checks it).
+
+    Raises:
+        ValueError: ``residual_scale`` not a finite number > 0.
+    """
+
+    def __init__(self, *args: Any, residual_scale: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ls1 = ResidualScale(residual_scale)
+        self.ls2 = ResidualScale(residual_scale)
 
 
 def remedy_generator(stream: str, index: int = 0) -> torch.Generator:
