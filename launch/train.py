@@ -18,7 +18,6 @@ def main(argv=None) -> int:
     from deepvit.training.build import LaunchError
     from deepvit.training.config import ConfigError
     from deepvit.training.ds_config import DeepSpeedConfigError
-    from deepvit.training.evaluation import run_eval
     from deepvit.training.preflight import preflight
     from deepvit.training.trainer import run
 
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         plan = preflight(resolve(args), args.deepspeed)
-        return run_eval(plan) if plan.cfg.eval_only else run(plan)
+        return run(plan)
     except ours as err:
         print(f"launch/train.py: error: {err}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from deepvit.training.engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
+from deepvit.training.engine import NonFiniteLossError, StopRule, evaluate, train_one_epoch
 
 
 class Engine(nn.Module):
@@ -65,11 +65,11 @@ def batches(n, bad_at=None):
     return out
 
 
-def run(data, control=StepControl(), grad_accum=1, logs=None, log_every=2):
+def run(data, control=StopRule(), grad_accum=1, logs=None, log_every=2):
     engine = Engine(nn.Linear(3, 2), grad_accum)
     sched = Sched()
     result = train_one_epoch(engine, data, nn.CrossEntropyLoss(), device=torch.device('cpu'), dtype=torch.float32,
-                             scheduler=sched, control=control, log_every=log_every,
+                             scheduler=sched, rule=control, log_every=log_every,
                              on_log=lambda m, s: (logs if logs is not None else []).append((s, m)))
     return result, engine, sched
 
@@ -117,9 +117,9 @@ def test_stop_request_and_step_budget():
         return len(calls) >= 2
 
     # polled (and agreed on) at log steps 2 and 4 only; honoured at the second poll
-    result, engine, _ = run(batches(6), control=StepControl(stop_requested=stop))
+    result, engine, _ = run(batches(6), control=StopRule(requested=stop))
     assert result.stopped and engine.global_steps == 4 and result.batches == 4 and len(calls) == 2
-    result, engine, _ = run(batches(6), control=StepControl(max_steps=3))  # the budget is exact, off the cadence
+    result, engine, _ = run(batches(6), control=StopRule(max_steps=3))  # the budget is exact, off the cadence
     assert result.stopped and engine.global_steps == 3
 
 

@@ -4,7 +4,6 @@ import torch
 import torch.distributed as dist
 
 
-
 def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -16,6 +15,11 @@ def all_reduce_sum(values, device: torch.device) -> torch.Tensor:
     if is_dist():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any (collective): stop decisions are never taken by one rank."""
+    return bool(all_reduce_sum([float(flag)], device)[0] > 0)
 
 
 def average_buffers(module: torch.nn.Module, device: torch.device) -> None:

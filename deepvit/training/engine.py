@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import schema
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, any_rank
 
 
 PERCENT_DIGITS = 4  # accuracies in percent, rounded to 1e-4 points (what MLflow's table shows; far below 1 image)
@@ -23,26 +23,76 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: the run stops, keeping its last good checkpoint."""
 
 
+SIGNAL, BUDGET, SCHEDULE = 'signal', 'budget', 'schedule'   # why training stopped (StopRule)
+
+
 @dataclass
-class StepControl:
-    """How the loop decides to stop early. ``stop_requested`` is polled, and agreed on by all ranks through one
-    all-reduce, every ``log_every`` optimizer steps (the only host synchronisation of the loop); the step budget
-    needs no collective (every rank knows the global step)."""
-    stop_requested: Callable[[], bool] = lambda: False   # e.g. SIGTERM received on this rank
-    max_steps: Optional[int] = None                      # global optimizer-step budget
+class StopRule:
+    """The run's one stop rule: when training ends and why, the same decision on every rank.
+
+    * ``'signal'``: a stop requested on any rank (``requested``: SIGTERM, SIGINT, the launcher gone;
+      :class:`~deepvit.training.preemption.Preemption`). Agreed inside an epoch at every log step (the flags ride the
+      loss all-reduce, :func:`train_one_epoch`) and once more after each epoch's validation, checkpoint and probe
+      (:meth:`after_epoch`, one collective). The run checkpoints where it is and exits 143; ``--resume`` continues.
+    * ``'budget'``: the global optimizer-step budget ``max_steps`` is reached, exactly (every rank knows the step: no
+      collective). The run validates, checkpoints and finishes.
+    * ``'schedule'``: the last of ``epochs`` epochs ended.
+    * a non-finite mean loss over a log window raises :class:`NonFiniteLossError` (:meth:`check_loss`): the run
+      ends FAILED with its last good checkpoint.
+
+    A signal takes precedence: seen together with the budget at a log step, the run checkpoints without the final
+    validation (a preempted job has seconds, not minutes).
+    """
+    requested: Callable[[], bool] = lambda: False   # this rank's stop request, polled at log steps
+    max_steps: Optional[int] = None                 # global optimizer-step budget
+    epochs: Optional[int] = None                    # the schedule's length
+
+    def budget_spent(self, step: int) -> bool:
+        return self.max_steps is not None and step >= self.max_steps
+
+    def check_loss(self, mean_loss: float, steps: int, step: int) -> None:
+        """Raises :class:`NonFiniteLossError` when the all-rank mean loss of the ``steps`` steps up to ``step`` is
+        NaN or infinite."""
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) in the {steps} steps up to step "
+                                     f"{step}; stopping with the last good checkpoint kept")
+
+    def at_log_step(self, requested_on_any_rank: bool, step: int) -> Optional[str]:
+        """Inside an epoch, after the log step's all-reduce: ``'signal'``, ``'budget'`` or None (go on)."""
+        if requested_on_any_rank:
+            return SIGNAL
+        return BUDGET if self.budget_spent(step) else None
+
+    def after_epoch(self, epochs_done: int, step: int, device: torch.device) -> Optional[str]:
+        """After an epoch (or the part of it the budget allowed) was validated and checkpointed (collective):
+        ``'signal'``, ``'budget'``, ``'schedule'`` or None (next epoch)."""
+        if any_rank(self.requested(), device):
+            return SIGNAL
+        return self.finished(epochs_done, step)
+
+    def finished(self, epochs_done: int, step: int) -> Optional[str]:
+        """``'budget'`` or ``'schedule'`` when nothing is left to train (also before the first epoch of a resumed
+        run whose export is missing: it goes straight to the end), else None. No collective."""
+        if self.budget_spent(step):
+            return BUDGET
+        return SCHEDULE if self.epochs is not None and epochs_done >= self.epochs else None
 
 
 @dataclass
 class EpochResult:
     steps: int            # optimizer steps done in this call
     batches: int          # micro-batches consumed (the position in the epoch's stream)
-    stopped: bool         # True when preempted or max_steps reached before the epoch's end
+    stop: Optional[str]   # StopRule's reason when the epoch ended early ('signal', 'budget'), else None
     loss: float           # mean training loss over the micro-batches of this call (all ranks)
+
+    @property
+    def stopped(self) -> bool:
+        return self.stop is not None
 
 
 def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device, dtype: torch.dtype,
                     scheduler, start_batch: int = 0, stop_batch: Optional[int] = None,
-                    control: StepControl = StepControl(),
+                    rule: StopRule = StopRule(),
                     log_every: int = 10, on_log: Callable[[Dict[str, float], int], None] = lambda m, s: None,
                     progress=None, regularizer: Optional[Callable[[], torch.Tensor]] = None) -> EpochResult:
     """Train over ``loader`` from micro-batch ``start_batch`` until it ends, a stop is requested or the budget is spent.
@@ -72,7 +122,7 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
     zero = torch.zeros((), dtype=torch.float32, device=device)
     window_loss, window_micro, window_steps, window_t0 = zero.clone(), 0, 0, time.perf_counter()
     epoch_loss, epoch_micro = 0.0, 0
-    stopped = False
+    stop = None
     for images, labels in loader:
         if stop_batch is not None and start_batch + batches >= stop_batch:
             break
@@ -96,36 +146,33 @@ def train_one_epoch(engine, loader: Iterable, criterion, *, device: torch.device
         scheduler.step_update(num_updates=global_step)
         if progress is not None:
             progress.update(1)
-        budget_spent = control.max_steps is not None and global_step >= control.max_steps
-        if global_step % log_every and not budget_spent:
+        if global_step % log_every and not rule.budget_spent(global_step):
             continue
-        stop = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world, control,
-                            world, device, on_log, progress)
-        epoch_loss, epoch_micro = epoch_loss + stop[0] * window_micro, epoch_micro + window_micro
+        mean, requested = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world,
+                                       rule, world, device, on_log, progress)
+        epoch_loss, epoch_micro = epoch_loss + mean * window_micro, epoch_micro + window_micro
         window_loss, window_micro, window_steps, window_t0 = zero.clone(), 0, 0, time.perf_counter()
-        if stop[1] or budget_spent:
-            stopped = True
+        stop = rule.at_log_step(requested, global_step)
+        if stop is not None:
             break
     if window_steps:  # the epoch's last steps (every rank ends the loop at the same micro-batch)
-        mean, _ = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world, control,
+        mean, _ = _sync_window(engine, window_loss, window_micro, window_steps, window_t0, micro * world, rule,
                                world, device, on_log, progress)
         epoch_loss, epoch_micro = epoch_loss + mean * window_micro, epoch_micro + window_micro
-    return EpochResult(steps=steps, batches=batches, stopped=stopped,
+    return EpochResult(steps=steps, batches=batches, stop=stop,
                        loss=epoch_loss / epoch_micro if epoch_micro else float('nan'))
 
 
 def _sync_window(engine, window_loss: torch.Tensor, window_micro: int, window_steps: int, window_t0: float,
-                 samples_per_micro_step: int, control: StepControl, world: int, device, on_log, progress):
+                 samples_per_micro_step: int, rule: StopRule, world: int, device, on_log, progress):
     """The loop's one host synchronisation: all-reduce (loss sum, stop flags), check the loss, log the window.
     Returns ``(mean loss over the window's micro-batches and ranks, stop requested on any rank)``."""
-    local = torch.stack([window_loss.double(), torch.tensor(float(control.stop_requested()), dtype=torch.float64,
+    local = torch.stack([window_loss.double(), torch.tensor(float(rule.requested()), dtype=torch.float64,
                                                             device=device)])
     summed = all_reduce_sum(local, device).tolist()
     mean_loss = summed[0] / (window_micro * world)
     step = engine.global_steps
-    if not math.isfinite(mean_loss):
-        raise NonFiniteLossError(f"non-finite training loss ({mean_loss}) in the {window_steps} steps up to step "
-                                 f"{step}; stopping with the last good checkpoint kept")
+    rule.check_loss(mean_loss, window_steps, step)
     _log_window(engine, mean_loss, window_steps, time.perf_counter() - window_t0, samples_per_micro_step, step,
                 on_log, progress)
     return mean_loss, summed[1] > 0

@@ -20,10 +20,9 @@ from ..code_version import code_tags, code_version
 from . import record
 from .checkpoint import latest_tag, seed_everything
 from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
-from .config import ConfigError, to_yaml
+from .config import ConfigError
 from .engine import by_sample, evaluate, gather_correct
 from .layout import checkpoint_folder
-from .tracking import create_tracker
 
 
 def load_weights(path: str) -> dict:
@@ -40,6 +39,7 @@ def load_weights(path: str) -> dict:
 def run_eval(plan) -> int:
     """Evaluate on every rank; rank 0 records the run. Returns the exit status (0)."""
     import timm
+    from ..models import count_params, gmacs_per_image
     from .build import build_eval_loaders, start_process_group
 
     cfg, rank, world = plan.cfg, plan.rank, plan.world_size
@@ -55,25 +55,22 @@ def run_eval(plan) -> int:
     model = model.to(device).eval()
     val_loader, probe_loader = build_eval_loaders(plan, model, device)
     family, remedy = model.family, getattr(model, 'remedy', model.family)
-    tags = record.run_tags(cfg, model, family, remedy, device)
-    tags[schema.KIND_TAG] = schema.EVAL_KIND
-    tags[schema.NOTE_TAG] = f"evaluation of {cfg.eval_weights} on split {cfg.data.val_split!r} of {cfg.data.source}"
+    note = f"evaluation of {cfg.eval_weights} on split {cfg.data.val_split!r} of {cfg.data.source}"
     name = cfg.log.run_name or f"eval-{cfg.model.name}-d{model.model_cfg['depth']}"
-    tracker = create_tracker(rank, experiment=cfg.log.experiment, run_name=name, tracking_uri=cfg.log.tracking_uri,
-                             tags=tags)
+    params, datasets = {}, []
+    if rank == 0:   # the architecture, data and probe fields (no training or DeepSpeed ones), the weights, the split
+        params = {k: v for k, v in record.run_params(cfg, model, plan.ds, world, n_params=count_params(model),
+                                                     gmacs=gmacs_per_image(model), family=family, remedy=remedy,
+                                                     lr=0.0).items()
+                  if not k.startswith(('train.', 'ds.')) or k.startswith('train.collapse')}
+        params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split})
+        if plan.val_shards is not None:
+            datasets = record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:]
+    tracker = record.open_run(plan, model, device, family=family, remedy=remedy, kind=schema.EVAL_KIND, note=note,
+                              run_name=name, params=params, datasets=datasets)
     try:
         if rank == 0:
-            from ..models import count_params, gmacs_per_image
-            params = {k: v for k, v in record.run_params(cfg, model, plan.ds, world, n_params=count_params(model),
-                                                         gmacs=gmacs_per_image(model), family=family, remedy=remedy,
-                                                         lr=0.0).items()
-                      if not k.startswith(('train.', 'ds.')) or k.startswith('train.collapse')}
-            params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split})
-            tracker.log_params(params)
-            tracker.log_text(to_yaml(cfg), 'config.yaml')
             tracker.set_tags(code_tags(code_version(), {}, resumed=False, step=0))
-            if plan.val_shards is not None:
-                tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:])
         scored = evaluate(model, val_loader, device=device, dtype=torch.float32)
         metrics, correct = scored.metrics, gather_correct(scored.correct, device)
         probe = CollapseProbe(lambda: (x.to(device) for x, _ in probe_loader), cfg.train, tracker)

@@ -1,12 +1,10 @@
-"""The stop request of a rank (SIGTERM, SIGINT, or the loss of the command that started the job) and the collective
-through which all ranks agree on it."""
+"""The stop request of a rank: SIGTERM, SIGINT, or the loss of the command that started the job (all ranks agree on
+it through :class:`~deepvit.training.engine.StopRule`)."""
 import os
 import signal
 import sys
 import threading
 import time
-
-from .distributed import all_reduce_sum
 
 
 class Preemption:
@@ -57,7 +55,3 @@ class Preemption:
     def __call__(self) -> bool:
         return self.requested
 
-
-def any_rank(flag: bool, device) -> bool:
-    """True on every rank when ``flag`` is true on any (collective): stop decisions are never taken by one rank."""
-    return bool(all_reduce_sum([float(flag)], device)[0] > 0)

@@ -1,7 +1,8 @@
-"""What a training run writes about itself into MLflow: tags, params, description and dataset inputs.
+"""What a run (training or eval-only) writes about itself into MLflow: tags, params, description and dataset
+inputs, and :func:`open_run`, which opens the record with them.
 
-Pure functions of the resolved config, the built model and the DeepSpeed config; :mod:`.tracking` writes them.
-Names come from :mod:`deepvit.schema` and are documented in ``docs/mlflow_schema.md``.
+The rest are pure functions of the resolved config, the built model and the DeepSpeed config; :mod:`.tracking`
+writes them. Names come from :mod:`deepvit.schema` and are documented in ``docs/mlflow_schema.md``.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Dict, List
 import torch
 
 from .. import schema
-from .config import Config, flatten
+from .config import Config, flatten, to_yaml
 
 LR_RULE = 'linear: train.lr = train.base_lr x ds.global_batch_size / 512 (DeiT)'
 
@@ -86,3 +87,23 @@ def dataset_records(cfg: Config, train_shards, val_shards, holdout_shards=None) 
         records.append(DatasetRecord(name, holdout_shards.split, schema.HOLDOUT_CONTEXT, source, holdout_shards.urls,
                                      holdout_shards.lengths, holdout_shards.classes, holdout_shards.offsets))
     return records
+
+
+def open_run(plan, model, device: torch.device, *, family: str, remedy: str, kind: str, note: str, run_name: str,
+             params: Dict[str, Any], datasets: List, run_id=None, backlog_dir=None):
+    """Start (or, with ``run_id``, continue) this rank's MLflow run: tags (:func:`run_tags`, ``kind``, ``note`` as
+    the description), then on rank 0 ``params``, ``config.yaml`` and the dataset inputs. Returns the tracker
+    (:func:`.tracking.create_tracker`: ranks other than 0 get one that records nothing). The training run
+    (:func:`.trainer.open_record`) and the eval-only run (:func:`.evaluation.run_eval`) both open theirs here."""
+    from .tracking import create_tracker
+    cfg = plan.cfg
+    tags = run_tags(cfg, model, family, remedy, device)
+    tags.update({schema.KIND_TAG: kind, schema.NOTE_TAG: note})
+    tracker = create_tracker(plan.rank, experiment=cfg.log.experiment, run_name=run_name,
+                             tracking_uri=cfg.log.tracking_uri, run_id=run_id, tags=tags, backlog_dir=backlog_dir)
+    if plan.rank == 0:
+        tracker.log_params(params)
+        tracker.log_text(to_yaml(cfg), 'config.yaml')
+        if datasets:
+            tracker.log_datasets(datasets)
+    return tracker

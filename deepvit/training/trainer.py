@@ -18,8 +18,8 @@ from .checkpoint import CheckpointSpaceError, export_fp32, latest_tag, save as s
 from .config import Config, flatten, to_yaml
 from ..ranks import env_rank
 from .distributed import all_reduce_sum, average_buffers, is_dist
-from .engine import NonFiniteLossError, StepControl, evaluate, train_one_epoch
-from .preemption import Preemption, any_rank
+from .engine import SIGNAL, NonFiniteLossError, StopRule, evaluate, train_one_epoch
+from .preemption import Preemption
 from .layout import RunDir
 from .preflight import Plan
 from .resume import Resumed
@@ -28,8 +28,12 @@ EXIT_CODES = {'FINISHED': 0, 'FAILED': 1, 'KILLED': 143}   # 143 = 128 + SIGTERM
 
 
 def run(plan: Plan) -> int:
-    """Train on this rank (``launch/train.py`` calls it on every rank). Returns the exit code: 0 done, 1 a non-finite
-    loss, 143 stopped by a signal after every rank checkpointed at the same optimizer step."""
+    """Train on this rank (``launch/train.py`` calls it on every rank), or with ``eval_only`` score the given weights
+    (:func:`.evaluation.run_eval`, DeiT's ``--eval`` branch). Returns the exit code: 0 done, 1 a non-finite loss,
+    143 stopped by a signal after every rank checkpointed at the same optimizer step."""
+    if plan.cfg.eval_only:
+        from .evaluation import run_eval
+        return run_eval(plan)
     preempt = Preemption()
     out = RunDir.of(plan.cfg.output_dir)
     if plan.rank == 0:
@@ -63,14 +67,17 @@ def run(plan: Plan) -> int:
 def open_record(plan: Plan, job: Job, resumed: Resumed, out: RunDir):
     """Start (or continue) the MLflow run on rank 0 — tags, params, config, datasets, system metrics — and the
     running best top-1. Returns ``(tracker, best)``; other ranks get a tracker that records nothing."""
-    from .tracking import create_tracker
     cfg, ds, world, model = plan.cfg, plan.ds, plan.world_size, job.model
-    tags = record.run_tags(cfg, model, job.family, job.remedy, job.device)
-    tags[schema.NOTE_TAG] = record.run_description(cfg, model, job.n_params, world, ds.precision,
-                                                   plan.train_shards.num_samples if plan.train_shards else None)
-    tracker = create_tracker(plan.rank, experiment=cfg.log.experiment, run_name=_run_name(cfg, model),
-                             tracking_uri=cfg.log.tracking_uri, run_id=resumed.run_id, tags=tags,
-                             backlog_dir=out.backlog)
+    note = record.run_description(cfg, model, job.n_params, world, ds.precision,
+                                  plan.train_shards.num_samples if plan.train_shards else None)
+    params = {**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs, family=job.family,
+                                  remedy=job.remedy, lr=job.lr),
+              schema.PLANNED_STEPS_PARAM: job.planned_steps, schema.PLANNED_PFLOP_PARAM: round(job.planned_pflop, 9)}
+    datasets = (record.dataset_records(cfg, plan.train_shards, plan.val_shards, plan.holdout_shards)
+                if plan.train_shards is not None and plan.rank == 0 else [])
+    tracker = record.open_run(plan, model, job.device, family=job.family, remedy=job.remedy, kind=schema.TRAIN_KIND,
+                              note=note, run_name=_run_name(cfg, model), params=params, datasets=datasets,
+                              run_id=resumed.run_id, backlog_dir=out.backlog)
     best = _Best()
     if plan.rank != 0:
         return tracker, best
@@ -79,14 +86,7 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out: RunDir):
         plan.job_lock.note(run_id=tracker.run_id)
     out.model_file.write_text(json.dumps({'name': cfg.model.name, 'kwargs': plan.model_kwargs}))
     out.config_file.write_text(json.dumps(flatten(cfg), indent=1))   # what a later --resume must match
-    tracker.log_params({**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
-                                            family=job.family, remedy=job.remedy, lr=job.lr),
-                        schema.PLANNED_STEPS_PARAM: job.planned_steps,
-                        schema.PLANNED_PFLOP_PARAM: round(job.planned_pflop, 9)})
-    tracker.log_text(to_yaml(cfg), 'config.yaml')
     tracker.log_dict(ds.config, 'ds_config.json')
-    if plan.train_shards is not None:
-        tracker.log_datasets(record.dataset_records(cfg, plan.train_shards, plan.val_shards, plan.holdout_shards))
     if cfg.log.system_metrics_interval > 0:
         tracker.start_system_metrics(cfg.log.system_metrics_interval)
     best.restore(tracker.history(schema.TOP1))
@@ -122,16 +122,16 @@ def _collapse_probe(plan: Plan, job: Job, tracker):
 
 def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, preempt,
                  out: RunDir) -> Tuple[str, Dict[str, float]]:
-    """Train from ``resumed`` to the last epoch (or the step budget): each epoch trains, validates, checkpoints and
-    (every ``collapse_every`` epochs) probes. A stop request agreed by all ranks checkpoints and ends the loop.
-    Returns the status (``'FINISHED'`` or ``'KILLED'``) and the last validation metrics."""
+    """Train from ``resumed`` until the stop rule (:class:`~deepvit.training.engine.StopRule`) ends it: each epoch
+    trains, validates, checkpoints and (every ``collapse_every`` epochs) probes; a signal checkpoints where the run
+    is and ends the loop. Returns the status (``'FINISHED'`` or ``'KILLED'``) and the last validation metrics."""
     from tqdm import tqdm
     cfg, ds, rank, engine = plan.cfg, plan.ds, plan.rank, job.engine
     ckpt_dir = out.checkpoints
-    control = StepControl(stop_requested=preempt, max_steps=cfg.train.max_steps)
+    rule = StopRule(requested=preempt, max_steps=cfg.train.max_steps, epochs=cfg.train.epochs)
     last_val: Dict[str, float] = {}
     epoch, start_batch = resumed.epoch, resumed.batch
-    while epoch < cfg.train.epochs:
+    while rule.finished(epoch, engine.global_steps) is None:
         if start_batch == 0:
             seed_everything(cfg.train.seed, epoch, rank)  # mid-epoch resume keeps the restored RNG state
         job.train_loader.set_epoch(epoch, start_batch)
@@ -140,13 +140,13 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
         t0 = time.perf_counter()
         result = train_one_epoch(engine, job.train_loader, job.criterion, device=job.device, dtype=job.dtype,
                                  scheduler=job.scheduler, start_batch=start_batch, stop_batch=job.epoch_batches,
-                                 control=control, log_every=cfg.train.log_every, regularizer=job.regularizer,
+                                 rule=rule, log_every=cfg.train.log_every, regularizer=job.regularizer,
                                  on_log=lambda m, s: tracker.log_metrics(m, s), progress=bar)
         bar.close()
         position = start_batch + result.batches  # micro-batches of this epoch consumed so far
         start_batch = 0
         complete = position >= job.epoch_batches
-        if any_rank(preempt(), job.device) and not complete:  # each rank keeps its BatchNorm statistics in its rank file
+        if result.stop == SIGNAL:  # each rank keeps its BatchNorm statistics in its rank file
             tag = f'step{engine.global_steps:08d}'
             save_checkpoint(engine, ckpt_dir, tag,
                             _client_state(epoch, position, engine, job.scheduler, tracker.run_id, cfg), rank,
@@ -154,7 +154,8 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
             if rank == 0:
                 print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written; resume with --resume", flush=True)
             return 'KILLED', last_val
-        final = result.stopped or (complete and epoch + 1 >= cfg.train.epochs)  # the same on every rank
+        epochs_done = epoch + 1 if complete else epoch
+        final = rule.finished(epochs_done, engine.global_steps) is not None  # the same on every rank
         last_val = _validate(plan, job, tracker, best, epoch, final)
         if complete:
             tag, state_at = f'epoch{epoch + 1:04d}', (epoch + 1, 0)
@@ -169,16 +170,14 @@ def train_epochs(plan: Plan, job: Job, resumed: Resumed, tracker, best, probe, p
                   f"({int(last_val[schema.VAL_SAMPLES])} images) | skipped {int(last_val[schema.SKIPPED])} | "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)
         every = cfg.train.collapse_every  # before a preemption stop: a resume starts after this epoch
-        if every and (epoch + 1) % every == 0 and epoch + 1 < cfg.train.epochs and not result.stopped:
+        if every and (epoch + 1) % every == 0 and not final:  # the final probe is finish()'s
             probe(engine.module, engine.global_steps)
-        if any_rank(preempt(), job.device):  # agreed: no rank goes on into an epoch the others left
+        if rule.after_epoch(epochs_done, engine.global_steps, job.device) == SIGNAL:  # agreed: none goes on alone
             if rank == 0:
                 print(f"[deepvit] SIGTERM: checkpoint {ckpt_dir / tag} written (at the end of epoch "
                       f"{epoch + 1}); resume with --resume", flush=True)
             return 'KILLED', last_val
-        if result.stopped:  # step budget spent
-            break
-        epoch += 1
+        epoch += 1   # the step budget or the schedule's last epoch end the loop
     return 'FINISHED', last_val
 
 
