@@ -419,7 +419,7 @@ def read_tar_prefix(path):
     return sorted(set(keys))[:-1]      # the last key may be partial
 
 
-@pytest.mark.parametrize('num_workers', [0, 2])
+@pytest.mark.parametrize('num_workers', [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker start-up, ~7 s
 def test_damaged_shards_are_read_to_the_end_and_counted(cifar_shards, tmp_path, num_workers):
     out, _ = cifar_shards
     lost = corrupt_copy(out, tmp_path / 'bad')

@@ -2,7 +2,6 @@
 artifacts beside it) is copied to another checkout location and analysed there; the paired differences and the depth
 interaction are checked against a hand computation; one study per folder."""
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -126,16 +125,6 @@ def test_one_study_per_folder(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = _guard('study', 'cfg.yaml', 'ds.json', 'nodata', cwd=tmp_path)
     assert res.returncode == 2 and 'data _info.json not found' in res.stderr
-
-
-def test_study_command_rejects_bad_arguments_before_anything_runs(tmp_path):
-    for argv, needle in ((['--stage', 'later'], "--stage 'later': not a stage of"),
-                         (['--budget-min', '0'], '--budget-min must be positive, got 0'),
-                         (['--budget-min', 'x'], "argument --budget-min: invalid float value: 'x'"),
-                         (['--bogus'], 'unrecognized arguments: --bogus')):
-        res = subprocess.run(['bash', str(ROOT / 'launch' / 'study.sh'), *argv], capture_output=True, text=True,
-                             timeout=60, env={**os.environ, 'PYTHON': sys.executable})
-        assert res.returncode == 2 and needle in res.stderr, res.stderr
 
 
 def test_statistics_compare_series_of_the_baseline_width_only():

@@ -182,3 +182,20 @@ def test_shipped_schedules_load_and_name_files_that_exist(path):
     s = schedule.load_schedule(path)
     assert (REPO / s.recipe).is_file() and (REPO / s.ds_config).is_file() and len(s.stages) >= 1
     assert all(p.lr > 0 for st in s.stages if 'lrs' in st for p in schedule.stage_points(st, {}))
+
+
+def test_study_command_rejects_bad_arguments_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """The command (``launch/study.sh``: its arguments reach the driver) once, then the driver's other refusals
+    in this process (each subprocess pays ~10 s of imports)."""
+    res = subprocess.run(['bash', str(REPO / 'launch' / 'study.sh'), '--bogus'], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, 'PYTHON': sys.executable})
+    assert res.returncode == 2 and 'unrecognized arguments: --bogus' in res.stderr, res.stderr
+    monkeypatch.chdir(tmp_path)   # main() changes to the repository root; the fixture changes back
+    schedule_file = str(REPO / 'launch' / 'schedules' / 'cifar10_study.yaml')
+    for argv, needle in ((['--stage', 'later'], "--stage 'later': not a stage of"),
+                         (['--budget-min', '0'], '--budget-min must be positive, got 0')):
+        assert study.main([schedule_file, *argv]) == 2
+        assert needle in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        study.main([schedule_file, '--budget-min', 'x'])
+    assert exc.value.code == 2 and "argument --budget-min: invalid float value: 'x'" in capsys.readouterr().err
