@@ -90,8 +90,10 @@ def verdict(runs: pd.DataFrame, shallow: int = 2, deep: int = 16, vit: str = 'vi
 
     Returns a dict: ``q1_vit_gain`` and ``q1_deepvit_gain`` (deep − shallow, fixed epochs), ``q2_interaction`` (the
     primary endpoint), ``per_depth`` (DeepViT − ViT at each depth), ``curves`` (mean top-1 per remedy, view and
-    depth, with t intervals), ``q3_bn_only_vs_deepvit``, ``q4_depthscale_vs_vit``, ``q4_depthscale_vs_deepvit``,
-    ``q4_layerscale_vs_vit`` (at ``deep``), ``q5_collapse`` (per remedy and depth: mean final row-wise collapse) and
+    depth, with t intervals), ``q3_bn_only_vs_deepvit``, ``q3_bn_only_vs_vit``, ``q4_depthscale_vs_vit``,
+    ``q4_depthscale_vs_deepvit``, ``q4_layerscale_vs_vit`` (at ``deep``); the fixed-compute view: ``fc_vit_gain``,
+    ``fc_deepvit_gain`` and ``fc_interaction`` (``deep`` at fixed epochs against ``shallow`` trained for the deep
+    ViT's compute: the plan's budget), ``q5_collapse`` (per remedy and depth: mean final row-wise collapse) and
     ``q5_correlation`` (within-cell collapse–top-1), ``convergence`` (per remedy and depth: mean holdout gain over
     the last 25 % and the number still rising) and ``n_runs``.
     """
@@ -106,9 +108,16 @@ def verdict(runs: pd.DataFrame, shallow: int = 2, deep: int = 16, vit: str = 'vi
     out['curves'] = {f'{r}|{v}': _means(runs, r, v) for r in [vit, deepvit, *controls]
                      for v in (FIXED_EPOCHS, FIXED_COMPUTE) if ((runs['remedy'] == r) & (runs['view'] == v)).any()}
     out['q3_bn_only_vs_deepvit'] = paired(runs, [('bn_only', deep, fe)], [(deepvit, deep, fe)])
+    out['q3_bn_only_vs_vit'] = paired(runs, [('bn_only', deep, fe)], [(vit, deep, fe)])
     out['q4_depthscale_vs_vit'] = paired(runs, [('depthscale', deep, fe)], [(vit, deep, fe)])
     out['q4_depthscale_vs_deepvit'] = paired(runs, [('depthscale', deep, fe)], [(deepvit, deep, fe)])
     out['q4_layerscale_vs_vit'] = paired(runs, [('layerscale', deep, fe)], [(vit, deep, fe)])
+    # fixed compute: the shallow runs bought the deep ViT's fixed-epoch compute, so the deep cells are shared
+    fc = FIXED_COMPUTE
+    out['fc_vit_gain'] = paired(runs, [(vit, deep, fe)], [(vit, shallow, fc)])
+    out['fc_deepvit_gain'] = paired(runs, [(deepvit, deep, fe)], [(deepvit, shallow, fc)])
+    out['fc_interaction'] = paired(runs, [(deepvit, deep, fe), (vit, shallow, fc)],
+                                   [(vit, deep, fe), (deepvit, shallow, fc)])
     done = runs[(runs['status'] == 'FINISHED') & (runs['view'] == fe)]
     if COLLAPSE in done.columns:
         out['q5_collapse'] = {r: _means(done, r, fe, COLLAPSE) for r in [vit, deepvit]}
@@ -148,9 +157,14 @@ def verdict_markdown(v: Dict, shallow: int = 2, deep: int = 16) -> str:
              f"| 2. Depth interaction (DeepViT − ViT at {deep}) − (at {shallow}) — primary | "
              f"{_fmt(v['q2_interaction'])} |",
              f"| 3. BatchNorm-only − DeepViT at {deep} | {_fmt(v.get('q3_bn_only_vs_deepvit'))} |",
+             f"| 3. BatchNorm-only − ViT at {deep} | {_fmt(v.get('q3_bn_only_vs_vit'))} |",
              f"| 4. 1/√depth − ViT at {deep} | {_fmt(v['q4_depthscale_vs_vit'])} |",
              f"| 4. 1/√depth − DeepViT at {deep} | {_fmt(v['q4_depthscale_vs_deepvit'])} |",
              f"| 4. LayerScale − ViT at {deep} | {_fmt(v['q4_layerscale_vs_vit'])} |"]
+    for key, text in (('fc_vit_gain', f'ViT top-1 gain, {deep} vs {shallow} blocks'),
+                      ('fc_deepvit_gain', f'DeepViT top-1 gain, {deep} vs {shallow} blocks'),
+                      ('fc_interaction', 'depth interaction')):
+        lines.append(f"| fixed compute: {text} | {_fmt(v.get(key))} |")
     for remedy, g in growth.items():
         lines.append(f"| 5. {remedy}: row-wise collapse, {deep} − {shallow} blocks | {_fmt(g, '')} |")
     lines.append(f"| 5. collapse vs top-1 within a depth (across seeds) | {r_text} |")

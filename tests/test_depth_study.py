@@ -70,3 +70,23 @@ def test_the_collapse_correlation_never_pools_a_grids_learning_rates():
     runs['lr'] = np.where(runs['seed'] < 3, 1e-3, 2e-3)   # two rates per cell: three seeds each
     res = verdict(runs)['q5_correlation']
     assert res['n_cells'] == 2 * verdict(_runs())['q5_correlation']['n_cells']
+
+
+def test_the_fixed_compute_view_pairs_the_deep_runs_with_the_shallow_runs_of_their_compute():
+    """Shallow runs given the deep ViT's compute gain 1.5 points (ViT) and 1.0 (DeepViT) over their fixed-epoch
+    selves: the fixed-compute gains shrink by that much, the interaction by -0.5; absent, no estimate."""
+    runs = _runs()
+    rng = np.random.default_rng(1)
+    extra = runs[(runs['depth'] == 2) & runs['remedy'].isin(['vit', 'reattn']) & (runs['view'] == FIXED_EPOCHS)]
+    extra = extra.assign(view=FIXED_COMPUTE, top1_final=extra['top1_final'] + np.where(
+        extra['remedy'] == 'vit', 1.5, 1.0) + rng.normal(0, 0.05, len(extra)))
+    runs = pd.concat([runs[runs['view'] == FIXED_EPOCHS], extra], ignore_index=True)
+    v = verdict(runs)
+    for key, truth in (('fc_vit_gain', 0.5), ('fc_deepvit_gain', 4.0), ('fc_interaction', 3.5),
+                       ('q3_bn_only_vs_vit', 3.0)):
+        assert v[key]['n'] == 6 and abs(v[key]['mean'] - truth) < 0.6, (key, v[key])
+    assert abs(v['q1_vit_gain']['mean'] - 2.0) < 0.6          # the fixed-epoch view is untouched
+    text = verdict_markdown(v)
+    assert 'fixed compute: depth interaction | +3.' in text
+    assert [ln.endswith('6 paired seeds, resolved |') for ln in text.splitlines() if 'BatchNorm-only − ViT' in ln] == [True]
+    assert verdict(_runs())['fc_vit_gain']['n'] == 1           # _runs' one fixed-compute run: seed 0 only
