@@ -137,9 +137,9 @@ def plot_paired_differences(diffs: pd.DataFrame, baseline: str, out_dir: Path) -
                       alpha=0.25, lw=9)
     ax.axhline(0, color='k', lw=0.8)
     _depth_axis(ax, diffs['depth'].unique())
-    ax.set_ylabel(f'top-1 difference vs {baseline} (pp)')
-    ax.set_title('paired difference (same seed): mean, 95 % t interval (caps); wide bar: seeds × images bootstrap',
-                 fontsize=9)
+    ax.set_ylabel('top-1 difference vs the baseline (pp)')   # the baseline's full name would not fit here
+    ax.set_title(f'paired difference (same seed) vs {baseline}: mean, 95 % t interval (caps);\n'
+                 f'wide bar: seeds × images bootstrap', fontsize=9)
     ax.legend(fontsize='small')
     return save(fig, out_dir, 'difference_vs_depth')
 

@@ -115,7 +115,9 @@ def select_lr(runs: pd.DataFrame, reference_lr: Optional[float] = None) -> pd.Da
 
 
 def apply_frozen_choice(runs: pd.DataFrame, path: Path) -> Tuple[pd.DataFrame, List[str]]:
-    """Keep, of a staged study's grid runs, those at the learning rate its choice file chose; every other run stays.
+    """Keep, of a staged study's grid runs, those at the learning rate its choice file chose; every other run stays,
+    except the runs of a grid cell that has no choice yet (a stage still running): a cell whose runs span several
+    rates would pool them, so all of them are left out until the grid is frozen.
 
     Args:
         runs: the runs frame (column ``sweep_id``).
@@ -123,7 +125,7 @@ def apply_frozen_choice(runs: pd.DataFrame, path: Path) -> Tuple[pd.DataFrame, L
             ``{stage: {'choice': [{'family', 'depth', 'chosen_lr', 'holdout_by_lr': {lr: score}}]}}``; a grid run's
             sweep id is ``<stage>-<family>-d<depth>-lr<lr>``, rates written with ``%g``).
     Returns:
-        (the runs kept, the sweep ids of the runs dropped: the grid's rates not chosen).
+        (the runs kept, the sweep ids of the runs dropped: the grid's rates not chosen, and unfrozen grids).
     Raises:
         ValueError: ``path`` missing or not such a file (one line naming it).
     """
@@ -136,7 +138,14 @@ def apply_frozen_choice(runs: pd.DataFrame, path: Path) -> Tuple[pd.DataFrame, L
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f'--lr-choice {path}: not a readable study lr choice file ({type(e).__name__}: {e})') from None
     drop = runs['sweep_id'].isin(dropped)
+    cell = runs['sweep_id'].astype('string').str.extract(_SWEEP_ID)   # NaN for ids of another form
+    key = cell['stage'] + '|' + cell['family'] + '|' + cell['depth']
+    rates = cell['lr'].where(~drop).groupby(key).transform('nunique')
+    drop |= key.notna() & (rates > 1)
     return runs[~drop].reset_index(drop=True), sorted(set(runs.loc[drop, 'sweep_id']))
+
+
+_SWEEP_ID = r'^(?P<stage>.+)-(?P<family>[a-z_]+)-d(?P<depth>\d+)-lr(?P<lr>[0-9.e+-]+)$'   # launch/study.py's sweep ids
 
 
 def plot_lr_grid(table: pd.DataFrame, out_dir: Path) -> List[Path]:

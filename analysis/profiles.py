@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from deepvit.collapse.summary import profiles
 
@@ -60,6 +61,7 @@ def plot_collapse_profiles(runs: pd.DataFrame, matrices: Dict[Tuple[str, str], O
             ax.axhline(0, color='k', lw=0.6)
             ax.set_title(f'{series}, {stage}', fontsize=8)
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # blocks are whole numbers
             if i == 1:
                 ax.set_xlabel('block p')
             if ax.get_legend_handles_labels()[0]:

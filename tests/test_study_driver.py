@@ -146,6 +146,12 @@ def test_the_analysis_keeps_only_the_chosen_rate_of_each_grid_cell(tmp_path):
                                       'controls-bn_only-d16-lr0.008', None], 'x': range(5)})
     kept, dropped = apply_frozen_choice(runs, choice)
     assert list(kept['x']) == [1, 2, 3, 4] and dropped == ['grid-vit-d16-lr0.008']
+    # a grid still running (no choice yet): its cell spans two rates, so none of its runs is read; one rate is kept
+    more = pd.concat([runs, pd.DataFrame({'sweep_id': ['mid-vit-d8-lr0.008', 'mid-vit-d8-lr0.016',
+                                                       'mid-deepvit-d8-lr0.008'], 'x': [5, 6, 7]})])
+    kept, dropped = apply_frozen_choice(more, choice)
+    assert list(kept['x']) == [1, 2, 3, 4, 7]
+    assert dropped == ['grid-vit-d16-lr0.008', 'mid-vit-d8-lr0.008', 'mid-vit-d8-lr0.016']
     with pytest.raises(ValueError, match='not a readable study lr choice file'):
         apply_frozen_choice(runs, tmp_path / 'missing.json')
 
