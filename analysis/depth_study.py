@@ -9,7 +9,8 @@ a compute budget and ``fixed-compute`` for runs with ``train.budget_pflop`` (:fu
     python -m analysis.depth_study --experiment cifar10-study --tracking-uri sqlite:///docs/study/mlflow.db \\
         --lr-choice docs/study/lr_selection.json --out docs/study/analysis
 
-writes ``verdict.json`` (every number below) and ``verdict.md`` (the report's verdict table).
+writes ``verdict.json`` (every number below), ``verdict.md`` (the report's verdict table), ``study_runs.csv`` and
+``accuracy_vs_collapse.{png,svg}`` (question 5's figure).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from scipy import stats as sps
 
 from .collapse_accuracy import within_cell_correlation
 
-__all__ = ['add_view', 'paired', 'verdict', 'verdict_markdown', 'main']
+__all__ = ['add_view', 'paired', 'plot_accuracy_vs_collapse', 'verdict', 'verdict_markdown', 'main']
 
 FIXED_EPOCHS, FIXED_COMPUTE = 'fixed-epochs', 'fixed-compute'
 ENDPOINT = 'top1_final'
@@ -171,6 +172,41 @@ def verdict_markdown(v: Dict, shallow: int = 2, deep: int = 16) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def plot_accuracy_vs_collapse(runs: pd.DataFrame, out_dir: Path, x: str = COLLAPSE, y: str = ENDPOINT) -> List[Path]:
+    """``accuracy_vs_collapse.{png,svg}``: final top-1 against the row-wise collapse of each finished fixed-epoch run
+    (left; colour = remedy, marker = depth), and the same after removing each cell's mean (right: seed-to-seed
+    variation only, the pooled within-cell r of question 5 with its interval in the title)."""
+    from matplotlib.figure import Figure
+    from .figures import family_color, save
+    done = runs[(runs['status'] == 'FINISHED') & (runs['view'] == FIXED_EPOCHS)].dropna(subset=[x, y])
+    cell = done['remedy'].astype(str) + '|' + done['depth'].astype(str)
+    if 'lr' in done.columns:
+        cell = cell + '|' + done['lr'].astype(str)
+    done = done.assign(cell=cell)
+    dev = done.assign(**{c: done[c].astype(float) - done.groupby('cell')[c].transform(lambda v: v.astype(float).mean())
+                         for c in (x, y)})
+    corr = within_cell_correlation(done, x, y, cells=('cell',))
+    fig = Figure(figsize=(10, 4.2), layout='constrained')
+    axes = fig.subplots(1, 2)
+    markers = dict(zip(sorted(done['depth'].unique()), 'os^Dv<>'))
+    for ax, frame in zip(axes, (done, dev)):
+        for (remedy, depth), g in frame.groupby(['remedy', 'depth'], sort=True):
+            ax.scatter(g[x].astype(float), g[y].astype(float), color=family_color(str(remedy)),
+                       marker=markers[depth], s=28, alpha=0.8, label=f'{remedy}, {int(depth)} blocks (n={len(g)})')
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel('row-wise adjacent similarity, final probe (0 = chance, 1 = identical)')
+    axes[0].set_ylabel('final test top-1 (%)')
+    axes[0].set_title('each run', fontsize=9)
+    axes[0].legend(fontsize='x-small')
+    axes[1].axhline(0, color='k', lw=0.6)
+    axes[1].axvline(0, color='k', lw=0.6)
+    axes[1].set_xlabel('similarity − its cell mean')
+    axes[1].set_ylabel('top-1 − its cell mean (points)')
+    axes[1].set_title(f"within a cell (seeds only): r = {corr['r']:+.2f} [{corr['lo']:+.2f}, {corr['hi']:+.2f}], "
+                      f"{corr['n_runs']} runs in {corr['n_cells']} cells", fontsize=9)
+    return save(fig, out_dir, 'accuracy_vs_collapse')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .convergence import add_convergence, convergence_histories
     from .lr_selection import apply_frozen_choice
@@ -198,6 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     (args.out / 'verdict.json').write_text(json.dumps(result, indent=2, default=str) + '\n')
     (args.out / 'verdict.md').write_text(verdict_markdown(result))
     runs.to_csv(args.out / 'study_runs.csv', index=False)
+    if COLLAPSE in runs.columns:
+        plot_accuracy_vs_collapse(runs, args.out)
     print(verdict_markdown(result))
     return 0
 

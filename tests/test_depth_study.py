@@ -90,3 +90,14 @@ def test_the_fixed_compute_view_pairs_the_deep_runs_with_the_shallow_runs_of_the
     assert 'fixed compute: depth interaction | +3.' in text
     assert [ln.endswith('6 paired seeds, resolved |') for ln in text.splitlines() if 'BatchNorm-only − ViT' in ln] == [True]
     assert verdict(_runs())['fc_vit_gain']['n'] == 1           # _runs' one fixed-compute run: seed 0 only
+
+
+def test_the_accuracy_vs_collapse_figure_is_drawn_from_the_fixed_epoch_runs(tmp_path):
+    import matplotlib.image
+    from analysis.depth_study import plot_accuracy_vs_collapse
+    paths = plot_accuracy_vs_collapse(_runs(), tmp_path)
+    assert [p.name for p in paths] == ['accuracy_vs_collapse.png', 'accuracy_vs_collapse.svg']
+    img = matplotlib.image.imread(paths[0])
+    assert img.ndim == 3 and img.std() > 0
+    svg = paths[1].read_text()
+    assert 'within a cell (seeds only): r = ' in svg and '42 runs in 7 cells' in svg   # _runs' fixed-epoch runs only
