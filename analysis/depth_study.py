@@ -10,7 +10,8 @@ a compute budget and ``fixed-compute`` for runs with ``train.budget_pflop`` (:fu
         --lr-choice docs/study/lr_selection.json --out docs/study/analysis
 
 writes ``verdict.json`` (every number below), ``verdict.md`` (the report's verdict table), ``study_runs.csv`` and
-``accuracy_vs_collapse.{png,svg}`` (question 5's figure).
+``accuracy_vs_collapse.{png,svg}`` (question 5's figure) and, with ``--lr-choice``, ``lr_grid.{png,svg}`` (the frozen
+choice's grids).
 """
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ def plot_accuracy_vs_collapse(runs: pd.DataFrame, out_dir: Path, x: str = COLLAP
 
 def main(argv: Optional[List[str]] = None) -> int:
     from .convergence import add_convergence, convergence_histories
-    from .lr_selection import apply_frozen_choice
+    from .lr_selection import apply_frozen_choice, frozen_choice_table, plot_lr_grid
     from .records import runs_frame
     from .store import AnalysisError, get_experiment, open_store, sweep_runs
     p = argparse.ArgumentParser(prog='python -m analysis.depth_study', description=__doc__.split('\n')[0])
@@ -236,6 +237,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     runs.to_csv(args.out / 'study_runs.csv', index=False)
     if COLLAPSE in runs.columns:
         plot_accuracy_vs_collapse(runs, args.out)
+    if args.lr_choice is not None:   # the frozen grid, from the choice file itself (base rates, seed 0)
+        plot_lr_grid(frozen_choice_table(args.lr_choice), args.out, lr_label='base learning rate (log scale)',
+                     score_label='holdout top-1 (%), seed 0')
     print(verdict_markdown(result))
     return 0
 

@@ -18,12 +18,13 @@ from typing import List, Optional, Tuple
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from .figures import family_color, save
 from .saturation import DEFAULT_THRESHOLD, saturation_depth
 
 __all__ = ['SELECT', 'TEST', 'check_lr_axis', 'choose_lr', 'select_lr', 'plot_lr_grid', 'lr_markdown',
-           'apply_frozen_choice']
+           'apply_frozen_choice', 'frozen_choice_table']
 
 SELECT, TEST = 'holdout_top1_final', 'top1_final'   # columns: the selection metric (holdout), the test split
 KEYS = ['series', 'depth']
@@ -148,9 +149,26 @@ def apply_frozen_choice(runs: pd.DataFrame, path: Path) -> Tuple[pd.DataFrame, L
 _SWEEP_ID = r'^(?P<stage>.+)-(?P<family>[a-z_]+)-d(?P<depth>\d+)-lr(?P<lr>[0-9.e+-]+)$'   # launch/study.py's sweep ids
 
 
-def plot_lr_grid(table: pd.DataFrame, out_dir: Path) -> List[Path]:
+def frozen_choice_table(path: Path) -> pd.DataFrame:
+    """A staged study's frozen choice file (see :func:`apply_frozen_choice`) as :func:`plot_lr_grid`'s table: one row
+    per stage, family and depth, with the base rates of its grid, the holdout top-1 at each (seed 0) and the choice."""
+    import json
+    rows = []
+    for stage, body in json.loads(Path(path).read_text()).items():
+        for r in body['choice']:
+            grid = sorted(r['holdout_by_lr'].items(), key=lambda kv: float(kv[0]))
+            rows.append({'series': f"{r['family']} ({stage})", 'depth': int(r['depth']),
+                         'lr_grid': [float(k) for k, _ in grid], 'holdout_by_lr': [float(v) for _, v in grid],
+                         'chosen_lr': float(r['chosen_lr']),
+                         'holdout_mean': float(r['holdout_by_lr'][next(k for k, _ in grid
+                                                                       if float(k) == float(r['chosen_lr']))])})
+    return pd.DataFrame(rows).sort_values(['series', 'depth'], kind='stable').reset_index(drop=True)
+
+
+def plot_lr_grid(table: pd.DataFrame, out_dir: Path, lr_label: str = 'learning rate (peak, used; log scale)',
+                 score_label: str = 'holdout top-1 (%), mean over seeds') -> List[Path]:
     """``lr_grid``: mean holdout top-1 against the learning rate (log axis), one line per depth, one panel per
-    series; the chosen rate of each depth is circled."""
+    series; the chosen rate of each depth is circled. ``table``: :func:`choose_lr`'s or :func:`frozen_choice_table`'s."""
     series = list(dict.fromkeys(table['series']))
     fig = Figure(figsize=(4.2 * len(series), 3.6), layout='constrained')
     axes = fig.subplots(1, len(series), squeeze=False)[0]
@@ -163,8 +181,11 @@ def plot_lr_grid(table: pd.DataFrame, out_dir: Path) -> List[Path]:
             if r.chosen_lr is not None:
                 ax.plot([r.chosen_lr], [r.holdout_mean], marker='o', ms=13, mfc='none', mec='black')
         ax.set_xscale('log')
-        ax.set_xlabel('learning rate (peak, used; log scale)')
-        ax.set_ylabel('holdout top-1 (%), mean over seeds')
+        rates = sorted({float(v) for g in table.loc[table['series'] == s, 'lr_grid'] for v in g})
+        ax.set_xticks(rates, [f'{v:g}' for v in rates], fontsize=7)   # the grid's rates, not log-axis minor labels
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(lr_label)
+        ax.set_ylabel(score_label)
         ax.set_title(s, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title='depth', title_fontsize=7)

@@ -101,3 +101,19 @@ def test_the_accuracy_vs_collapse_figure_is_drawn_from_the_fixed_epoch_runs(tmp_
     assert img.ndim == 3 and img.std() > 0
     svg = paths[1].read_text()
     assert 'within a cell (seeds only): r = ' in svg and '42 runs in 7 cells' in svg   # _runs' fixed-epoch runs only
+
+
+def test_the_frozen_choice_file_becomes_the_lr_grid_table(tmp_path):
+    import json
+    from analysis.lr_selection import frozen_choice_table, plot_lr_grid
+    path = tmp_path / 'lr_selection.json'
+    path.write_text(json.dumps({'grid-ext': {'rule': 'r', 'choice': [
+        {'family': 'vit', 'depth': 16, 'chosen_lr': 0.008, 'holdout_by_lr': {'0.016': 49.5, '0.004': 51.4, '0.008': 52.3}},
+        {'family': 'vit', 'depth': 2, 'chosen_lr': 0.004, 'holdout_by_lr': {'0.004': 48.9, '0.008': 48.7}}]}}))
+    table = frozen_choice_table(path)
+    assert list(table['depth']) == [2, 16] and set(table['series']) == {'vit (grid-ext)'}
+    deep = table[table['depth'] == 16].iloc[0]
+    assert deep['lr_grid'] == [0.004, 0.008, 0.016] and deep['holdout_by_lr'] == [51.4, 52.3, 49.5]
+    assert (deep['chosen_lr'], deep['holdout_mean']) == (0.008, 52.3)
+    paths = plot_lr_grid(table, tmp_path, lr_label='base learning rate (log scale)')
+    assert 'base learning rate' in paths[1].read_text() and '0.016' in paths[1].read_text()
