@@ -13,8 +13,16 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 HERE=$PWD
 TAG=${STUDY_TAG:-study-cifar10-v1.1}
 WT=${STUDY_WORKTREE:-../deepvit-study-worktree}
-git rev-parse -q --verify "refs/tags/$TAG" >/dev/null || {
-    echo "study_at_tag: error: no tag $TAG in this checkout (git fetch --tags?)" >&2; exit 2; }
+# The default tag's commit, named here because a clone of main does not bring tags along: the tag is recreated from it.
+STUDY_V11_COMMIT=06b9b5e24fa2dca67c24292e7e313e7062f551b9
+if ! git rev-parse -q --verify "refs/tags/$TAG" >/dev/null; then
+    if [[ "$TAG" == study-cifar10-v1.1 ]] && git cat-file -e "$STUDY_V11_COMMIT^{commit}" 2>/dev/null; then
+        git tag "$TAG" "$STUDY_V11_COMMIT"
+        echo "study_at_tag: tag $TAG recreated at $STUDY_V11_COMMIT (a clone of main does not carry tags)" >&2
+    else
+        echo "study_at_tag: error: no tag $TAG in this checkout (git fetch --tags?)" >&2; exit 2
+    fi
+fi
 if [[ ! -d "$WT" ]]; then
     git worktree add --detach "$WT" "$TAG" >/dev/null
 elif [[ "$(git -C "$WT" rev-parse HEAD)" != "$(git rev-parse "$TAG^{commit}")" ]]; then
