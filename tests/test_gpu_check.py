@@ -61,6 +61,7 @@ def test_install_check_installs_what_is_missing_from_the_wheelhouse_offline(gpu_
     assert gpu_check.ensure_installed(house, tmp_path / 'site', env, ['json', 'gpucheck_probe_mod']) == []
 
 
+@pytest.mark.slow   # the converter runs in a subprocess, as on the GPU machine: 6-7 s
 def test_generated_data_converts_into_shards_the_loader_reads(gpu_check, tmp_path):
     from deepvit.data import create_loader, read_info
     shards = gpu_check.prepare_data(tmp_path, per_class=4, size=40, env=_env())
