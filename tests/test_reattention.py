@@ -14,20 +14,67 @@ def softmax_maps(B=3, H=5, N=7, seed=0):
 
 
 def reference(mix: ReAttentionMix, attn: torch.Tensor) -> torch.Tensor:
-    """Norm(Θᵀ · A) written out with einsum: head h of the output is sum_g Θ[g, h] A_g."""
-    mixed = torch.einsum('gh,bgnm->bhnm', mix.weight, attn)
+    """Norm(Θᵀ · A) written out with einsum: head h of the output is sum_g Θ[g, h] A_g, with Θ = ``weight``ᵀ."""
+    theta = mix.weight.t()
+    mixed = torch.einsum('gh,bgnm->bhnm', theta, attn)
     return mix.norm(mixed)
 
 
 def test_mixing_follows_theta_transpose():
     mix = ReAttentionMix(3, norm='none')
+    theta = torch.tensor([[1., 2., 0.], [0., 0., 3.], [0., 0., 0.]])
     with torch.no_grad():
-        mix.weight.copy_(torch.tensor([[1., 2., 0.], [0., 0., 3.], [0., 0., 0.]]))
+        mix.weight.copy_(theta.t())   # stored as Θᵀ (H_out, H_in), as the official Conv2d and every HeadMix
     a = softmax_maps(H=3)
     out = mix(a)
     torch.testing.assert_close(out[:, 0], a[:, 0])
     torch.testing.assert_close(out[:, 1], 2 * a[:, 0])
     torch.testing.assert_close(out[:, 2], 3 * a[:, 1])
+
+
+def test_weight_is_the_official_conv_weight_and_a_head_mix():
+    """``weight`` is laid out as the official code's 1×1 ``Conv2d(H, H)`` weight (H_out, H_in) and as timm's
+    talking-heads ``proj_w``: the unnormalised mixing is that conv (bias-free) and a bias-free HeadMix (issue 18: one
+    head-mix module, one layout)."""
+    from deepvit.models import HeadMix
+    torch.manual_seed(0)
+    mix = ReAttentionMix(5, norm='none')
+    assert isinstance(mix, HeadMix) and mix.bias is None
+    conv = nn.Conv2d(5, 5, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(mix.weight[:, :, None, None])
+    a = softmax_maps()
+    torch.testing.assert_close(mix(a), conv(a))
+    plain = HeadMix(5, bias=False)
+    plain.load_state_dict(mix.state_dict())
+    torch.testing.assert_close(plain(a), mix(a))
+
+
+def test_old_layout_is_read_from_versioned_state_dicts_and_marked_weights():
+    """Weights format 1 stored Θ (H_in, H_out): a torch state dict with version-1 metadata, and a flat state dict
+    said to be format 1 (:func:`upgrade_state_dict`), load as the same function; format 2 loads unchanged; an unknown
+    format is refused."""
+    import timm
+    from deepvit.models import WEIGHTS_FORMAT, upgrade_state_dict
+    torch.manual_seed(0)
+    model = timm.create_model('deepvit_tiny_patch4_32', depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    current = model.state_dict()
+    old = type(current)((k, v.t().clone() if k.endswith('reattn.weight') else v) for k, v in current.items())
+    old._metadata = copy.deepcopy(current._metadata)
+    for key, meta in old._metadata.items():
+        if key.endswith('reattn'):
+            assert meta['version'] == 2
+            meta['version'] = 1
+    for state in (old, upgrade_state_dict(model, dict(old), 1), upgrade_state_dict(model, dict(current), 2),
+                  dict(current)):   # no metadata: taken as current
+        fresh = timm.create_model('deepvit_tiny_patch4_32', depth=2).eval()
+        fresh.load_state_dict(state)
+        torch.testing.assert_close(fresh(x), expected)
+    assert WEIGHTS_FORMAT == 2
+    with pytest.raises(ValueError, match='weights_format=3'):
+        upgrade_state_dict(model, dict(current), 3)
 
 
 @pytest.mark.parametrize('init, expected', [('identity', 'eye'), ('random', 'uniform')])
@@ -84,7 +131,7 @@ def test_layernorm_normalises_over_heads():
     a = softmax_maps(H=6)
     out = mix(a)
     # at init (weight 1, bias 0): (y - mean_h y) / sqrt(var_h y + eps) at every (query, key) position
-    y = torch.einsum('gh,bgnm->bhnm', mix.weight, a)
+    y = torch.einsum('gh,bgnm->bhnm', mix.weight.t(), a)   # Θ = weightᵀ
     expected = (y - y.mean(1, keepdim=True)) / (y.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.mean(1), torch.zeros_like(out[:, 0]), atol=1e-5, rtol=0)

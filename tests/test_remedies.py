@@ -469,5 +469,8 @@ def test_reattention_mix_refuses_bad_theta(kwargs, field):
 
 
 def test_head_mix_refuses_unknown_init():
+    # the field is named by the layer that owns it (HeadMix now also serves Re-attention, issue 18)
     with pytest.raises(ValueError, match="talkinghead_init.*'zeros'"):
+        TalkingHeadAttention(8, num_heads=4, talkinghead_init='zeros')
+    with pytest.raises(ValueError, match="init.*'zeros'"):
         HeadMix(4, init='zeros')

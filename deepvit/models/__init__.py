@@ -5,7 +5,10 @@ from .complexity import count_params, gmacs_per_image, macs_per_image
 from .deepvit import (FAMILIES, STEMS, DeepVisionTransformer, model_family, model_remedy, resolve_blocks,
                       resolve_reattn_blocks)
 from .variants import list_variants
-from .reattention import REATTN_INITS, REATTN_NORMS, ReAttention, ReAttentionMix
-from .remedies import (REATTN_THETAS, RESIDUAL_SCALES, TALKINGHEAD_INITS, HeadMix, ResidualScale,
-                       TalkingHeadAttention, cait_init_values, remedy_generator, residual_branch_scale)
+from .head_mix import HEAD_MIX_INITS, HeadMix, mix_heads
+from .reattention import (REATTN_INITS, REATTN_NORMS, REATTN_THETAS, WEIGHTS_FORMAT, ReAttention, ReAttentionMix,
+                          upgrade_state_dict)
+from .remedies import (RESIDUAL_SCALES, TALKINGHEAD_INITS, ResidualScale, TalkingHeadAttention,
+                       cait_init_values, residual_branch_scale)
+from .streams import remedy_generator
 from .stem import ConvPatchEmbed

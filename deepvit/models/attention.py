@@ -22,22 +22,6 @@ from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 MAP_STAGES = ('softmax', 'mixed')
 
 
-def mix_heads(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The H×H mixing of the head axis that Re-attention (Θᵀ, paper Eq. 5) and talking heads (``proj_l``,
-    ``proj_w``; timm ``cait.py::TalkingHeadAttn``) apply to attention logits or maps: (B, H, N, M) → (B, H, N, M),
-    ``out[:, h] = Σ_g weight[h, g] · x[:, g] (+ bias[h])``, as one ``bmm``/``baddbmm`` over the flattened maps.
-    ``weight`` (H_out, H_in) and ``bias`` (H,) are cast to ``x``'s dtype (a fixed Θ is a float32 buffer, which
-    DeepSpeed's bf16 cast of parameters leaves)."""
-    B, H, N, M = x.shape
-    flat = x.reshape(B, H, N * M)
-    weight = weight.to(x.dtype).expand(B, H, H)
-    if bias is None:
-        out = torch.bmm(weight, flat)
-    else:
-        out = torch.baddbmm(bias.to(x.dtype).view(1, H, 1), weight, flat)
-    return out.view(B, H, N, M)
-
-
 class Attention(TimmAttention):
     """timm's multi-head self-attention with an explicit path that can expose its attention maps.
 

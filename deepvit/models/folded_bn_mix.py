@@ -6,7 +6,7 @@ The map-sized work of Re-attention's ``'bn'`` norm (paper Eq. 5 with the officia
 :class:`deepvit.models.reattention.ReAttentionMix`; checked against ``nn.BatchNorm2d(Conv2d 1×1)`` in fp32, fp64 and
 bf16 in ``tests/test_reattention.py`` and ``tests/test_reattention_precision.py``.
 
-Shapes: maps ``a`` (B, H, M) with M = N·N; Θ (H, H); BatchNorm weight and bias (H,).
+Shapes: maps ``a`` (B, H, M) with M = N·N; the head mix ``mix`` = Θᵀ (H_out, H_in); BatchNorm weight and bias (H,).
 """
 import contextlib
 import math
@@ -60,24 +60,24 @@ def _gram(x: torch.Tensor, y: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
     return total
 
 
-def _fold(theta, weight, bias, mean_a, second, eps):
-    """BatchNorm of Θᵀa folded into (mixer (H, H), shift (H,)), from mean(a) (H,) and E[a aᵀ] (H, H).
+def _fold(mix, weight, bias, mean_a, second, eps):
+    """BatchNorm of ``mix · a`` folded into (mixer (H, H), shift (H,)), from mean(a) (H,) and E[a aᵀ] (H, H).
 
-    All inputs in one float dtype (float32 or float64, see :func:`opmath_dtype`); returns mixer, shift, and the
-    mixed maps' batch mean and biased variance (H,): mean(Θᵀa) = Θᵀ mean(a), E[(Θᵀa)²] = diag(Θᵀ E[a aᵀ] Θ).
+    ``mix`` is the head mix's weight Θᵀ (H_out, H_in). All inputs in one float dtype (float32 or float64, see
+    :func:`opmath_dtype`); returns mixer, shift, and the mixed maps' batch mean and biased variance (H,):
+    mean(Θᵀa) = Θᵀ mean(a), E[(Θᵀa)²] = diag(Θᵀ E[a aᵀ] Θ).
     """
-    theta_t = theta.t()
-    mean = theta_t @ mean_a  # mean of the mixed maps, per head
-    var = (((theta_t @ second) * theta_t).sum(1) - mean * mean).clamp_min(0.)  # biased variance
+    mean = mix @ mean_a  # mean of the mixed maps, per head
+    var = (((mix @ second) * mix).sum(1) - mean * mean).clamp_min(0.)  # biased variance
     scale = weight * torch.rsqrt(var + eps)
-    return theta_t * scale[:, None], bias - mean * scale, mean, var
+    return mix * scale[:, None], bias - mean * scale, mean, var
 
 
-def _fold_backward(theta, weight, mean_a, second, eps, grad_mixer, grad_shift):
-    """The vector-Jacobian product of :func:`_fold`'s (mixer, shift) for (theta, weight, bias, mean_a, second), by
-    hand (a custom op's body runs below autograd): with t = Θᵀ, μ = t m, v = diag(t S tᵀ) − μ² (0 where clamped),
-    r = (v + ε)^-½, s = w r, mixer = t · s[:, None], shift = b − μ s."""
-    t = theta.t()
+def _fold_backward(mix, weight, mean_a, second, eps, grad_mixer, grad_shift):
+    """The vector-Jacobian product of :func:`_fold`'s (mixer, shift) for (mix, weight, bias, mean_a, second), by
+    hand (a custom op's body runs below autograd): with t = ``mix`` = Θᵀ, μ = t m, v = diag(t S tᵀ) − μ² (0 where
+    clamped), r = (v + ε)^-½, s = w r, mixer = t · s[:, None], shift = b − μ s."""
+    t = mix
     mean = t @ mean_a
     raw = ((t @ second) * t).sum(1) - mean * mean
     r = torch.rsqrt(raw.clamp_min(0.) + eps)
@@ -86,8 +86,8 @@ def _fold_backward(theta, weight, mean_a, second, eps, grad_mixer, grad_shift):
     d_var = torch.where(raw > 0, d_scale * weight * -0.5 * r.pow(3), torch.zeros_like(raw))
     d_mean = -grad_shift * scale - 2. * d_var * mean
     d_t = grad_mixer * scale[:, None] + d_var[:, None] * (t @ (second + second.t())) + d_mean[:, None] * mean_a[None, :]
-    d_second = theta @ (d_var[:, None] * t)   # Σ_h d_var_h θ_h θ_hᵀ
-    return d_t.t().contiguous(), d_scale * r, grad_shift, theta @ d_mean, d_second
+    d_second = t.t() @ (d_var[:, None] * t)   # Σ_h d_var_h θ_h θ_hᵀ
+    return d_t, d_scale * r, grad_shift, t.t() @ d_mean, d_second
 
 
 def round_fold(mixer, shift, dtype, mean_a=None, var_a=None):
@@ -130,7 +130,7 @@ def round_fold(mixer, shift, dtype, mean_a=None, var_a=None):
 
 
 @torch.library.custom_op('deepvit::folded_batchnorm_mix', mutates_args=())
-def folded_batchnorm_mix(a: torch.Tensor, theta: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+def folded_batchnorm_mix(a: torch.Tensor, mix: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                          rows_sum_to_one: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                          torch.Tensor]:
     """BatchNorm2d(Θᵀ a) with batch statistics, as one ``baddbmm``: a (B, H, M) → (B, H, M), plus the batch mean
@@ -145,7 +145,8 @@ def folded_batchnorm_mix(a: torch.Tensor, theta: torch.Tensor, weight: torch.Ten
     da = mixerᵀ g + (dS + dSᵀ)/n · a + dm/n is formed in two fused ``baddbmm`` passes. Nothing map-sized is saved
     beyond ``a`` itself (already kept by the softmax).
 
-    Dtypes: ``a`` float32/float64/bfloat16/float16; ``theta`` (H, H), ``weight``, ``bias`` (H,) any float dtype.
+    Dtypes: ``a`` float32/float64/bfloat16/float16; ``mix`` = Θᵀ (H_out, H_in), ``weight``, ``bias`` (H,) any float
+    dtype.
     The statistics mean(a), E[a aᵀ] and the gradient's (H, H) sums Σ g aᵀ, Σ g are accumulated in float32
     (float64 if any input is float64; :func:`_gram`), the fold and its derivative run in that precision, and only
     the map-sized products (the output, the gradient of ``a``) run in ``a``'s dtype, with the mixer and shift
@@ -163,14 +164,14 @@ def folded_batchnorm_mix(a: torch.Tensor, theta: torch.Tensor, weight: torch.Ten
     """
     B, H, M = a.shape
     count = B * M
-    acc = opmath_dtype(a, theta, weight, bias)
+    acc = opmath_dtype(a, mix, weight, bias)
     with autocast_off(a.device.type):
         if rows_sum_to_one:  # M = N*N entries, N rows each summing to 1
             mean_a = torch.full((H,), 1.0 / math.isqrt(M), device=a.device, dtype=acc)
         else:
             mean_a = a.sum(dim=(0, 2), dtype=acc) / count
         second = _gram(a, a, acc) / count
-        mixer, shift, mean, var = _fold(theta.to(acc), weight.to(acc), bias.to(acc), mean_a, second, eps)
+        mixer, shift, mean, var = _fold(mix.to(acc), weight.to(acc), bias.to(acc), mean_a, second, eps)
         var_a = second.diagonal() - mean_a.square() if a.dtype != acc else None
         mixer_low, shift_low = round_fold(mixer, shift, a.dtype, mean_a, var_a)
         out = torch.baddbmm(shift_low.view(1, H, 1), mixer_low.expand(B, H, H), a)
@@ -178,19 +179,19 @@ def folded_batchnorm_mix(a: torch.Tensor, theta: torch.Tensor, weight: torch.Ten
 
 
 @folded_batchnorm_mix.register_fake
-def _(a, theta, weight, bias, eps, rows_sum_to_one):
+def _(a, mix, weight, bias, eps, rows_sum_to_one):
     B, H, M = a.shape
-    acc = opmath_dtype(a, theta, weight, bias)
+    acc = opmath_dtype(a, mix, weight, bias)
     return (a.new_empty(B, H, M), a.new_empty(H, dtype=acc), a.new_empty(H, dtype=acc), a.new_empty(H, dtype=acc),
             a.new_empty(H, H, dtype=acc))
 
 
 @torch.library.custom_op('deepvit::folded_batchnorm_mix_backward', mutates_args=())
-def _folded_batchnorm_mix_backward(grad_out: torch.Tensor, a: torch.Tensor, theta: torch.Tensor, weight: torch.Tensor,
+def _folded_batchnorm_mix_backward(grad_out: torch.Tensor, a: torch.Tensor, mix: torch.Tensor, weight: torch.Tensor,
                                    bias: torch.Tensor, mean_a: torch.Tensor, second: torch.Tensor, eps: float,
                                    rows_sum_to_one: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                    torch.Tensor]:
-    """The gradients of :func:`folded_batchnorm_mix`'s ``out`` for (a, theta, weight, bias), each in its input's dtype:
+    """The gradients of :func:`folded_batchnorm_mix`'s ``out`` for (a, mix, weight, bias), each in its input's dtype:
     the (H, H)-sized fold differentiated by autograd, the map-sized da = mixerᵀ g + (dS + dSᵀ)/n · a + dm/n in two
     fused ``baddbmm`` passes."""
     B, H, M = a.shape
@@ -198,11 +199,11 @@ def _folded_batchnorm_mix_backward(grad_out: torch.Tensor, a: torch.Tensor, thet
     acc = mean_a.dtype
     with autocast_off(a.device.type):
         grad_out = grad_out.to(a.dtype)
-        theta_acc, weight_acc = theta.to(acc), weight.to(acc)
-        mixer = _fold(theta_acc, weight_acc, bias.to(acc), mean_a, second, eps)[0]
+        mix_acc, weight_acc = mix.to(acc), weight.to(acc)
+        mixer = _fold(mix_acc, weight_acc, bias.to(acc), mean_a, second, eps)[0]
         grad_mixer = _gram(grad_out, a, acc)
         grad_shift = grad_out.sum(dim=(0, 2), dtype=acc)
-        d_theta, d_weight, d_bias, d_mean, d_second = _fold_backward(theta_acc, weight_acc, mean_a, second, eps,
+        d_mix, d_weight, d_bias, d_mean, d_second = _fold_backward(mix_acc, weight_acc, mean_a, second, eps,
                                                                      grad_mixer, grad_shift)
         # da = (dS + dSᵀ)/n · a + dm/n + mixerᵀ g: the statistics' part first, so that its rounding (it is usually the
         # smaller part) and not the whole gradient's is the extra one; its mean is rounded as the forward's fold is
@@ -215,24 +216,24 @@ def _folded_batchnorm_mix_backward(grad_out: torch.Tensor, a: torch.Tensor, thet
             d_low, d_mean_low = round_fold(d_sym, d_mean / count, a.dtype, mean_a, var_a)
             grad_a = torch.baddbmm(d_mean_low.view(1, H, 1), d_low.expand(B, H, H), a)
         grad_a.baddbmm_(mixer.detach().t().to(a.dtype).expand(B, H, H), grad_out)
-    return grad_a, d_theta.to(theta.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype)
+    return grad_a, d_mix.to(mix.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype)
 
 
 @_folded_batchnorm_mix_backward.register_fake
-def _(grad_out, a, theta, weight, bias, mean_a, second, eps, rows_sum_to_one):
-    return torch.empty_like(a), torch.empty_like(theta), torch.empty_like(weight), torch.empty_like(bias)
+def _(grad_out, a, mix, weight, bias, mean_a, second, eps, rows_sum_to_one):
+    return torch.empty_like(a), torch.empty_like(mix), torch.empty_like(weight), torch.empty_like(bias)
 
 
 def _setup_context(ctx, inputs, output):
-    a, theta, weight, bias, eps, rows_sum_to_one = inputs
+    a, mix, weight, bias, eps, rows_sum_to_one = inputs
     _, _, _, mean_a, second = output
-    ctx.save_for_backward(a, theta, weight, bias, mean_a, second)
+    ctx.save_for_backward(a, mix, weight, bias, mean_a, second)
     ctx.eps, ctx.rows_sum_to_one = eps, rows_sum_to_one
 
 
 def _backward(ctx, grad_out, _grad_mean, _grad_var, _grad_mean_a, _grad_second):
-    a, theta, weight, bias, mean_a, second = ctx.saved_tensors
-    grads = _folded_batchnorm_mix_backward(grad_out, a, theta, weight, bias, mean_a, second, ctx.eps,
+    a, mix, weight, bias, mean_a, second = ctx.saved_tensors
+    grads = _folded_batchnorm_mix_backward(grad_out, a, mix, weight, bias, mean_a, second, ctx.eps,
                                            ctx.rows_sum_to_one)
     return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:4])), None, None)
 

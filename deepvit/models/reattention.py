@@ -5,29 +5,39 @@ The folded-BatchNorm fast path (forward and backward as custom ops) lives in :mo
     Re-Attention(Q, K, V) = Norm(Θᵀ · Softmax(Q Kᵀ / sqrt(d))) · V
 
 Θ is a learnable (H, H) matrix that mixes the H heads' attention maps after the softmax: the mixed map of head h
-is ``sum_g Θ[g, h] · A_g``. The official code (zhoudaquan/dvit_repo, ``models/layers.py``, class ``ReAttention``)
+is ``sum_g Θ[g, h] · A_g``. It is stored as ``weight`` = Θᵀ (H_out, H_in), the layout of every head mix here
+(:class:`~deepvit.models.head_mix.HeadMix`) and of the official code's Conv2d. The official code (zhoudaquan/dvit_repo, ``models/layers.py``, class ``ReAttention``)
 implements Θᵀ as a 1×1 ``Conv2d(H, H)`` with bias followed by ``BatchNorm2d(H)``, with attention dropout before Θ;
 lucidrains/vit-pytorch (``vit_pytorch/deepvit.py``) uses a bias-free N(0, 1) Θ and LayerNorm over the head axis.
 
 Shapes: attention maps (B, H, N, N); Θ (H, H).
+
+Weights format (:data:`WEIGHTS_FORMAT`). Before format 2, ``weight`` held Θ itself (H_in, H_out); checkpoints and
+exports now carry the format, and :func:`upgrade_state_dict` (or ``load_state_dict`` of a torch state dict with its
+version metadata) reads the old layout.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import LayerNorm2d, register_notrace_module
 
-from .attention import Attention, mix_heads
+from .attention import Attention
 from .checkpointing import recomputing
+from .head_mix import HeadMix, mix_heads
 from .folded_bn_mix import autocast_available, autocast_off, opmath_dtype, round_fold, folded_batchnorm_mix
 
 REATTN_NORMS = ('bn', 'ln', 'none')
 REATTN_INITS = ('random', 'identity')
+REATTN_THETAS = ('learned', 'fixed')
+WEIGHTS_FORMAT = 2
+"""The layout of saved weights: 1 (or unmarked): a Re-attention ``weight`` is Θ (H_in, H_out); 2: it is Θᵀ
+(H_out, H_in), as every :class:`~deepvit.models.head_mix.HeadMix`. DeepSpeed checkpoints carry it in their client
+state (``weights_format``), safetensors exports in their metadata (``deepvit.weights_format``)."""
 
 
 def check_reattn_options(norm: str, init: str, theta: str) -> None:
     """Raise ValueError naming the field (``reattn_norm``, ``reattn_init``, ``reattn_theta``) and the value when one
-    is not a known choice (:data:`REATTN_NORMS`, :data:`REATTN_INITS`, ``remedies.REATTN_THETAS``)."""
-    from .remedies import REATTN_THETAS
+    is not a known choice (:data:`REATTN_NORMS`, :data:`REATTN_INITS`, :data:`REATTN_THETAS`)."""
     for field, value, choices in (('reattn_norm', norm, REATTN_NORMS), ('reattn_init', init, REATTN_INITS),
                                   ('reattn_theta', theta, REATTN_THETAS)):
         if value not in choices:
@@ -35,8 +45,10 @@ def check_reattn_options(norm: str, init: str, theta: str) -> None:
 
 
 @register_notrace_module  # a leaf for torch.fx (timm's feature extraction): its BatchNorm mode checks are Python
-class ReAttentionMix(nn.Module):
+class ReAttentionMix(HeadMix):
     """Θᵀ head mixing followed by the Re-attention norm: (B, H, N, N) float maps in, same shape out.
+
+    A :class:`~deepvit.models.head_mix.HeadMix` without bias (``weight`` = Θᵀ, (H_out, H_in)) plus ``norm``.
 
     Args:
         num_heads: H, the number of heads mixed.
@@ -54,7 +66,7 @@ class ReAttentionMix(nn.Module):
         index: the block's index, selecting the private random stream of Θ's random init.
 
     Paired seeds: the random init draws Θ from a private generator
-    (:func:`~deepvit.models.remedies.remedy_generator`, stream ``'reattn'``, seeded from ``torch.initial_seed()`` and
+    (:func:`~deepvit.models.streams.remedy_generator`, stream ``'reattn'``, seeded from ``torch.initial_seed()`` and
     ``index``), never from the global RNG, so building a DeepViT leaves the ViT's weights of the same seed and the
     global RNG state untouched; the same seed and index give the same Θ, other blocks and seeds another.
 
@@ -75,6 +87,8 @@ class ReAttentionMix(nn.Module):
             ``num_heads < 1``.
     """
 
+    _version = 2   # torch's state-dict version: 1 stored Θ (H_in, H_out), 2 stores Θᵀ (see _load_from_state_dict)
+
     def __init__(
             self,
             num_heads: int,
@@ -85,7 +99,6 @@ class ReAttentionMix(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__()
         if num_heads < 1:
             raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
         check_reattn_options(norm, init, theta)
@@ -93,15 +106,11 @@ class ReAttentionMix(nn.Module):
             raise ValueError(f"reattn_theta='fixed' holds Θ at the identity and needs reattn_init='identity', "
                              f"got reattn_init={init!r}")
         dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
+        super().__init__(num_heads, bias=False, init='uniform' if init == 'random' else 'identity',
+                         learned=theta == 'learned', stream='reattn', index=index, **dd)
         self.norm_type = norm
-        self.init_type = init
+        self.reattn_init = init
         self.theta_type = theta
-        self.index = index
-        if theta == 'fixed':
-            self.register_buffer('weight', torch.empty(num_heads, num_heads, **dd))  # Θ = I, not trained
-        else:
-            self.weight = nn.Parameter(torch.empty(num_heads, num_heads, **dd))  # Θ (H_in, H_out)
         if norm == 'bn':
             self.norm = nn.BatchNorm2d(num_heads, **dd)
         elif norm == 'ln':
@@ -109,21 +118,22 @@ class ReAttentionMix(nn.Module):
         else:
             self.norm = nn.Identity()
         self.fold_norm = True
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """(Re)initialise Θ as ``init`` says (called by timm's ViT init through ``named_apply``), without drawing
-        from the global RNG."""
-        from .remedies import remedy_uniform_
-        with torch.no_grad():
-            if self.init_type == 'identity':
-                self.weight.copy_(torch.eye(self.num_heads))
-            else:
-                remedy_uniform_(self.weight, self.num_heads ** -0.5, 'reattn', self.index)
 
     def extra_repr(self) -> str:
-        return (f"num_heads={self.num_heads}, norm={self.norm_type!r}, init={self.init_type!r}, "
+        return (f"num_heads={self.num_heads}, norm={self.norm_type!r}, init={self.reattn_init!r}, "
                 f"theta={self.theta_type!r}")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """A torch state dict saved with version 1 of this module (its ``_metadata``) holds Θ, not Θᵀ: transposed
+        on load. A state dict without version metadata (safetensors, DeepSpeed's ``zero_to_fp32``) is taken as
+        current: those files carry :data:`WEIGHTS_FORMAT` themselves (:func:`upgrade_state_dict`)."""
+        version = local_metadata.get('version')
+        key = prefix + 'weight'
+        if version is not None and version < 2 and key in state_dict:
+            state_dict[key] = state_dict[key].t().contiguous()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, attn: torch.Tensor, rows_sum_to_one: bool = False) -> torch.Tensor:
         """Mix and normalise maps (B, H, N, N) → (B, H, N, N) (Eq. 5 of the paper; official ``ReAttention``).
@@ -158,9 +168,9 @@ class ReAttentionMix(nn.Module):
         return self._forward_eager(attn, rows_sum_to_one)
 
     def _mix(self, attn: torch.Tensor) -> torch.Tensor:
-        """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M) (:func:`~deepvit.models.attention.mix_heads`
-        with Θ stored (H_in, H_out), as the paper writes Θᵀ)."""
-        return mix_heads(attn, self.weight.t())
+        """Θᵀ head mixing, unnormalised: (B, H, N, M) → (B, H, N, M) (:func:`~deepvit.models.head_mix.mix_heads`;
+        no bias)."""
+        return mix_heads(attn, self.weight)
 
     @torch.jit.unused
     def _forward_eager(self, attn: torch.Tensor, rows_sum_to_one: bool) -> torch.Tensor:
@@ -207,7 +217,7 @@ class ReAttentionMix(nn.Module):
         with autocast_off(device_type):  # running statistics folded into Θ: y = (Θᵀ·scale) a + shift
             scale = weight.to(acc) * torch.rsqrt(bn.running_var.to(acc) + bn.eps)
             shift = bias.to(acc) - bn.running_mean.to(acc) * scale
-            mixer = self.weight.t().to(acc) * scale[:, None]
+            mixer = self.weight.to(acc) * scale[:, None]
             mean_a = torch.full((H,), 1.0 / N, device=a.device, dtype=acc) if rows_sum_to_one else None
             mixer, shift = round_fold(mixer, shift, a.dtype, mean_a)
             out = torch.baddbmm(shift.view(1, H, 1), mixer.expand(B, H, H), a)
@@ -284,3 +294,23 @@ class ReAttention(Attention):
         # rows still sum to 1 unless attention dropout just zeroed some entries
         rows_sum_to_one = not (self.training and self.attn_drop.p > 0)
         return self.reattn(attn, rows_sum_to_one=rows_sum_to_one)
+
+
+def upgrade_state_dict(model: nn.Module, state: dict, weights_format: int) -> dict:
+    """``state``, a flat state dict for ``model`` written in ``weights_format``, in :data:`WEIGHTS_FORMAT`: from
+    format 1, every :class:`ReAttentionMix`'s ``weight`` (Θ, (H_in, H_out)) is transposed to Θᵀ. Returns a new
+    dict (the tensors not moved are the same objects).
+
+    Raises:
+        ValueError: ``weights_format`` is not 1 or 2 (a file written by newer code).
+    """
+    if weights_format not in (1, WEIGHTS_FORMAT):
+        raise ValueError(f"weights_format={weights_format!r}: this code reads formats 1 and {WEIGHTS_FORMAT}; the "
+                         f"weights were written by a newer deepvit")
+    state = dict(state)
+    if weights_format == 1:
+        for name, module in model.named_modules():
+            key = f'{name}.weight' if name else 'weight'
+            if isinstance(module, ReAttentionMix) and key in state:
+                state[key] = state[key].t().contiguous()
+    return state

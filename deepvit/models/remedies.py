@@ -1,4 +1,4 @@
-"""Remedies for attention collapse that run in the same harness as Re-attention, and the paired-seed random streams.
+"""Remedies for attention collapse that run in the same harness as Re-attention.
 
 * LayerScale (Touvron et al., 2021, "Going deeper with Image Transformers" (CaiT), arXiv 2103.17239, the LayerScale
   paragraph): a learnable per-channel scale on the output of every residual branch, initialised to a small ε. It is
@@ -6,22 +6,19 @@
   depth rule for ε, :func:`cait_init_values`, lives here.
 * Talking-heads attention (Shazeer et al., 2020, "Talking-Heads Attention", arXiv 2003.02436, Sec. 4): learned H×H
   mixings across heads of the attention logits before the softmax and of the attention weights after it, as timm's
-  ``timm/models/cait.py::TalkingHeadAttn`` (``proj_l``, ``proj_w``): :class:`TalkingHeadAttention`, :class:`HeadMix`.
+  ``timm/models/cait.py::TalkingHeadAttn`` (``proj_l``, ``proj_w``): :class:`TalkingHeadAttention`, built from
+  :class:`~deepvit.models.head_mix.HeadMix`.
 * Depth-scaled residual branches (Bordelon et al., ICLR 2024, "Depthwise Hyperparameter Transfer in Residual
   Networks: Dynamics and Scaling Limit", arXiv 2309.16620, Eq. 1 and Table 1; Yang et al. 2023, "Tensor Programs
   VI: Feature Learning in Infinite-Depth Neural Networks" (Depth-μP), arXiv 2310.02244): every residual branch
   multiplied by a fixed α/√L, the branch weights keeping their depth-independent initialisation:
   :class:`ResidualScale` in place of timm's ``ls1``/``ls2``, its value from :func:`residual_branch_scale`.
 
-Paired seeds. A remedy must not change the shared weights (patch embedding, position embedding, class token, qkv,
-proj, MLPs, norms, head) that the same seed gives the ViT, nor the global RNG state that data order and dropout draw
-from afterwards. Remedy tensors therefore never draw from the global torch RNG: a random init draws from a private
-CPU generator, :func:`remedy_generator`, seeded from ``torch.initial_seed()``, a stream name and the block index
-(so blocks differ, seeds differ, and the same seed gives the same tensors on every device and dtype), and the
-modules have their own ``init_weights`` that timm's ``init_weights_vit_timm`` calls instead of re-drawing them as
-``nn.Linear`` layers (``tests/test_remedies.py``).
+Paired seeds. A remedy must not change the weights the same seed gives the ViT, nor the global RNG state: its random
+inits draw from the private streams of :mod:`deepvit.models.streams`, and its modules have their own
+``init_weights`` that timm's ``init_weights_vit_timm`` calls instead of re-drawing them as ``nn.Linear`` layers
+(``tests/test_remedies.py``).
 """
-import hashlib
 import math
 from typing import Any, Optional, Union
 
@@ -29,13 +26,12 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .attention import Attention, mix_heads
+from .attention import Attention
+from .head_mix import HeadMix
 
-__all__ = ['REATTN_THETAS', 'TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'HeadMix', 'ResidualScale', 'ResidualScaledBlock',
-           'TalkingHeadAttention',
-           'cait_init_values', 'residual_branch_scale', 'remedy_generator', 'remedy_uniform_', 'remedy_trunc_normal_']
+__all__ = ['TALKINGHEAD_INITS', 'RESIDUAL_SCALES', 'ResidualScale', 'ResidualScaledBlock',
+           'TalkingHeadAttention', 'cait_init_values', 'residual_branch_scale']
 
-REATTN_THETAS = ('learned', 'fixed')
 TALKINGHEAD_INITS = ('identity', 'trunc_normal')
 RESIDUAL_SCALES = ('none', 'depth')   # besides a number > 0
 
@@ -143,95 +139,6 @@ class ResidualScaledBlock(Block):
         self.ls2 = ResidualScale(residual_scale)
 
 
-def remedy_generator(stream: str, index: int = 0) -> torch.Generator:
-    """A CPU generator private to one remedy tensor, seeded from ``torch.initial_seed()``, ``stream`` and ``index``.
-
-    Building it reads the global generator's initial seed and never advances the global generator. The 64-bit
-    seed is a BLAKE2b hash of the three values, so it is the same in every process and differs between streams,
-    blocks and global seeds.
-    """
-    digest = hashlib.blake2b(f'{torch.initial_seed()}/{stream}/{index}'.encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, 'little') & ((1 << 63) - 1))
-
-
-@torch.no_grad()
-def remedy_uniform_(tensor: torch.Tensor, bound: float, stream: str, index: int = 0) -> torch.Tensor:
-    """Fill ``tensor`` in place with U(-bound, bound) from :func:`remedy_generator` (drawn on CPU in float32, then
-    copied, so the values do not depend on the tensor's device or dtype). Returns ``tensor``."""
-    values = torch.empty(tensor.shape, dtype=torch.float32)
-    values.uniform_(-bound, bound, generator=remedy_generator(stream, index))
-    return tensor.copy_(values)
-
-
-@torch.no_grad()
-def remedy_trunc_normal_(tensor: torch.Tensor, std: float, stream: str, index: int = 0) -> torch.Tensor:
-    """Fill ``tensor`` in place with timm's ``trunc_normal_(std=std)`` (N(0, std²) cut at ±2, absolute) from
-    :func:`remedy_generator`, drawn on CPU in float32. Returns ``tensor``."""
-    values = torch.empty(tensor.shape, dtype=torch.float32)
-    nn.init.trunc_normal_(values, std=std, a=-2., b=2., generator=remedy_generator(stream, index))
-    return tensor.copy_(values)
-
-
-class HeadMix(nn.Module):
-    """A learned mixing of the head axis of attention logits or maps: (B, H, N, M) → (B, H, N, M), same dtype.
-
-    ``out[:, h] = Σ_g weight[h, g] · x[:, g] + bias[h]``, i.e. an ``nn.Linear(H, H)`` applied to the head axis, as
-    timm's ``cait.py::TalkingHeadAttn`` applies ``proj_l``/``proj_w`` to the permuted maps (same parameter names and
-    shapes: ``weight`` (H_out, H_in), ``bias`` (H,)). Computed as one ``baddbmm``/``bmm`` over the flattened maps.
-
-    Args:
-        num_heads: H.
-        bias: add a learned per-head bias (zero-initialised).
-        init: ``'identity'``: weight = I (the mixing starts as a no-op); ``'trunc_normal'``: weight ~ timm's
-            ``trunc_normal_(std=.02)``, the init timm's CaiT gives every ``nn.Linear`` including these, drawn from
-            :func:`remedy_generator` (stream ``stream``, index ``index``) instead of the global RNG.
-        stream, index: the private random stream (used by ``'trunc_normal'`` only).
-
-    Raises:
-        ValueError: ``num_heads < 1`` or unknown ``init``.
-    """
-
-    def __init__(
-            self,
-            num_heads: int,
-            bias: bool = True,
-            init: str = 'identity',
-            stream: str = 'talkinghead',
-            index: int = 0,
-            device=None,
-            dtype=None,
-    ) -> None:
-        super().__init__()
-        if num_heads < 1:
-            raise ValueError(f"num_heads must be >= 1, got {num_heads!r}")
-        if init not in TALKINGHEAD_INITS:
-            raise ValueError(f"talkinghead_init must be one of {TALKINGHEAD_INITS}, got {init!r}")
-        dd = {'device': device, 'dtype': dtype}
-        self.num_heads = num_heads
-        self.init_type = init
-        self.stream = stream
-        self.index = index
-        self.weight = nn.Parameter(torch.empty(num_heads, num_heads, **dd))
-        self.bias = nn.Parameter(torch.empty(num_heads, **dd)) if bias else None
-        self.init_weights()
-
-    @torch.no_grad()
-    def init_weights(self) -> None:
-        """(Re)initialise as ``init`` says, without touching the global RNG (timm's ViT init calls this)."""
-        if self.init_type == 'identity':
-            self.weight.copy_(torch.eye(self.num_heads))
-        else:
-            remedy_trunc_normal_(self.weight, .02, self.stream, self.index)
-        if self.bias is not None:
-            self.bias.zero_()
-
-    def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, bias={self.bias is not None}, init={self.init_type!r}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mix_heads(x, self.weight, self.bias)
-
-
 class TalkingHeadAttention(Attention):
     """Talking-heads attention: our :class:`~deepvit.models.attention.Attention` with H×H head mixings
     ``proj_l`` on the logits (before the mask and the softmax) and ``proj_w`` on the softmax weights.
@@ -262,7 +169,7 @@ class TalkingHeadAttention(Attention):
         block_index: the block's index, selecting the private random stream of a random init.
 
     Raises:
-        ValueError: unknown ``talkinghead_init``.
+        ValueError: ``talkinghead_init`` not in :data:`TALKINGHEAD_INITS`.
     """
 
     uses_talking_heads = True
@@ -278,6 +185,8 @@ class TalkingHeadAttention(Attention):
             dtype=None,
             **kwargs,
     ) -> None:
+        if talkinghead_init not in TALKINGHEAD_INITS:
+            raise ValueError(f"talkinghead_init must be one of {TALKINGHEAD_INITS}, got {talkinghead_init!r}")
         super().__init__(dim, num_heads=num_heads, device=device, dtype=dtype, **kwargs)
         dd = {'device': device, 'dtype': dtype}
         self.proj_l = HeadMix(num_heads, bias=False, init=talkinghead_init, stream='talkinghead.proj_l',

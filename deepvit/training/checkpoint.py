@@ -192,6 +192,21 @@ def load(engine, ckpt_dir: Path, rank: int, tag: Optional[str] = None) -> Option
     return client_state
 
 
+def model_states(tag_dir: Path) -> Dict[str, Any]:
+    """The model-states file of checkpoint ``tag_dir`` (ZeRO-3: rank 0's), memory-mapped (the weights are not read):
+    DeepSpeed's own entries (``ds_config``, ``dp_world_size``, …) and the client state saved with it."""
+    tag_dir = Path(tag_dir)
+    name = next(n for n in ('mp_rank_00_model_states.pt', 'zero_pp_rank_0_mp_rank_00_model_states.pt')  # ZeRO-3
+                if (tag_dir / n).is_file())
+    return torch.load(tag_dir / name, map_location='cpu', mmap=True, weights_only=False)
+
+
+def saved_weights_format(tag_dir: Path) -> int:
+    """The :data:`~deepvit.models.WEIGHTS_FORMAT` checkpoint ``tag_dir`` was written in (its client state's
+    ``weights_format``; 1 when absent: written before the marker)."""
+    return int(model_states(tag_dir).get('weights_format', 1))
+
+
 def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:
     """Write the fp32 weights of checkpoint ``tag`` as a safetensors file that plain timm loads.
 
@@ -199,7 +214,10 @@ def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:
     master weights live in the optimizer partitions). Call on one rank, after :func:`save` returned.
 
     Load with ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out_file)), **fields)``.
+    The file's metadata carries ``deepvit.weights_format`` (:data:`~deepvit.models.WEIGHTS_FORMAT`), which
+    :func:`deepvit.training.evaluation.load_weights` reads.
     """
+    from ..models import WEIGHTS_FORMAT
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import save_file
 
@@ -208,5 +226,5 @@ def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:
              for k, v in state.items()}
     out_file = Path(out_file)
     with atomic.atomic_path(out_file) as tmp:
-        save_file(state, str(tmp))
+        save_file(state, str(tmp), metadata={'deepvit.weights_format': str(WEIGHTS_FORMAT)})
     return out_file

@@ -144,7 +144,7 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
                               f"choose another --output-dir")
     world_change = None
     if cfg.resume:
-        world_change = check_resume(cfg, run_dir, rank, world, ds, ds_path)
+        world_change = check_resume(cfg, run_dir, rank, world, ds, ds_path, meta)
     return Plan(cfg=cfg, ds=ds, rank=rank, local_rank=env_local_rank(), world_size=world, model_kwargs=kwargs,
                 num_classes=kwargs['num_classes'] if 'num_classes' in kwargs else meta.num_classes,
                 train_shards=train_shards, val_shards=val_shards, holdout_shards=holdout_shards,

@@ -16,9 +16,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .. import atomic
+from .. import atomic, schema
 from . import universal
-from .checkpoint import intact_tag, latest_tag, load as load_checkpoint
+from .checkpoint import intact_tag, latest_tag, load as load_checkpoint, saved_weights_format
 from .config import Config, ConfigError, flatten
 from .distributed import is_dist
 from .layout import LATEST, RunDir
@@ -31,13 +31,33 @@ RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.log_every', 'trai
                      'output_dir', 'resume', 'eval_only', 'eval_weights')
 
 
-def check_resume(cfg: Config, run_dir: RunDir, rank: int, world: int, ds, ds_path: str) -> Optional[WorldChange]:
-    """Before any process group waits: refuse a changed config, fall back from a damaged latest checkpoint, and say
-    whether the checkpoint resumed from was written by another world size (a :class:`~.universal.WorldChange`, or
-    None). Raises ConfigError (one paragraph) for what cannot resume."""
+def check_resume(cfg: Config, run_dir: RunDir, rank: int, world: int, ds, ds_path: str,
+                 model: torch.nn.Module) -> Optional[WorldChange]:
+    """Before any process group waits: refuse a changed config, fall back from a damaged latest checkpoint, refuse
+    a checkpoint of an older weights format, and say whether the checkpoint resumed from was written by another world
+    size (a :class:`~.universal.WorldChange`, or None). ``model``: the run's model (on the meta device will do).
+    Raises ConfigError (one paragraph) for what cannot resume."""
     _check_resumed_config(cfg, run_dir)
     tag = _fall_back_from_damage(run_dir.checkpoints, rank)
+    _check_weights_format(run_dir.checkpoints, tag, model)
     return _world_change(cfg, run_dir.checkpoints, tag, world, ds, ds_path)
+
+
+def _check_weights_format(ckpt_dir: Path, tag: Optional[str], model: torch.nn.Module) -> None:
+    """Refuse to resume a checkpoint written before :data:`~deepvit.models.WEIGHTS_FORMAT` 2 into a model with a
+    learned Re-attention Θ: its layout changed (Θ → Θᵀ, same shape), and ZeRO restores the fp32 master weights and
+    Adam moments from flat partitions that no key names, so they cannot be transposed on load. A ViT, or a fixed
+    (identity) Θ, reads the same in both formats and resumes."""
+    from ..models import WEIGHTS_FORMAT, ReAttentionMix
+    if tag is None or not any(isinstance(m, ReAttentionMix) and m.theta_type == 'learned' for m in model.modules()):
+        return
+    written = saved_weights_format(ckpt_dir / tag)
+    if written != WEIGHTS_FORMAT:
+        raise ConfigError(f"--resume: checkpoint {tag} in {str(ckpt_dir)!r} is in weights format {written}, this code "
+                          f"writes format {WEIGHTS_FORMAT} (Re-attention's Θ is stored transposed since format 2, and "
+                          f"a ZeRO checkpoint's flat partitions cannot be converted on load). Resume it with the code "
+                          f"that started it (its commit is the run's {schema.CODE_COMMIT_TAG!r} tag in MLflow), or "
+                          f"start a new run; its weights still load for evaluation (--eval-only converts them)")
 
 
 def _check_resumed_config(cfg: Config, run_dir: RunDir) -> None:

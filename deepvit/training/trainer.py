@@ -12,6 +12,7 @@ import torch
 
 from .. import schema
 from ..code_version import code_tags, code_version
+from ..models import WEIGHTS_FORMAT
 from . import record, resume
 from .build import Job, build_job, start_process_group
 from .checkpoint import CheckpointSpaceError, export_fp32, latest_tag, save as save_checkpoint, seed_everything
@@ -276,7 +277,8 @@ def _peak_memory_per_rank(device: torch.device, world: int):
 
 def _client_state(epoch: int, batch_in_epoch: int, engine, scheduler, run_id, cfg: Config) -> Dict[str, Any]:
     return {'epoch': epoch, 'batch_in_epoch': batch_in_epoch, 'global_step': engine.global_steps,
-            'scheduler': scheduler.state_dict(), 'mlflow_run_id': run_id, 'config': flatten(cfg)}
+            'scheduler': scheduler.state_dict(), 'mlflow_run_id': run_id, 'config': flatten(cfg),
+            'weights_format': WEIGHTS_FORMAT}
 
 
 def _all_skipped(train_loader, val_loader, device) -> float:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import torch
+from .checkpoint import model_states
 
 SUFFIX = '_universal'
 
@@ -44,10 +44,7 @@ def saved_batch(tag_dir: Path) -> tuple[int, int]:
     """``(global batch, gradient_accumulation_steps)`` of the job that wrote checkpoint ``tag_dir``: its DeepSpeed
     config's ``train_batch_size``, else micro-batch × accumulation × ``dp_world_size``, read from the checkpoint's
     model-states file (ZeRO-3: rank 0's; memory-mapped: the weights are not read)."""
-    tag_dir = Path(tag_dir)
-    name = next(n for n in ('mp_rank_00_model_states.pt', 'zero_pp_rank_0_mp_rank_00_model_states.pt')  # ZeRO-3
-                if (tag_dir / n).is_file())
-    state = torch.load(tag_dir / name, map_location='cpu', mmap=True, weights_only=False)
+    state = model_states(tag_dir)
     ds, world = state.get('ds_config') or {}, int(state['dp_world_size'])
     accum = int(ds.get('gradient_accumulation_steps', 1))
     if 'train_batch_size' in ds:
