@@ -69,13 +69,16 @@ def open_record(plan: Plan, job: Job, resumed: Resumed, out: RunDir):
     """Start (or continue) the MLflow run on rank 0 — tags, params, config, datasets, system metrics — and the
     running best top-1. Returns ``(tracker, best)``; other ranks get a tracker that records nothing."""
     cfg, ds, world, model = plan.cfg, plan.ds, plan.world_size, job.model
-    note = record.run_description(cfg, model, job.n_params, world, ds.precision,
-                                  plan.train_shards.num_samples if plan.train_shards else None)
-    params = {**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs, family=job.family,
-                                  remedy=job.remedy, lr=job.lr),
-              schema.PLANNED_STEPS_PARAM: job.planned_steps, schema.PLANNED_PFLOP_PARAM: round(job.planned_pflop, 9)}
-    datasets = (record.dataset_records(cfg, plan.train_shards, plan.val_shards, plan.holdout_shards)
-                if plan.train_shards is not None and plan.rank == 0 else [])
+    note, params, datasets = '', {}, []   # written by rank 0 only (the other ranks' trackers record nothing)
+    if plan.rank == 0:
+        note = record.run_description(cfg, model, job.n_params, world, ds.precision,
+                                      plan.train_shards.num_samples if plan.train_shards else None)
+        params = {**record.run_params(cfg, model, ds, world, n_params=job.n_params, gmacs=job.gmacs,
+                                      family=job.family, remedy=job.remedy, lr=job.lr),
+                  schema.PLANNED_STEPS_PARAM: job.planned_steps,
+                  schema.PLANNED_PFLOP_PARAM: round(job.planned_pflop, 9)}
+        if plan.train_shards is not None:
+            datasets = record.dataset_records(cfg, plan.train_shards, plan.val_shards, plan.holdout_shards)
     tracker = record.open_run(plan, model, job.device, family=job.family, remedy=job.remedy, kind=schema.TRAIN_KIND,
                               note=note, run_name=_run_name(cfg, model), params=params, datasets=datasets,
                               run_id=resumed.run_id, backlog_dir=out.backlog)
