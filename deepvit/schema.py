@@ -69,6 +69,7 @@ EXPORT_PATH_PARAM = 'export.path'               # the fp32 safetensors export
 PLANNED_STEPS_PARAM = 'train.planned_steps'     # optimizer steps the run is planned for (epochs or budget)
 PLANNED_PFLOP_PARAM = 'train.planned_pflop'     # their training compute, 6 × MACs × images (deepvit.training.budget)
 EVAL_WEIGHTS_PARAM, EVAL_SPLIT_PARAM = 'eval.weights', 'eval.split'   # eval runs
+EVAL_WEIGHTS_FORMAT_PARAM = 'eval.weights_format'   # the format the scored weights were read in (models.WEIGHTS_FORMAT)
 
 # ---- artifacts
 COLLAPSE_ARRAY = 'collapse/{stem}_{stage}.npy'  # the final probe's matrices (float32)

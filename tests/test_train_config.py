@@ -360,7 +360,9 @@ def test_eval_only_reads_a_dataset_without_a_train_split(launch_env):
     (val_only / '_info.json').write_text(json.dumps(info))
     for name in info['splits']['val']['filenames']:
         shutil.copy(src / name, val_only / name)
-    (launch_env / 'w.safetensors').write_bytes(b'')
+    import torch
+    from safetensors.torch import save_file   # preflight reads the weights' format marker (issue 18)
+    save_file({'w': torch.zeros(1)}, str(launch_env / 'w.safetensors'), metadata={'deepvit.weights_format': '2'})
     cfg = Config()
     cfg.data.source, cfg.eval_only, cfg.eval_weights = str(val_only), True, str(launch_env / 'w.safetensors')
     cfg.output_dir = str(launch_env / 'eval')

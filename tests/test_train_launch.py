@@ -231,6 +231,7 @@ def test_eval_only_scores_weights_and_records_an_eval_run(source, env, reference
     (run,) = [r for r in c.search_runs([exp.experiment_id], "tags.`deepvit.kind` = 'eval'")
               if r.data.params.get('eval.weights') == weights]
     assert run.info.status == 'FINISHED' and run.data.params['eval.split'] == 'val'
+    assert run.data.params['eval.weights_format'] == '2'   # read from the export's metadata / checkpoint's state
     assert run.data.metrics['val/num_samples'] == DIGITS_VAL
     trained = final_metric(c, run_id(reference), 'val/top1')
     assert abs(run.data.metrics['val/top1'] - trained) <= 100 / DIGITS_VAL + 1e-9  # one borderline image at most
@@ -314,31 +315,67 @@ def test_an_older_weights_format_resumes_only_where_it_reads_the_same(env, refer
     _check_weights_format(copy / 'checkpoints', tag, bn_only)   # Θ = I reads the same transposed
 
 
-def test_weights_of_the_older_format_load_for_evaluation_converted(reference, tmp_path):
-    """--eval-only's loader reads the format an export's metadata or a checkpoint's client state names: an export
-    without the marker and a checkpoint without it (format 1, Θ untransposed) give the current weights."""
+def test_eval_weights_are_read_in_the_format_they_say_or_the_user_says(env, reference, tmp_path, monkeypatch):
+    """--eval-only reads the weights format an export's metadata or a checkpoint's client state names. An unmarked
+    .safetensors file is ambiguous for a learned Θ (an old export holds Θ, a file saved since by other means Θᵀ):
+    preflight refuses it until --eval-weights-format says which, then the loader converts. Bad markers, a format
+    that contradicts the file, and a 'latest' naming no folder are refused in one line, before anything is built."""
     import shutil
+    from types import SimpleNamespace
     import timm
     from safetensors.torch import load_file, save_file
     from deepvit.training.checkpoint import latest_tag
+    from deepvit.training.config import ConfigError, build_parser, resolve
     from deepvit.training.evaluation import load_weights
+    from deepvit.training.preflight import _eval_weights_format, preflight
     spec = json.loads((Path(reference) / 'model.json').read_text())
     model = timm.create_model(spec['name'], **spec['kwargs'])
-    current = load_weights(str(Path(reference) / 'model.safetensors'), model)
+
+    def fmt(path, given=None, net=model):
+        return _eval_weights_format(SimpleNamespace(eval_weights=str(path), eval_weights_format=given), net)
+    export = Path(reference) / 'model.safetensors'
+    assert fmt(export) == 2 and fmt(reference) == 2
+    current = load_weights(str(export), model, 2)
     thetas = [k for k in current if k.endswith('attn.reattn.weight')]
     assert thetas and all(not torch.equal(current[k], current[k].t()) for k in thetas)
-    exported = load_file(str(Path(reference) / 'model.safetensors'))
-    old = {k: (v.t().contiguous() if k in thetas else v) for k, v in exported.items()}
-    save_file(old, str(tmp_path / 'old.safetensors'))   # no metadata: written before the marker
+    old = {k: (v.t().contiguous() if k in thetas else v) for k, v in load_file(str(export)).items()}
+    save_file(old, str(tmp_path / 'old.safetensors'))   # an export written before the marker: Θ, no metadata
+
+    for key in ('DEEPVIT_DATA_CACHE', 'MLFLOW_TRACKING_URI'):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.setenv('WORLD_SIZE', '1')
+    monkeypatch.setenv('RANK', '0')
+    zero2 = str(ROOT / 'ds_configs' / 'zero2.json')
+    argv = ['--deepspeed', zero2, '--output-dir', str(tmp_path / 'eval'), *TINY, '--eval-only', '--eval-weights',
+            str(tmp_path / 'old.safetensors')]
+    with pytest.raises(ConfigError, match='has no deepvit.weights_format metadata.*--eval-weights-format 1'):
+        preflight(resolve(build_parser().parse_args(argv)), zero2)
+    assert not (tmp_path / 'eval').exists()   # refused before the output folder is made
+    plan = preflight(resolve(build_parser().parse_args(argv + ['--eval-weights-format', '1'])), zero2)
+    assert plan.cfg.eval_weights_format == 1
+    loaded = load_weights(str(tmp_path / 'old.safetensors'), model, 1)
+    assert loaded.keys() == current.keys() and all(torch.equal(loaded[k], current[k]) for k in current)
+    vit = timm.create_model('vit_tiny_patch4_32', depth=2, device='meta')
+    assert fmt(tmp_path / 'old.safetensors', net=vit) == 2   # no Θ: either format reads the same
+
+    with pytest.raises(ConfigError, match=r"eval_weights_format=1, but eval_weights=.* says it is in format 2"):
+        fmt(export, 1)
+    with pytest.raises(ConfigError, match=r'eval_weights_format=3: must be 1 or 2'):
+        fmt(export, 3)
+    for value, words in (('two', "is 'two', not an integer weights format"), ('3', 'is in weights format 3')):
+        save_file(old, str(tmp_path / f'{value}.safetensors'), metadata={'deepvit.weights_format': value})
+        with pytest.raises(ConfigError, match=words):
+            fmt(tmp_path / f'{value}.safetensors')
+
     copy = tmp_path / 'copy'
     shutil.copytree(Path(reference) / 'checkpoints', copy / 'checkpoints')
     _as_weights_format_1(copy / 'checkpoints' / latest_tag(copy / 'checkpoints'))
-    for source in (str(tmp_path / 'old.safetensors'), str(copy)):
-        loaded = load_weights(source, model)
-        assert loaded.keys() == current.keys()
-        for k in current:   # the checkpoint's Θ is current but its marker says format 1: the loader follows the marker
-            want = current[k].t() if source == str(copy) and k in thetas else current[k]
-            assert torch.equal(loaded[k], want), (source, k)
+    assert fmt(copy) == 1
+    loaded = load_weights(str(copy), model, 1)   # the checkpoint's Θ is current but its marker says 1: followed
+    assert all(torch.equal(loaded[k], current[k].t() if k in thetas else current[k]) for k in current)
+    (copy / 'checkpoints' / 'latest').write_text('epoch9999')
+    with pytest.raises(ConfigError, match="names 'epoch9999', which is not a checkpoint folder there"):
+        fmt(copy)
 
 
 @pytest.mark.parametrize('stage', [2])   # ZeRO-3 checked by hand (docs/training.md); left out to keep the suite under 15 min

@@ -6,8 +6,8 @@ The folded-BatchNorm fast path (forward and backward as custom ops) lives in :mo
 
 Θ is a learnable (H, H) matrix that mixes the H heads' attention maps after the softmax: the mixed map of head h
 is ``sum_g Θ[g, h] · A_g``. It is stored as ``weight`` = Θᵀ (H_out, H_in), the layout of every head mix here
-(:class:`~deepvit.models.head_mix.HeadMix`) and of the official code's Conv2d. The official code (zhoudaquan/dvit_repo, ``models/layers.py``, class ``ReAttention``)
-implements Θᵀ as a 1×1 ``Conv2d(H, H)`` with bias followed by ``BatchNorm2d(H)``, with attention dropout before Θ;
+(:class:`~deepvit.models.head_mix.HeadMix`) and of the official code's Conv2d. The official code
+(zhoudaquan/dvit_repo, ``models/layers.py``, class ``ReAttention``) implements Θᵀ as a 1×1 ``Conv2d(H, H)`` with bias followed by ``BatchNorm2d(H)``, with attention dropout before Θ;
 lucidrains/vit-pytorch (``vit_pytorch/deepvit.py``) uses a bias-free N(0, 1) Θ and LayerNorm over the head axis.
 
 Shapes: attention maps (B, H, N, N); Θ (H, H).
@@ -257,7 +257,7 @@ class ReAttentionMix(HeadMix):
 class ReAttention(Attention):
     """Multi-head self-attention with Re-attention: timm's Attention plus a :class:`ReAttentionMix` ``reattn``.
 
-    Parameter names are timm's Attention's (``qkv``, ``proj``, ...) plus ``reattn.weight`` (Θ) and ``reattn.norm.*``,
+    Parameter names are timm's Attention's (``qkv``, ``proj``, ...) plus ``reattn.weight`` (Θᵀ) and ``reattn.norm.*``,
     so a ViT state dict loads into a DeepViT of the same size with only the Re-attention entries missing.
     Always takes the explicit path (the mixing needs the maps). ``maps['softmax']`` holds the maps before the mixing,
     ``maps['mixed']`` the normalised, mixed maps that weight ``v``.

@@ -203,8 +203,45 @@ def model_states(tag_dir: Path) -> Dict[str, Any]:
 
 def saved_weights_format(tag_dir: Path) -> int:
     """The :data:`~deepvit.models.WEIGHTS_FORMAT` checkpoint ``tag_dir`` was written in (its client state's
-    ``weights_format``; 1 when absent: written before the marker)."""
-    return int(model_states(tag_dir).get('weights_format', 1))
+    ``weights_format``; 1 when absent: written before the marker).
+
+    Raises:
+        ValueError: the marker is not an integer.
+    """
+    return _format_number(model_states(tag_dir).get('weights_format', 1), f"weights_format in {tag_dir}")
+
+
+def written_weights_format(path: Path) -> Optional[int]:
+    """The weights format a ``.safetensors`` file's metadata (``deepvit.weights_format``; ``None`` when the file has
+    none) or a checkpoint folder / run output folder (its latest checkpoint's client state, 1 when absent) says.
+
+    Raises:
+        ValueError: an unreadable ``.safetensors`` file, a marker that is not an integer, or a ``latest`` that names
+            no checkpoint folder.
+    """
+    path = Path(path)
+    if path.is_file():
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(str(path), 'pt') as f:
+                value = (f.metadata() or {}).get('deepvit.weights_format')
+        except SafetensorError as err:
+            raise ValueError(f"not a readable .safetensors file ({err})") from None
+        return None if value is None else _format_number(value, f"deepvit.weights_format metadata of {path}")
+    from .layout import checkpoint_folder
+    ckpt = checkpoint_folder(path)
+    tag = latest_tag(ckpt)
+    if tag is None:
+        named = (ckpt / LATEST).read_text().strip() if (ckpt / LATEST).is_file() else None
+        raise ValueError(f"'latest' in {ckpt} names {named!r}, which is not a checkpoint folder there")
+    return saved_weights_format(ckpt / tag)
+
+
+def _format_number(value: Any, what: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} is {value!r}, not an integer weights format") from None
 
 
 def export_fp32(ckpt_dir: Path, tag: str, out_file: Path) -> Path:

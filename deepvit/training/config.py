@@ -271,6 +271,9 @@ class Config:
     """score eval_weights on data.val_split without training (DeiT's --eval, timm's validate.py)"""
     eval_weights: Optional[str] = None
     """with eval_only: a .safetensors export, a checkpoints/ folder or a run's output_dir"""
+    eval_weights_format: Optional[int] = None
+    """with eval_only, for a .safetensors file without deepvit.weights_format metadata: 1 (our exports before format 2)
+    or 2 (Re-attention weights stored transposed, as now); files that carry it need none"""
 
 
 SECTIONS = {'model': ModelConfig, 'data': DataConfig, 'train': TrainConfig, 'log': LogConfig}

@@ -18,39 +18,27 @@ import torch
 from .. import schema
 from ..code_version import code_tags, code_version
 from . import record
-from .checkpoint import latest_tag, saved_weights_format, seed_everything
+from .checkpoint import latest_tag, seed_everything
 from .collapse_report import CollapseProbe, log_collapse_artifacts, similarity_figure
 from .config import ConfigError
 from .engine import by_sample, evaluate, gather_correct
 from .layout import checkpoint_folder
 
 
-def load_weights(path: str, model: torch.nn.Module) -> dict:
-    """The fp32 state dict of a ``.safetensors`` export, a ``checkpoints/`` folder or a run's ``output_dir``, in the
-    current :data:`~deepvit.models.WEIGHTS_FORMAT` for ``model`` (an export's metadata or a checkpoint's client state
-    says the format it was written in; unmarked files are format 1: their Re-attention Θ is transposed).
-
-    Raises:
-        ConfigError: the weights were written in a format newer than this code reads.
-    """
+def load_weights(path: str, model: torch.nn.Module, weights_format: int) -> dict:
+    """The fp32 state dict of a ``.safetensors`` export, a ``checkpoints/`` folder or a run's ``output_dir``, written
+    in ``weights_format`` (resolved by preflight: the file's own marker, else ``--eval-weights-format``), converted
+    to the current :data:`~deepvit.models.WEIGHTS_FORMAT` for ``model``."""
     from ..models import upgrade_state_dict
     p = Path(path)
     if p.is_file():
-        from safetensors import safe_open
         from safetensors.torch import load_file
-        with safe_open(str(p), 'pt') as f:
-            written = int((f.metadata() or {}).get('deepvit.weights_format', 1))
         state = load_file(str(p))
     else:
         ckpt = checkpoint_folder(p)
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        tag = latest_tag(ckpt)
-        written = saved_weights_format(ckpt / tag)
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
-    try:
-        return upgrade_state_dict(model, state, written)
-    except ValueError as err:
-        raise ConfigError(f"eval_weights={path!r}: {err}") from None
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=latest_tag(ckpt))
+    return upgrade_state_dict(model, state, weights_format)
 
 
 def run_eval(plan) -> int:
@@ -63,7 +51,7 @@ def run_eval(plan) -> int:
     device = start_process_group(plan)   # as training: quiet ranks, the device, DeepSpeed's /dev/shm unlinked
     seed_everything(cfg.train.seed)
     model = timm.create_model(cfg.model.name, **plan.model_kwargs)
-    weights = load_weights(cfg.eval_weights, model)
+    weights = load_weights(cfg.eval_weights, model, cfg.eval_weights_format)
     misfit = _misfit(model.state_dict(), weights)
     if misfit:
         raise ConfigError(f"eval_weights={cfg.eval_weights!r} do not fit {cfg.model.name} {plan.model_kwargs}: "
@@ -80,7 +68,8 @@ def run_eval(plan) -> int:
                                                      gmacs=gmacs_per_image(model), family=family, remedy=remedy,
                                                      lr=0.0).items()
                   if not k.startswith(('train.', 'ds.')) or k.startswith('train.collapse')}
-        params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split})
+        params.update({schema.EVAL_WEIGHTS_PARAM: cfg.eval_weights, schema.EVAL_SPLIT_PARAM: cfg.data.val_split,
+                       schema.EVAL_WEIGHTS_FORMAT_PARAM: cfg.eval_weights_format})
         if plan.val_shards is not None:
             datasets = record.dataset_records(cfg, plan.train_shards, plan.val_shards)[1:]
     tracker = record.open_run(plan, model, device, family=family, remedy=remedy, kind=schema.EVAL_KIND, note=note,

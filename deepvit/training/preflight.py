@@ -12,6 +12,7 @@ from .config import Config, ConfigError, model_overrides
 from ..data.plan import default_num_workers
 from ..ranks import cores_per_rank, env_local_rank, env_rank, env_world_size
 from .ds_config import ResolvedDeepSpeedConfig, resolve_ds_config
+from .checkpoint import written_weights_format
 from .joblock import acquire as acquire_job_lock
 from .layout import LATEST, RunDir, checkpoint_folder
 from .resume import check_resume
@@ -98,6 +99,8 @@ def preflight(cfg: Config, ds_path: str) -> Plan:
         raise ConfigError(f"model: {err}") from None
     except TypeError as err:
         raise ConfigError(f"model: {cfg.model.name}: {err}") from None
+    if cfg.eval_only:   # recorded in config.json and the eval run's params
+        cfg.eval_weights_format = _eval_weights_format(cfg, meta)
     depth = int(meta.model_cfg['depth'])
     if cfg.train.cosine_reg and cfg.train.cosine_reg_blocks + 1 > depth:
         raise ConfigError(f"train.cosine_reg_blocks={cfg.train.cosine_reg_blocks} needs "
@@ -162,6 +165,38 @@ def _check_eval_weights(path: Optional[str]) -> None:
         return
     raise ConfigError(f"eval_weights={path!r}: not a .safetensors file, nor a folder with a DeepSpeed checkpoint "
                       f"('latest' in it or in its checkpoints/)")
+
+
+def _eval_weights_format(cfg: Config, model) -> int:
+    """The weights format ``--eval-weights`` was written in (:data:`~deepvit.models.WEIGHTS_FORMAT`): what the file
+    or checkpoint says, else ``--eval-weights-format``. A ``.safetensors`` file without the marker is ambiguous for
+    a model with a learned Re-attention Θ: our exports before format 2 hold Θ, a file written since by other means
+    (DeepSpeed's ``zero_to_fp32.py --safe_serialization``, ``save_file(model.state_dict())``) holds Θᵀ, same shape;
+    it is refused until the user says which. Raises ConfigError naming the field and the value."""
+    from ..models import WEIGHTS_FORMAT, ReAttentionMix
+    path, given = cfg.eval_weights, cfg.eval_weights_format
+    if given is not None and given not in (1, WEIGHTS_FORMAT):
+        raise ConfigError(f"eval_weights_format={given!r}: must be 1 or {WEIGHTS_FORMAT}")
+    try:
+        written = written_weights_format(Path(path))
+    except ValueError as err:
+        raise ConfigError(f"eval_weights={path!r}: {err}") from None
+    if written is not None and written not in (1, WEIGHTS_FORMAT):
+        raise ConfigError(f"eval_weights={path!r} is in weights format {written}; this code reads formats 1 and "
+                          f"{WEIGHTS_FORMAT} (the weights were written by a newer deepvit)")
+    if written is not None and given is not None and given != written:
+        raise ConfigError(f"eval_weights_format={given}, but eval_weights={path!r} says it is in format {written}; "
+                          f"leave --eval-weights-format out")
+    if written is not None:
+        return written
+    if given is not None:
+        return given
+    if any(isinstance(m, ReAttentionMix) and m.theta_type == 'learned' for m in model.modules()):
+        raise ConfigError(f"eval_weights={path!r} has no deepvit.weights_format metadata, and its Re-attention Θ may "
+                          f"be stored either way: say --eval-weights-format 1 for an export written before format 2 "
+                          f"(Θ as is), or --eval-weights-format {WEIGHTS_FORMAT} for weights saved since by other means "
+                          f"(Θᵀ, e.g. DeepSpeed's zero_to_fp32.py); see docs/models.md")
+    return WEIGHTS_FORMAT   # no learned Θ: both formats read the same
 
 
 def _check_model_name(name: str) -> None:

@@ -28,7 +28,7 @@ from .universal import WorldChange, refuse_reason, saved_batch
 # checkpoint cadence, data workers, memory and speed switches that leave the numbers alone, where it is written
 RESUME_MAY_CHANGE = ('train.epochs', 'train.max_steps', 'train.log_every', 'train.checkpoint_hist',
                      'train.collapse_every', 'train.grad_checkpointing', 'train.compile', 'data.num_workers',
-                     'output_dir', 'resume', 'eval_only', 'eval_weights')
+                     'output_dir', 'resume', 'eval_only', 'eval_weights', 'eval_weights_format')
 
 
 def check_resume(cfg: Config, run_dir: RunDir, rank: int, world: int, ds, ds_path: str,
