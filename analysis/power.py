@@ -6,12 +6,34 @@ paired quantity (ddof 1). Re-exported by :mod:`analysis.stats`.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import stats
 
-__all__ = ['t_half_width', 'seeds_needed', 'detectable_effect', 'resolution', 'binomial_se']
+__all__ = ['t_half_width', 'seeds_needed', 'detectable_effect', 'Resolution', 'resolution', 'binomial_se']
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What ``n`` seeds resolve (:func:`resolution`); every width and effect in pp.
+
+    Attributes:
+        sd: per-seed sd of the paired quantity; n: seeds.
+        half_width_now: the t interval's half-width at ``n`` (:func:`t_half_width`).
+        detectable_effect: the effect detectable at ``n`` with ``power`` (:func:`detectable_effect`).
+        half_width_target: the target half-width; seeds_needed: seeds that reach it (None when above ``n_max``).
+        confidence, power: the interval's coverage and the test's power.
+    """
+    sd: float
+    n: int
+    half_width_now: float
+    detectable_effect: float
+    half_width_target: float
+    seeds_needed: Optional[int]
+    confidence: float
+    power: float
 
 
 def _is_real(x) -> bool:
@@ -59,7 +81,7 @@ def seeds_needed(sd: float, half_width: float = 1.0, confidence: float = 0.95, n
     """Smallest number of seeds n ≥ 2 whose t interval of a paired mean has half-width ≤ ``half_width``.
 
     Solves ``t_{1−α/2, n−1} · sd / sqrt(n) ≤ half_width`` for n (the left side decreases in n), with ``sd`` the
-    per-seed sd of the paired quantity in pp (e.g. ``interaction()['sd']`` for the interaction). This plans the
+    per-seed sd of the paired quantity in pp (e.g. ``interaction().sd`` for the interaction). This plans the
     interval's width only: the half-width is itself random with a new sd, and it says nothing about power (see
     :func:`detectable_effect`).
 
@@ -99,18 +121,19 @@ def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float 
 
 
 def resolution(sd: float, n: int, half_width: float = 1.0, confidence: float = 0.95, power: float = 0.8,
-               n_max: int = 1000) -> Dict:
+               n_max: int = 1000) -> Resolution:
     """What ``n`` seeds with per-seed paired sd ``sd`` (pp) resolve, for a report line.
 
     Returns:
-        ``{'sd', 'n', 'half_width_now' (t half-width at n), 'detectable_effect' (at n, see
-        :func:`detectable_effect`), 'half_width_target', 'seeds_needed' (None when above n_max), 'confidence',
-        'power'}``.
+        A :class:`Resolution`.
+    Raises:
+        ValueError: a bad ``sd``, ``n``, ``half_width``, ``n_max``, ``confidence`` or ``power`` (from
+            :func:`seeds_needed`, :func:`t_half_width` and :func:`detectable_effect`).
     """
     needed = _seeds_needed(sd, half_width, confidence, n_max)
-    return {'sd': float(sd), 'n': int(n), 'half_width_now': t_half_width(sd, n, confidence),
-            'detectable_effect': detectable_effect(sd, n, confidence, power), 'half_width_target': float(half_width),
-            'seeds_needed': needed, 'confidence': confidence, 'power': power}
+    return Resolution(sd=float(sd), n=int(n), half_width_now=t_half_width(sd, n, confidence),
+                      detectable_effect=detectable_effect(sd, n, confidence, power),
+                      half_width_target=float(half_width), seeds_needed=needed, confidence=confidence, power=power)
 
 
 def binomial_se(p_percent: float, n_images: int) -> float:

@@ -192,9 +192,9 @@ def analyze(experiment: str, out: Path, sweep: Optional[str] = None, tracking_ur
     if baseline is not None:
         result = study_statistics(runs, load_correct(client, runs, progress=progress), baseline, n_boot=n_boot,
                                   threshold=threshold)
-        if len(result['differences']):
-            figures += plot_paired_differences(result['differences'], baseline, fig_dir)
-            result['differences'].to_csv(out / 'differences.csv', index=False)
+        if len(result.differences):
+            figures += plot_paired_differences(result.differences, baseline, fig_dir)
+            result.differences.to_csv(out / 'differences.csv', index=False)
             files.append(out / 'differences.csv')
         statistics = statistics_markdown(result)
         statistics += ['', '### Code versions of the pairs', ''] + _code_versions(runs, train, baseline)

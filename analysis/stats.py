@@ -48,21 +48,93 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import pandas as pd
 
 from .aggregate import METRICS
-from .power import (_check_confidence, _is_real, binomial_se, detectable_effect, resolution, seeds_needed,
-                    t_half_width)
+from .power import (Resolution, _check_confidence, _is_real, binomial_se, detectable_effect, resolution,
+                    seeds_needed, t_half_width)
 from .resampling import (REQUIRED_COLUMNS, TOP1_ATOL, Correct, Values, boot_mean, cell_rng, check_boot,
                          check_runs, check_series, correct_matrix, excludes_zero, image_replicates, percentile, seed_cells,
                          seed_counts, t_interval, used_rows)
 from .saturation import DEFAULT_THRESHOLD, saturation_depth
 
-__all__ = ['REQUIRED_COLUMNS', 'TOP1_ATOL', 'from_runs_frame', 'paired_differences', 'interaction',
-           'saturation_bootstrap', 't_half_width', 'seeds_needed', 'detectable_effect', 'resolution', 'binomial_se']
+__all__ = ['REQUIRED_COLUMNS', 'TOP1_ATOL', 'Interaction', 'SaturationInterval', 'from_runs_frame',
+           'paired_differences', 'interaction', 'saturation_bootstrap', 't_half_width', 'seeds_needed',
+           'detectable_effect', 'Resolution', 'resolution', 'binomial_se']
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """The depth interaction of :func:`interaction` (every value in percentage points unless said).
+
+    Attributes:
+        series, baseline: the remedy series and the series it is compared with.
+        d_lo, d_hi: the two depths.
+        seeds: the seeds present in all four cells (ascending); ``n`` is their number.
+        values: the per-seed interactions ``I_s``, in the order of ``seeds``.
+        mean, sd: mean and sample sd (ddof 1) of the ``I_s``; NaN when ``n = 0`` (sd: ``n < 2``).
+        t_low, t_high: Student t interval; boot_low, boot_high: two-level percentile bootstrap interval (NaN when
+            ``n < 2``).
+        resolved: the t interval excludes 0.
+        gain_series, gain_baseline: mean over the same seeds of ``m(d_hi) − m(d_lo)`` for each series.
+        confidence: coverage of both intervals; n_boot: bootstrap replicates.
+    """
+    series: str
+    baseline: str
+    d_lo: int
+    d_hi: int
+    seeds: List[int]
+    values: List[float]
+    n: int
+    mean: float
+    sd: float
+    t_low: float
+    t_high: float
+    boot_low: float
+    boot_high: float
+    resolved: bool
+    gain_series: float
+    gain_baseline: float
+    confidence: float
+    n_boot: int
+
+
+@dataclass(frozen=True)
+class SaturationInterval:
+    """The saturation depth of one series with its bootstrap distribution (:func:`saturation_bootstrap`).
+
+    Attributes:
+        series: the series whose mean curve is read; threshold: the rule's threshold (pp).
+        point: the saturation depth of the mean curve, or None (still improving at the largest depth).
+        distribution: ``{depth or 'none': fraction of replicates}``, depths ascending then ``'none'``.
+        low, high: the ``α/2`` and ``1 − α/2`` quantiles of the replicates' depth ("none" as +infinity): a depth, or
+            ``f'>{dmax}'`` when that quantile is "none".
+        depths: the depths measured; dmax: the largest.
+        n_seeds: seeds of the series (union over its depths).
+        confidence, n_boot: coverage and replicates.
+        note: a warning that the distribution is degenerate (one seed, no image resampling), else None.
+    """
+    series: str
+    threshold: float
+    point: Optional[int]
+    distribution: Dict[Union[int, str], float]
+    low: Union[int, str]
+    high: Union[int, str]
+    depths: List[int]
+    dmax: int
+    n_seeds: int
+    confidence: float
+    n_boot: int
+    note: Optional[str]
+
+    @property
+    def interval(self) -> List[Union[int, str]]:
+        """``[low, high]``."""
+        return [self.low, self.high]
 
 def from_runs_frame(frame: pd.DataFrame, metric: str = 'final', series_column: str = 'series') -> pd.DataFrame:
     """This module's ``runs`` frame from :func:`analysis.records.runs_frame`'s: finished runs with a known depth, seed
@@ -142,7 +214,7 @@ def paired_differences(runs: pd.DataFrame, baseline: str = 'vit', correct: Corre
 
 def interaction(runs: pd.DataFrame, series: str, baseline: str = 'vit', d_lo: Optional[int] = None,
                 d_hi: Optional[int] = None, correct: Correct = None, confidence: float = 0.95, n_boot: int = 2000,
-                seed: int = 0) -> Dict:
+                seed: int = 0) -> Interaction:
     """Depth interaction: how much more (pp) ``series`` gains from ``d_lo`` to ``d_hi`` than the baseline does.
 
     ``I = [m(d_hi) − m(d_lo)]_series − [m(d_hi) − m(d_lo)]_baseline``, estimated seed-paired: for each seed s present
@@ -155,9 +227,7 @@ def interaction(runs: pd.DataFrame, series: str, baseline: str = 'vit', d_lo: Op
         series: the remedy series.
         d_lo, d_hi: the two depths; default the smallest and largest depth present in both series.
     Returns:
-        ``{'series', 'baseline', 'd_lo', 'd_hi', 'seeds', 'values' (the I_s, pp), 'n', 'mean', 'sd', 't_low', 't_high',
-        'boot_low', 'boot_high', 'resolved', 'gain_series', 'gain_baseline' (mean over the same seeds of
-        m(d_hi) − m(d_lo), pp), 'confidence', 'n_boot'}``; ``n = 0`` gives NaN statistics, ``n < 2`` NaN intervals.
+        An :class:`Interaction`; ``n = 0`` gives NaN statistics, ``n < 2`` NaN intervals.
     Raises:
         ValueError: bad runs/correct, unknown series or baseline, ``series == baseline``, fewer than two depths shared,
             ``d_lo``/``d_hi`` not a depth of both series or ``d_lo >= d_hi``.
@@ -199,16 +269,16 @@ def interaction(runs: pd.DataFrame, series: str, baseline: str = 'vit', d_lo: Op
                                                                            f'{d_lo}|{d_hi}'))
         boot_low, boot_high = percentile(reps, confidence)
     nan_mean = (lambda v: float(np.mean(v)) if len(v) else math.nan)
-    return {'series': series, 'baseline': baseline, 'd_lo': d_lo, 'd_hi': d_hi, 'seeds': seeds,
-            'values': [float(v) for v in i_s], 'n': len(seeds), 'mean': mean, 'sd': sd, 't_low': t_low,
-            't_high': t_high, 'boot_low': boot_low, 'boot_high': boot_high, 'resolved': excludes_zero(t_low, t_high),
-            'gain_series': nan_mean(gain_r), 'gain_baseline': nan_mean(gain_b), 'confidence': confidence,
-            'n_boot': int(n_boot)}
+    return Interaction(series=series, baseline=baseline, d_lo=d_lo, d_hi=d_hi, seeds=seeds,
+                       values=[float(v) for v in i_s], n=len(seeds), mean=mean, sd=sd, t_low=t_low, t_high=t_high,
+                       boot_low=boot_low, boot_high=boot_high, resolved=excludes_zero(t_low, t_high),
+                       gain_series=nan_mean(gain_r), gain_baseline=nan_mean(gain_b), confidence=confidence,
+                       n_boot=int(n_boot))
 
 
 def saturation_bootstrap(runs: pd.DataFrame, series: str, threshold: float = DEFAULT_THRESHOLD,
                          correct: Correct = None, n_boot: int = 2000, seed: int = 0,
-                         confidence: float = 0.95) -> Dict:
+                         confidence: float = 0.95) -> SaturationInterval:
     """Saturation depth of one series' mean curve, with its bootstrap distribution and interval.
 
     The point is :func:`analysis.saturation.saturation_depth` of ``m(d)`` = mean top-1 over the seeds at depth d. A
@@ -222,12 +292,10 @@ def saturation_bootstrap(runs: pd.DataFrame, series: str, threshold: float = DEF
         series: the series whose curve is read.
         threshold: the rule's threshold (pp), default :data:`analysis.saturation.DEFAULT_THRESHOLD`.
     Returns:
-        ``{'series', 'threshold', 'point' (depth or None), 'distribution' ({depth or 'none': fraction of
-        replicates}, depths ascending then 'none'), 'low', 'high', 'interval' ([low, high]), 'depths', 'dmax',
-        'n_seeds', 'confidence', 'n_boot', 'note'}``. ``low``/``high`` are the ``α/2`` and ``1 − α/2`` quantiles
-        (inverted-CDF, so always a value some replicate took) of the depth with "none" as +infinity: a depth (int),
-        or ``f'>{dmax}'`` when that quantile is "none". ``note`` flags a single seed without image resampling (the
-        distribution is then degenerate and says nothing) or is None.
+        A :class:`SaturationInterval`. ``low``/``high`` are the ``α/2`` and ``1 − α/2`` quantiles (inverted-CDF, so
+        always a value some replicate took) of the depth with "none" as +infinity: a depth (int), or ``f'>{dmax}'``
+        when that quantile is "none". ``note`` flags a single seed without image resampling (the distribution is
+        then degenerate and says nothing) or is None.
     Raises:
         ValueError: bad runs/correct, unknown series, or ``threshold`` not positive.
     """
@@ -274,6 +342,6 @@ def saturation_bootstrap(runs: pd.DataFrame, series: str, threshold: float = DEF
     note = None
     if len(seeds) < 2 and correct is None:
         note = 'one seed and no per-image correctness: nothing is resampled, the distribution is degenerate'
-    return {'series': series, 'threshold': float(threshold), 'point': point, 'distribution': distribution,
-            'low': low, 'high': high, 'interval': [low, high], 'depths': depths, 'dmax': dmax,
-            'n_seeds': len(seeds), 'confidence': confidence, 'n_boot': int(n_boot), 'note': note}
+    return SaturationInterval(series=series, threshold=float(threshold), point=point, distribution=distribution,
+                              low=low, high=high, depths=depths, dmax=dmax, n_seeds=len(seeds),
+                              confidence=confidence, n_boot=int(n_boot), note=note)

@@ -219,25 +219,25 @@ INTERACTION = {('vit', 2): [60, 61, 62, 63], ('vit', 4): [65, 66, 67, None], ('v
 def test_interaction_by_hand():
     res = S.interaction(frame(INTERACTION), 'deepvit', n_boot=300)
     # defaults: depths shared by both series are 2, 4, 8 -> d_lo 2, d_hi 8 (16 is deepvit only)
-    assert (res['d_lo'], res['d_hi']) == (2, 8)
+    assert (res.d_lo, res.d_hi) == (2, 8)
     # seed 3 lacks deepvit@8 -> seeds 0, 1, 2
     # I_0 = (75-61) - (70-60) = 4;  I_1 = (76-62) - (70.5-61) = 4.5;  I_2 = (78-62.5) - (72-62) = 5.5
-    assert res['seeds'] == [0, 1, 2] and res['n'] == 3
-    assert res['values'] == pytest.approx([4.0, 4.5, 5.5], abs=1e-12)
+    assert res.seeds == [0, 1, 2] and res.n == 3
+    assert res.values == pytest.approx([4.0, 4.5, 5.5], abs=1e-12)
     # mean 14/3; deviations -2/3, -1/6, 5/6 -> squares 16/36 + 1/36 + 25/36 = 42/36, / 2 -> sd sqrt(7/12)
-    assert res['mean'] == pytest.approx(14 / 3, abs=1e-12)
-    assert res['sd'] == pytest.approx(math.sqrt(7 / 12), abs=1e-12)
+    assert res.mean == pytest.approx(14 / 3, abs=1e-12)
+    assert res.sd == pytest.approx(math.sqrt(7 / 12), abs=1e-12)
     half = T975_2 * math.sqrt(7 / 12) / math.sqrt(3)
-    assert abs(res['t_low'] - (14 / 3 - half)) < 1e-9 and abs(res['t_high'] - (14 / 3 + half)) < 1e-9
-    assert res['resolved']  # 14/3 - 1.897 > 0
-    assert res['gain_series'] == pytest.approx((14 + 14 + 15.5) / 3)
-    assert res['gain_baseline'] == pytest.approx((10 + 9.5 + 10) / 3)
-    assert res['boot_low'] <= res['mean'] <= res['boot_high']
-    assert 4.0 <= res['boot_low'] and res['boot_high'] <= 5.5  # a mean of resampled I_s stays in their range
+    assert abs(res.t_low - (14 / 3 - half)) < 1e-9 and abs(res.t_high - (14 / 3 + half)) < 1e-9
+    assert res.resolved  # 14/3 - 1.897 > 0
+    assert res.gain_series == pytest.approx((14 + 14 + 15.5) / 3)
+    assert res.gain_baseline == pytest.approx((10 + 9.5 + 10) / 3)
+    assert res.boot_low <= res.mean <= res.boot_high
+    assert 4.0 <= res.boot_low and res.boot_high <= 5.5  # a mean of resampled I_s stays in their range
     # explicit depths: 4 -> 8; seed 3 lacks vit@4 and deepvit@8; I_0 = (75-67)-(70-65) = 3; I_1 = 9-4.5 = 4.5;
     # I_2 = 10-5 = 5
     res = S.interaction(frame(INTERACTION), 'deepvit', d_lo=4, n_boot=50)
-    assert res['values'] == pytest.approx([3.0, 4.5, 5.0], abs=1e-12)
+    assert res.values == pytest.approx([3.0, 4.5, 5.0], abs=1e-12)
 
 
 def test_interaction_bootstrap_with_images_shares_draws_across_cells():
@@ -251,10 +251,10 @@ def test_interaction_bootstrap_with_images_shares_draws_across_cells():
             arrays[('deepvit', d, s)] = arr
     runs, correct = with_correct(arrays)
     res = S.interaction(runs, 'deepvit', correct=correct, n_boot=200)
-    assert (res['mean'], res['boot_low'], res['boot_high']) == (0.0, 0.0, 0.0)
+    assert (res.mean, res.boot_low, res.boot_high) == (0.0, 0.0, 0.0)
     # correct is only needed for the four cells used
     extra = pd.concat([runs, frame({('vit', 4): [50, 50, 50]})], ignore_index=True)
-    assert S.interaction(extra, 'deepvit', correct=correct, n_boot=20)['boot_high'] == 0.0
+    assert S.interaction(extra, 'deepvit', correct=correct, n_boot=20).boot_high == 0.0
 
 
 def test_interaction_bad_inputs():
@@ -281,26 +281,26 @@ def test_saturation_bootstrap_on_a_saturating_curve():
     means = {2: 60.0, 4: 70.0, 8: 70.1, 16: 70.2}
     runs = frame({('vit', d): m + rng.normal(0, 0.15, 5) for d, m in means.items()})
     res = S.saturation_bootstrap(runs, 'vit', n_boot=400)
-    assert res['point'] == 4
-    assert res['distribution'].get(4, 0) > 0.9
-    assert res['interval'] == [res['low'], res['high']] and res['low'] in (2, 4) and res['high'] in (4, 8)
-    assert sum(res['distribution'].values()) == pytest.approx(1.0)
-    assert res['dmax'] == 16 and res['n_seeds'] == 5 and res['note'] is None
+    assert res.point == 4
+    assert res.distribution.get(4, 0) > 0.9
+    assert res.interval == [res.low, res.high] and res.low in (2, 4) and res.high in (4, 8)
+    assert sum(res.distribution.values()) == pytest.approx(1.0)
+    assert res.dmax == 16 and res.n_seeds == 5 and res.note is None
 
 
 def test_saturation_bootstrap_draws_one_seed_set_for_all_depths():
     # seed offsets of +-5 shared by all depths: a paired draw moves the whole curve, never its shape
     runs = _curve('vit', {2: 60.0, 4: 70.0, 8: 70.1, 16: 70.2}, [-5, -2, 0, 3, 6])
     res = S.saturation_bootstrap(runs, 'vit', n_boot=300)
-    assert res['distribution'] == {4: 1.0} and (res['low'], res['high']) == (4, 4)
+    assert res.distribution == {4: 1.0} and (res.low, res.high) == (4, 4)
 
 
 def test_saturation_bootstrap_on_a_still_improving_curve():
     runs = _curve('deepvit', {2: 60.0, 4: 65.0, 8: 70.0, 16: 75.0}, [-0.3, 0.0, 0.4])
     res = S.saturation_bootstrap(runs, 'deepvit', n_boot=200)
-    assert res['point'] is None
-    assert res['distribution'] == {'none': 1.0}
-    assert res['interval'] == ['>16', '>16']
+    assert res.point is None
+    assert res.distribution == {'none': 1.0}
+    assert res.interval == ['>16', '>16']
 
 
 def test_saturation_bootstrap_mixed_distribution_orders_none_last():
@@ -308,12 +308,12 @@ def test_saturation_bootstrap_mixed_distribution_orders_none_last():
     means = {2: 60.0, 4: 70.0, 8: 70.5, 16: 71.0}  # each step is right at the 0.5 threshold
     runs = frame({('vit', d): m + rng.normal(0, 0.4, 4) for d, m in means.items()})
     res = S.saturation_bootstrap(runs, 'vit', n_boot=500)
-    dist = res['distribution']
+    dist = res.distribution
     assert 'none' in dist and len(dist) >= 2 and list(dist)[-1] == 'none'
-    assert res['high'] == '>16' and isinstance(res['low'], int) and res['low'] in dist
+    assert res.high == '>16' and isinstance(res.low, int) and res.low in dist
     # the point is the rule on the seed means
     pts = [(d, float(runs.loc[runs['depth'] == d, 'top1'].mean())) for d in means]
-    assert res['point'] == saturation_depth(pts, 0.5)
+    assert res.point == saturation_depth(pts, 0.5)
 
 
 def test_saturation_bootstrap_with_images_and_missing_seeds():
@@ -325,9 +325,9 @@ def test_saturation_bootstrap_with_images_and_missing_seeds():
                 arrays[('vit', d, s)] = (rng.random(2000) < p).astype(np.uint8)
     runs, correct = with_correct(arrays)
     res = S.saturation_bootstrap(runs, 'vit', correct=correct, n_boot=200, threshold=2.0)
-    assert res['point'] == 4 and res['distribution'].get(4, 0) > 0.8
+    assert res.point == 4 and res.distribution.get(4, 0) > 0.8
     one = S.saturation_bootstrap(runs[runs['seed'] == 0], 'vit', n_boot=20, threshold=2.0)
-    assert one['note'] is not None and one['n_seeds'] == 1
+    assert one.note is not None and one.n_seeds == 1
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -349,7 +349,7 @@ def test_seeds_needed_limits():
         S.seeds_needed(50.0, n_max=100)
     with pytest.raises(ValueError, match='sd'):
         S.seeds_needed(-1.0)
-    assert S.resolution(50.0, 3, n_max=100)['seeds_needed'] is None
+    assert S.resolution(50.0, 3, n_max=100).seeds_needed is None
 
 
 def test_detectable_effect_has_the_stated_power():
@@ -368,8 +368,8 @@ def test_detectable_effect_has_the_stated_power():
     assert S.detectable_effect(2.0, 5) == pytest.approx(2 * delta, rel=1e-9)
     assert S.detectable_effect(0.0, 5) == 0.0
     res = S.resolution(1.0, 5)
-    assert res['detectable_effect'] == pytest.approx(delta) and res['seeds_needed'] == S.seeds_needed(1.0)
-    assert res['half_width_now'] == pytest.approx(sst.t.ppf(0.975, 4) / math.sqrt(5))
+    assert res.detectable_effect == pytest.approx(delta) and res.seeds_needed == S.seeds_needed(1.0)
+    assert res.half_width_now == pytest.approx(sst.t.ppf(0.975, 4) / math.sqrt(5))
 
 
 def test_binomial_se():

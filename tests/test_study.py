@@ -138,8 +138,8 @@ def test_statistics_compare_series_of_the_baseline_width_only():
                                  'series': f'{family} {width}', 'depth': depth, 'seed': seed,
                                  'top1_final': 50.0 + shift + gain + seed, 'top1_best': 0.0})
     result = study_statistics(pd.DataFrame(rows), None, 'vit w64/h4', n_boot=50)
-    assert set(result['differences']['series']) == {'reattn w64/h4'}     # never reattn w96 vs vit w64
-    assert (result['differences']['mean_diff'] == 1.0).all()
+    assert set(result.differences['series']) == {'reattn w64/h4'}     # never reattn w96 vs vit w64
+    assert (result.differences['mean_diff'] == 1.0).all()
     assert 'reattn w96/h6, vit w96/h6' in ' '.join(statistics_markdown(result))
 
 
