@@ -15,7 +15,7 @@ from scipy import stats
 __all__ = ['t_half_width', 'seeds_needed', 'detectable_effect', 'Resolution', 'resolution', 'binomial_se']
 
 
-@dataclass(frozen=True)
+@dataclass
 class Resolution:
     """What ``n`` seeds resolve (:func:`resolution`); every width and effect in pp.
 
@@ -127,9 +127,11 @@ def resolution(sd: float, n: int, half_width: float = 1.0, confidence: float = 0
     Returns:
         A :class:`Resolution`.
     Raises:
-        ValueError: a bad ``sd``, ``n``, ``half_width``, ``n_max``, ``confidence`` or ``power`` (from
-            :func:`seeds_needed`, :func:`t_half_width` and :func:`detectable_effect`).
+        ValueError: ``sd`` not a finite number >= 0, ``n`` not an integer >= 2, ``half_width`` not > 0, ``n_max``
+            not an integer >= 2, ``confidence`` outside (0, 1) or ``power`` outside (1 − confidence, 1). More than ``n_max`` seeds needed is not
+            an error: ``seeds_needed`` is then None.
     """
+    _check_sd_n(sd, n)
     needed = _seeds_needed(sd, half_width, confidence, n_max)
     return Resolution(sd=float(sd), n=int(n), half_width_now=t_half_width(sd, n, confidence),
                       detectable_effect=detectable_effect(sd, n, confidence, power),

@@ -67,7 +67,7 @@ __all__ = ['REQUIRED_COLUMNS', 'TOP1_ATOL', 'Interaction', 'SaturationInterval',
            'detectable_effect', 'Resolution', 'resolution', 'binomial_se']
 
 
-@dataclass(frozen=True)
+@dataclass
 class Interaction:
     """The depth interaction of :func:`interaction` (every value in percentage points unless said).
 
@@ -79,7 +79,7 @@ class Interaction:
         mean, sd: mean and sample sd (ddof 1) of the ``I_s``; NaN when ``n = 0`` (sd: ``n < 2``).
         t_low, t_high: Student t interval; boot_low, boot_high: two-level percentile bootstrap interval (NaN when
             ``n < 2``).
-        resolved: the t interval excludes 0.
+        resolved: the t interval excludes 0 (False when it is NaN).
         gain_series, gain_baseline: mean over the same seeds of ``m(d_hi) − m(d_lo)`` for each series.
         confidence: coverage of both intervals; n_boot: bootstrap replicates.
     """
@@ -103,7 +103,7 @@ class Interaction:
     n_boot: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class SaturationInterval:
     """The saturation depth of one series with its bootstrap distribution (:func:`saturation_bootstrap`).
 
@@ -135,6 +135,7 @@ class SaturationInterval:
     def interval(self) -> List[Union[int, str]]:
         """``[low, high]``."""
         return [self.low, self.high]
+
 
 def from_runs_frame(frame: pd.DataFrame, metric: str = 'final', series_column: str = 'series') -> pd.DataFrame:
     """This module's ``runs`` frame from :func:`analysis.records.runs_frame`'s: finished runs with a known depth, seed

@@ -47,7 +47,7 @@ def load_correct(client, frame: pd.DataFrame, progress: bool = True) -> Optional
     return {k: v[valid].astype(np.uint8) for k, v in arrays.items()}
 
 
-@dataclass
+@dataclass(eq=False)   # differences is a DataFrame: no element-wise ==
 class StudyStatistics:
     """Everything the report's statistics section shows (:func:`study_statistics`; values in pp).
 
@@ -58,7 +58,7 @@ class StudyStatistics:
         saturation: one :class:`analysis.stats.SaturationInterval` per series with two depths or more.
         power: :class:`analysis.stats.Resolution` of the pooled interaction sd, or None (no interaction with two
             seeds).
-        images_resampled: the bootstraps resampled test images too.
+        images_resampled: the bootstraps resampled test images too (False when nothing was computed).
         n_images, binomial_se: test images per run and one run's test-sampling standard error, or None.
         skipped: why nothing was computed, or None.
         correct_note: why the per-image results were not used, or None.
@@ -86,16 +86,21 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
         correct: :func:`load_correct` (None: the bootstrap resamples seeds only).
         baseline: the baseline series label (e.g. ``'vit w96/h6'``).
     Returns:
-        A :class:`StudyStatistics`.
+        A :class:`StudyStatistics`; ``skipped`` says why when the runs cannot be compared (several runs per cell, no
+        baseline run).
+    Raises:
+        ValueError: ``frame`` lacks a column :func:`analysis.stats.from_runs_frame` needs.
     """
     runs = stats.from_runs_frame(frame, metric='final')
     out = StudyStatistics(baseline=baseline, images_resampled=correct is not None)
     if runs.duplicated(['series', 'depth', 'seed']).any():
         out.skipped = ('more than one finished run per (series, depth, seed): the runs cannot be paired; '
                        'analyse one sweep (--sweep ID)')
+        out.images_resampled = False
         return out
     if runs.empty or baseline not in set(runs['series']):
         out.skipped = f'no finished run of the baseline series {baseline!r}'
+        out.images_resampled = False
         return out
     width = baseline.split(' ')[1] if len(baseline.split(' ')) > 1 else None
     if width is not None:  # pairing is by depth and seed: compare series of the baseline's width only
@@ -186,7 +191,7 @@ def statistics_markdown(result: StudyStatistics) -> List[str]:
     for s in result.saturation:
         dist = ', '.join(f'{k}: {v:.0%}' for k, v in s.distribution.items())
         point = s.point if s.point is not None else f">{s.dmax}"
-        interval = '—' if s.low is None else f"[{s.low}, {s.high}]"
+        interval = f"[{s.low}, {s.high}]"
         lines.append(f"| {s.series} | {point} | {interval} | {dist} | {s.n_seeds} |")
     lines += ['', '## Power', '']
     p = result.power
