@@ -6,6 +6,8 @@ import sys
 import threading
 import time
 
+from ..ranks import env_rank
+
 
 class Preemption:
     """The stop request of this rank: SIGTERM or SIGINT (cluster preemption, Ctrl-C), or the loss of the command
@@ -26,7 +28,7 @@ class Preemption:
         threading.Thread(target=self._watch_launcher, name='deepvit-launcher-watchdog', daemon=True).start()
 
     def _handler(self, signum, frame) -> None:
-        if not self.requested and os.environ.get('RANK', '0') == '0':
+        if not self.requested and env_rank() == 0:
             name = 'Ctrl-C' if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"{name}: every rank stops at the next log step and writes a checkpoint; --resume continues from "
                   f"it. (DeepSpeed's launcher also kills the ranks 30 s after the signal: a longer checkpoint "
