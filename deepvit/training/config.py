@@ -264,7 +264,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
     output_dir: str = 'outputs/run'
-    """checkpoints/, the exported model.safetensors and config.yaml of this run"""
+    """checkpoints/, the exported model.safetensors, model.json, run.json and config.json of this run"""
     resume: bool = False
     """continue the run in output_dir from its latest checkpoint"""
     eval_only: bool = False
