@@ -128,12 +128,12 @@ def resolution(sd: float, n: int, half_width: float = 1.0, confidence: float = 0
         A :class:`Resolution`.
     Raises:
         ValueError: ``sd`` not a finite number >= 0, ``n`` not an integer >= 2, ``half_width`` not > 0, ``n_max``
-            not an integer >= 2, ``confidence`` outside (0, 1) or ``power`` outside (1 − confidence, 1). More than ``n_max`` seeds needed is not
-            an error: ``seeds_needed`` is then None.
+            not an integer >= 2, ``confidence`` outside (0, 1) or ``power`` outside (1 − confidence, 1). More than
+            ``n_max`` seeds needed is not an error: ``seeds_needed`` is then None.
     """
-    _check_sd_n(sd, n)
+    half_width_now = t_half_width(sd, n, confidence)     # checks sd and n before int(n)
     needed = _seeds_needed(sd, half_width, confidence, n_max)
-    return Resolution(sd=float(sd), n=int(n), half_width_now=t_half_width(sd, n, confidence),
+    return Resolution(sd=float(sd), n=int(n), half_width_now=half_width_now,
                       detectable_effect=detectable_effect(sd, n, confidence, power),
                       half_width_target=float(half_width), seeds_needed=needed, confidence=confidence, power=power)
 

@@ -58,8 +58,8 @@ class StudyStatistics:
         saturation: one :class:`analysis.stats.SaturationInterval` per series with two depths or more.
         power: :class:`analysis.stats.Resolution` of the pooled interaction sd, or None (no interaction with two
             seeds).
-        images_resampled: the bootstraps resampled test images too (False when nothing was computed).
-        n_images, binomial_se: test images per run and one run's test-sampling standard error, or None.
+        n_images, binomial_se: test images per run and one run's test-sampling standard error, or None (the
+            per-image results were not used).
         skipped: why nothing was computed, or None.
         correct_note: why the per-image results were not used, or None.
         width_note: the series of other widths left out of the comparison, or None.
@@ -69,12 +69,16 @@ class StudyStatistics:
     interactions: List[stats.Interaction] = field(default_factory=list)
     saturation: List[stats.SaturationInterval] = field(default_factory=list)
     power: Optional[stats.Resolution] = None
-    images_resampled: bool = False
     n_images: Optional[int] = None
     binomial_se: Optional[float] = None
     skipped: Optional[str] = None
     correct_note: Optional[str] = None
     width_note: Optional[str] = None
+
+    @property
+    def images_resampled(self) -> bool:
+        """The bootstraps resampled test images too (per-image results were used)."""
+        return self.n_images is not None
 
 
 def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray]], baseline: str,
@@ -92,15 +96,13 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
         ValueError: ``frame`` lacks a column :func:`analysis.stats.from_runs_frame` needs.
     """
     runs = stats.from_runs_frame(frame, metric='final')
-    out = StudyStatistics(baseline=baseline, images_resampled=correct is not None)
+    out = StudyStatistics(baseline=baseline)
     if runs.duplicated(['series', 'depth', 'seed']).any():
         out.skipped = ('more than one finished run per (series, depth, seed): the runs cannot be paired; '
                        'analyse one sweep (--sweep ID)')
-        out.images_resampled = False
         return out
     if runs.empty or baseline not in set(runs['series']):
         out.skipped = f'no finished run of the baseline series {baseline!r}'
-        out.images_resampled = False
         return out
     width = baseline.split(' ')[1] if len(baseline.split(' ')) > 1 else None
     if width is not None:  # pairing is by depth and seed: compare series of the baseline's width only
@@ -115,7 +117,6 @@ def study_statistics(frame: pd.DataFrame, correct: Optional[Dict[str, np.ndarray
         except ValueError as err:
             out.correct_note = f'per-image results not used: {err}'
             correct = None
-            out.images_resampled = False
     if correct is not None:
         out.n_images = int(len(next(iter(correct.values()))))
         out.binomial_se = stats.binomial_se(float(runs['top1'].median()), out.n_images)
